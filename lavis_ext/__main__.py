@@ -1,0 +1,3 @@
+from lavis_ext.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,335 @@
+"""Exp-BLIP models: the BLIP-2 Q-Former (stage 1) and the OPT captioner (stage 2).
+
+The classes subclass LAVIS's ``Blip2Qformer`` and ``Blip2OPT`` and keep their attribute
+names (``visual_encoder``, ``ln_vision``, ``Qformer``, ``query_tokens``, ``opt_proj``,
+``opt_model``), so LAVIS's forward passes and the official ``blip2_opt``-style checkpoints
+work unchanged. What differs is construction: every part comes from local files or is
+built locally (see paths.py, bert.py, vision.py, llm.py), the LLM's dtype follows the
+device, and generation takes the controls long descriptions need.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from lavis.common.registry import registry
+from lavis.models.base_model import BaseModel
+from lavis.models.blip2_models.blip2 import disabled_train
+from lavis.models.blip2_models.blip2_opt import Blip2OPT
+from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
+
+from lavis_ext.models.bert import qformer_config, qformer_tokenizer
+from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_file
+from lavis_ext.models.llm import load_llm, resolve_llm_dtype
+from lavis_ext.models.paths import MissingModelFileError
+from lavis_ext.models.vision import build_vision_encoder
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+STAGE1_TYPES = ("vitg", "vitb", "tiny")
+STAGE2_TYPES = ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b", "tiny")
+
+
+def _config_dict(prefix: str, types: tuple[str, ...], base: str) -> dict[str, str]:
+    """Model type -> absolute YAML path (LAVIS joins it to its own root; absolute wins).
+    ``base`` is what LAVIS loads when no model type is given."""
+    table = {t: str(CONFIG_DIR / f"{prefix}_{t}.yaml") for t in types}
+    table["base"] = table[base]
+    return table
+
+
+def build_qformer(num_query_token: int, vision_width: int, cross_attention_freq: int = 2,
+                  bert_path: str | None = None, overrides: dict[str, Any] | None = None
+                  ) -> tuple[nn.Module, nn.Parameter]:
+    """LAVIS's Q-Former (BertLMHeadModel with cross-attention) and its query tokens."""
+    from lavis.models.blip2_models.Qformer import BertLMHeadModel
+
+    config, weights = qformer_config(bert_path, **(overrides or {}))
+    config.encoder_width = vision_width
+    config.add_cross_attention = True
+    config.cross_attention_freq = cross_attention_freq
+    config.query_length = num_query_token
+    if weights is not None:
+        qformer = BertLMHeadModel.from_pretrained(str(weights), config=config)
+    else:
+        qformer = BertLMHeadModel(config)
+    query_tokens = nn.Parameter(torch.zeros(1, num_query_token, config.hidden_size))
+    query_tokens.data.normal_(mean=0.0, std=config.initializer_range)
+    return qformer, query_tokens
+
+
+class ExpBlipParts:
+    """Construction and loading shared by both stages (a mixin before the LAVIS class)."""
+
+    def _build_vision(self, vit_model: str, img_size: int, drop_path_rate: float,
+                      use_grad_checkpoint: bool, vit_precision: str, freeze_vit: bool,
+                      vit_weights: str | None, vit_weights_optional: bool,
+                      vision: dict[str, Any] | None) -> None:
+        self.visual_encoder, self.ln_vision = build_vision_encoder(
+            vit_model, img_size, drop_path_rate=drop_path_rate,
+            use_grad_checkpoint=use_grad_checkpoint, precision=vit_precision,
+            weights=vit_weights, weights_optional=vit_weights_optional, options=vision)
+        if freeze_vit:
+            for param in self.visual_encoder.parameters():
+                param.requires_grad = False
+            self.visual_encoder = self.visual_encoder.eval()
+            self.visual_encoder.train = disabled_train
+            logging.info("freeze vision encoder")
+
+    def load_checkpoint(self, url_or_filename: str) -> dict[str, Any]:
+        """Load a finetuned checkpoint (weights only) and keep the key report."""
+        self.load_report = load_state_dict_report(self, load_weights_file(url_or_filename),
+                                                  str(url_or_filename))
+        return self.load_report
+
+    def load_from_pretrained(self, url_or_filename: str, **_: Any) -> dict[str, Any]:
+        """Load a pre-trained (e.g. stage-1) checkpoint; keys of other stages are reported."""
+        return self.load_checkpoint(url_or_filename)
+
+    @torch.no_grad()
+    def probe_features(self, image: torch.Tensor, source: str = "qformer") -> torch.Tensor:
+        """Pooled features for probing: ``vision`` (mean of encoder tokens) or ``qformer``
+        (mean of the query outputs)."""
+        was_training = self.training
+        self.eval()
+        try:
+            with self.maybe_autocast():
+                image_embeds = self.ln_vision(self.visual_encoder(image))
+            image_embeds = image_embeds.float()
+            if source == "vision":
+                return image_embeds.mean(dim=1)
+            if source != "qformer":
+                raise ValueError(f"probe source must be 'vision' or 'qformer', got {source!r}")
+            atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
+            query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+            out = self.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
+                                    encoder_attention_mask=atts, return_dict=True)
+            return out.last_hidden_state.mean(dim=1)
+        finally:
+            self.train(was_training)
+
+    @staticmethod
+    def _common_args(cfg: Any) -> dict[str, Any]:
+        as_dict = lambda v: dict(v) if v is not None else None  # noqa: E731
+        return dict(
+            vit_model=cfg.get("vit_model", "eva_clip_g"), img_size=cfg.get("image_size", 224),
+            drop_path_rate=cfg.get("drop_path_rate", 0), vit_precision=cfg.get(
+                "vit_precision", "fp16"),
+            use_grad_checkpoint=cfg.get("use_grad_checkpoint", False),
+            freeze_vit=cfg.get("freeze_vit", True),
+            num_query_token=cfg.get("num_query_token", 32),
+            cross_attention_freq=cfg.get("cross_attention_freq", 2),
+            max_txt_len=cfg.get("max_txt_len", 32), vit_weights=cfg.get("vit_weights"),
+            vit_weights_optional=bool(cfg.get("load_finetuned", False)
+                                      and cfg.get("finetuned")),
+            bert_path=cfg.get("bert_path"), qformer=as_dict(cfg.get("qformer")),
+            vision=as_dict(cfg.get("vision")),
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> "ExpBlipParts":
+        cfg = _resolve_checkpoint_env(cls, cfg)
+        model = cls(**cls._common_args(cfg), **cls._stage_args(cfg))
+        model.load_checkpoint_from_config(cfg)
+        return model
+
+
+def _resolve_checkpoint_env(cls: type, cfg: Any) -> Any:
+    """Fill ``finetuned`` from ``$LAVIS_EXT_<NAME>_CKPT`` when the YAML leaves it empty."""
+    if not cfg.get("load_finetuned", False) or cfg.get("finetuned"):
+        return cfg
+    env = f"LAVIS_EXT_{cls.CHECKPOINT_NAME.upper()}_CKPT"
+    if os.environ.get(env):
+        cfg.finetuned = os.environ[env]
+        return cfg
+    raise MissingModelFileError(
+        f"This {cls.CHECKPOINT_NAME} model type loads a trained checkpoint: set model.finetuned "
+        f"to the .pth file (e.g. the released {cls.CHECKPOINT_NAME} *_trimmed.pth) or the "
+        f"environment variable {env}; or set model.load_finetuned: False to start untrained.")
+
+
+@registry.register_model("exp_blip_qformer")
+class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
+    """Stage 1: the Q-Former trained with ITC + ITM + ITG against the image encoder."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip_qformer", STAGE1_TYPES, "vitg")
+    CHECKPOINT_NAME = "exp_blip_qformer"
+
+    def __init__(self, vit_model: str = "eva_clip_g", img_size: int = 224,
+                 drop_path_rate: float = 0, use_grad_checkpoint: bool = False,
+                 vit_precision: str = "fp16", freeze_vit: bool = True, num_query_token: int = 32,
+                 cross_attention_freq: int = 2, embed_dim: int = 256, max_txt_len: int = 32,
+                 vit_weights: str | None = None, vit_weights_optional: bool = False,
+                 bert_path: str | None = None, qformer: dict[str, Any] | None = None,
+                 vision: dict[str, Any] | None = None):
+        BaseModel.__init__(self)
+        self.tokenizer = qformer_tokenizer(bert_path)
+        self._build_vision(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
+                           vit_precision, freeze_vit, vit_weights, vit_weights_optional, vision)
+        self.Qformer, self.query_tokens = build_qformer(
+            num_query_token, self.visual_encoder.num_features, cross_attention_freq,
+            bert_path, qformer)
+        self.Qformer.resize_token_embeddings(len(self.tokenizer))
+        # The query branch starts as a copy of the text branch, as BLIP-2 initialises it.
+        state = self.Qformer.state_dict()
+        for name, param in self.Qformer.named_parameters():
+            if "_query" in name:
+                param.data.copy_(state[name.replace("_query", "")])
+        hidden = self.Qformer.config.hidden_size
+        self.vision_proj = nn.Linear(hidden, embed_dim)
+        self.text_proj = nn.Linear(hidden, embed_dim)
+        self.itm_head = nn.Linear(hidden, 2)
+        self.temp = nn.Parameter(0.07 * torch.ones([]))
+        self.max_txt_len = max_txt_len
+
+    @staticmethod
+    def _stage_args(cfg: Any) -> dict[str, Any]:
+        return {"embed_dim": cfg.get("embed_dim", 256)}
+
+
+@registry.register_model("exp_blip")
+class ExpBlip(ExpBlipParts, Blip2OPT):
+    """Stage 2: the Q-Former feeding a frozen OPT that writes the description."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
+    CHECKPOINT_NAME = "exp_blip"
+
+    def __init__(self, vit_model: str = "eva_clip_g", img_size: int = 224,
+                 drop_path_rate: float = 0, use_grad_checkpoint: bool = False,
+                 vit_precision: str = "fp16", freeze_vit: bool = True, num_query_token: int = 32,
+                 cross_attention_freq: int = 2, max_txt_len: int = 32,
+                 vit_weights: str | None = None, vit_weights_optional: bool = False,
+                 bert_path: str | None = None, qformer: dict[str, Any] | None = None,
+                 vision: dict[str, Any] | None = None, opt_model: str = "facebook/opt-2.7b",
+                 prompt: str = "", llm_dtype: str = "auto",
+                 tiny_lm: dict[str, Any] | None = None,
+                 generation: dict[str, Any] | None = None):
+        BaseModel.__init__(self)
+        self.tokenizer = qformer_tokenizer(bert_path)
+        self._build_vision(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
+                           vit_precision, freeze_vit, vit_weights, vit_weights_optional, vision)
+        self.Qformer, self.query_tokens = build_qformer(
+            num_query_token, self.visual_encoder.num_features, cross_attention_freq,
+            bert_path, qformer)
+        # Stage 2 uses only the query branch: drop the text-side parts, as BLIP-2 does.
+        self.Qformer.cls = None
+        self.Qformer.bert.embeddings.word_embeddings = None
+        self.Qformer.bert.embeddings.position_embeddings = None
+        for layer in self.Qformer.bert.encoder.layer:
+            layer.output = None
+            layer.intermediate = None
+
+        self.llm_dtype = resolve_llm_dtype(llm_dtype)
+        self.opt_tokenizer, self.opt_model = load_llm(opt_model, self.llm_dtype, tiny_lm)
+        for param in self.opt_model.parameters():
+            param.requires_grad = False
+        self.eos_token_id = self.opt_tokenizer("\n", add_special_tokens=False).input_ids[0]
+        self.opt_proj = nn.Linear(self.Qformer.config.hidden_size,
+                                  self.opt_model.config.hidden_size)
+        self.max_txt_len = max_txt_len
+        self.prompt = prompt
+        self.prompt_length = self.opt_tokenizer(self.prompt, return_tensors="pt"
+                                                ).attention_mask.sum(1)
+        self.generation_defaults = dict(generation or {})
+
+    @staticmethod
+    def _stage_args(cfg: Any) -> dict[str, Any]:
+        return dict(opt_model=cfg.get("opt_model"), prompt=cfg.get("prompt", ""),
+                    llm_dtype=cfg.get("llm_dtype", "auto"),
+                    tiny_lm=dict(cfg.get("tiny_lm")) if cfg.get("tiny_lm") else None,
+                    generation=dict(cfg.get("generation")) if cfg.get("generation") else None)
+
+    def maybe_autocast(self, dtype: torch.dtype | None = None):
+        """Autocast in the LLM's half dtype on GPU; nothing on CPU."""
+        if dtype is None:
+            dtype = self.llm_dtype if self.llm_dtype != torch.float32 else torch.float16
+        return super().maybe_autocast(dtype)
+
+    def _match_llm_precision(self) -> None:
+        """Half-precision OPT weights cannot run on CPU: cast them to fp32 when found there."""
+        param = next(self.opt_model.parameters())
+        if param.device.type == "cpu" and param.dtype in (torch.float16, torch.bfloat16):
+            logging.warning("LLM weights are %s on CPU; casting them to float32", param.dtype)
+            self.opt_model.float()
+            self.llm_dtype = torch.float32
+
+    def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
+        self._match_llm_precision()
+        return super().forward(samples)
+
+    def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:
+        """The Q-Former's query outputs projected into the LLM's input space."""
+        with self.maybe_autocast():
+            image_embeds = self.ln_vision(self.visual_encoder(image))
+        image_embeds = image_embeds.float()
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
+        query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        out = self.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
+                                encoder_attention_mask=atts, return_dict=True)
+        return self.opt_proj(out.last_hidden_state)
+
+    def _prompt_ids(self, prompt: str, batch: int, device: torch.device) -> torch.Tensor:
+        """Prompt token ids, always starting with BOS (an empty prompt must not give [])."""
+        ids = self.opt_tokenizer(prompt, add_special_tokens=False).input_ids
+        bos = self.opt_tokenizer.bos_token_id
+        if bos is None:
+            bos = self.opt_model.config.bos_token_id
+        return torch.tensor([[bos] + ids] * batch, dtype=torch.long, device=device)
+
+    @torch.no_grad()
+    def generate(self, samples: dict[str, Any], use_nucleus_sampling: bool = False,
+                 num_beams: int = 5, max_length: int = 200, min_length: int = 1,
+                 top_p: float = 0.9, repetition_penalty: float = 1.0,
+                 length_penalty: float = 1.0, num_captions: int = 1, temperature: float = 1.0,
+                 no_repeat_ngram_size: int = 0, **_: Any) -> list[str]:
+        """Captions for a batch of images: ``len(images) * num_captions`` strings.
+
+        ``no_repeat_ngram_size`` and ``repetition_penalty`` curb the repeated sentences the
+        paper reports for long descriptions; nucleus sampling gives several captions each.
+        """
+        self._match_llm_precision()
+        image = samples["image"]
+        batch = image.shape[0]
+        prompt = samples.get("prompt", self.prompt)
+        if not isinstance(prompt, str):
+            raise ValueError("generate: samples['prompt'] must be one string for the batch")
+        with self.maybe_autocast():
+            prefix = self._llm_prefix(image).to(self.opt_model.dtype)
+            input_ids = self._prompt_ids(prompt, batch, image.device)
+            if use_nucleus_sampling:
+                num_beams = 1
+                query_embeds = prefix.repeat_interleave(num_captions, dim=0)
+            else:
+                num_captions = min(num_captions, num_beams)
+                query_embeds = prefix.repeat_interleave(num_beams, dim=0)
+            attention_mask = torch.ones(batch, prefix.shape[1] + input_ids.shape[1],
+                                        dtype=torch.long, device=image.device)
+            outputs = self.opt_model.generate(
+                input_ids=input_ids, query_embeds=query_embeds, attention_mask=attention_mask,
+                do_sample=use_nucleus_sampling, top_p=top_p, temperature=temperature,
+                num_beams=num_beams, max_new_tokens=max_length, min_length=min_length,
+                eos_token_id=self.eos_token_id, pad_token_id=self.opt_tokenizer.pad_token_id,
+                repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_captions)
+        texts = self.opt_tokenizer.batch_decode(outputs[:, input_ids.shape[1]:],
+                                                skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+
+@registry.register_model("au_blip")
+class AuBlip(ExpBlip):
+    """AU-BLIP: the stage-2 captioner trained on AU captions (same architecture)."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
+    CHECKPOINT_NAME = "au_blip"
+
+
+@registry.register_model("emot_blip")
+class EmotBlip(ExpBlip):
+    """Emot-BLIP: the stage-2 captioner trained on emotion captions (same architecture)."""
+
+    PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
+    CHECKPOINT_NAME = "emot_blip"

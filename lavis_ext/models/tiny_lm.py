@@ -1,0 +1,157 @@
+"""A tiny OPT language model and its byte-level BPE tokenizer, built locally on first use.
+
+BLIP-2 freezes a pre-trained LLM. At toy scale a random frozen LM cannot be steered by a few
+query tokens, so the tiny LM is first trained briefly on caption text (seconds on CPU), then
+frozen, standing in for OPT (see shared/facts/tiny-captioner.md). The result is an ordinary
+Hugging Face folder (config, weights, tokenizer), cached under ``$LAVIS_EXT_CACHE`` by a hash
+of everything that defines it, and identical for the same seed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from lavis_ext.models.paths import cache_dir, require_file
+
+SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0-3
+DEFAULTS: dict[str, Any] = dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4,
+                                ffn_dim=512, max_positions=512, pretrain_steps=300,
+                                batch_size=32, lr=1e-3, seed=0, corpus=None,
+                                corpus_size=2000)
+
+
+def default_corpus(size: int = 2000, seed: int = 0) -> list[str]:
+    """Rule-based AU and emotion captions for random AU sets and emotions."""
+    from lavis_ext.captions.rules import au_caption, emotion_caption, neutral_au_caption
+    from lavis_ext.facs import AU_SUBSETS, EMOTION_NAMES
+
+    rng = random.Random(seed)
+    aus = AU_SUBSETS["paper27"]
+    texts = [neutral_au_caption()]
+    for i in range(size):
+        if i % 4 == 3:
+            k = 2 if rng.random() < 0.3 else 1
+            text = emotion_caption(rng.sample(EMOTION_NAMES, k))
+        else:
+            text = au_caption(sorted(rng.sample(aus, rng.randint(1, 5))))
+        if text:
+            texts.append(text)
+    return texts
+
+
+def read_corpus(path: str | os.PathLike) -> list[str]:
+    """One caption per line, or a records JSON file (its ``caption`` lists)."""
+    path = require_file(path, what="tiny LM corpus", key="model.tiny_lm.corpus")
+    text = Path(path).read_text(encoding="utf-8")
+    if str(path).endswith(".json"):
+        return [c for record in json.loads(text) for c in record.get("caption", [])]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path) -> None:
+    """Byte-level BPE saved as an OPT-style slow GPT2 tokenizer that prepends BOS."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(list(corpus), vocab_size=vocab_size, min_frequency=2,
+                            special_tokens=SPECIAL_TOKENS, show_progress=False)
+    bpe.save_model(str(out_dir))
+    config = {"tokenizer_class": "GPT2Tokenizer", "add_bos_token": True, "errors": "replace",
+              "bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>",
+              "pad_token": "<pad>", "model_max_length": 1024}
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=1))
+    special = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+    (out_dir / "special_tokens_map.json").write_text(json.dumps(special, indent=1))
+
+
+def _pretrain(model: torch.nn.Module, tokenizer: Any, corpus: Sequence[str], steps: int,
+              batch_size: int, lr: float, seed: int) -> list[float]:
+    """Teach the LM the caption language the way Blip2OPT trains: text + "\\n", pads masked."""
+    rng = random.Random(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        batch = [rng.choice(corpus) + "\n" for _ in range(batch_size)]
+        tokens = tokenizer(batch, return_tensors="pt", padding="longest", truncation=True,
+                           max_length=model.config.max_position_embeddings - 64)
+        labels = tokens.input_ids.masked_fill(tokens.input_ids == tokenizer.pad_token_id, -100)
+        loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
+                     labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def build_tiny_lm(out_dir: str | os.PathLike, **settings: Any) -> Path:
+    """Build tokenizer + tiny OPT (+ short pre-training) into ``out_dir``."""
+    from transformers import AutoTokenizer, OPTConfig, OPTForCausalLM
+
+    cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    corpus = read_corpus(cfg["corpus"]) if cfg["corpus"] else default_corpus(
+        cfg["corpus_size"], cfg["seed"])
+    if not corpus:
+        raise ValueError("tiny LM corpus is empty")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_tokenizer(corpus, cfg["vocab_size"], out)
+    tokenizer = AutoTokenizer.from_pretrained(str(out), use_fast=False)
+    torch.manual_seed(cfg["seed"])
+    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=cfg["hidden_size"],
+                       num_hidden_layers=cfg["num_layers"], ffn_dim=cfg["ffn_dim"],
+                       num_attention_heads=cfg["num_heads"],
+                       max_position_embeddings=cfg["max_positions"],
+                       word_embed_proj_dim=cfg["hidden_size"], dropout=0.0,
+                       pad_token_id=tokenizer.pad_token_id, bos_token_id=2, eos_token_id=2)
+    model = OPTForCausalLM(config)
+    losses = _pretrain(model, tokenizer, corpus, cfg["pretrain_steps"], cfg["batch_size"],
+                       cfg["lr"], cfg["seed"]) if cfg["pretrain_steps"] else []
+    model.save_pretrained(str(out))
+    info = {"settings": {k: v for k, v in cfg.items() if k != "corpus"},
+            "corpus_lines": len(corpus), "pretrain_loss_first": losses[:1],
+            "pretrain_loss_last": losses[-1:]}
+    (out / "lavis_ext_tiny_lm.json").write_text(json.dumps(info, indent=1))
+    return out
+
+
+def tiny_lm_key(**settings: Any) -> str:
+    """Cache key: a hash of the settings and of the corpus content."""
+    cfg = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+    if cfg["corpus"]:
+        path = require_file(cfg["corpus"], what="tiny LM corpus", key="model.tiny_lm.corpus")
+        cfg["corpus"] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    blob = json.dumps(cfg, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def tiny_lm_dir(**settings: Any) -> Path:
+    """The cached tiny LM folder for these settings, built if absent (atomic for concurrent
+    ranks: each builds into a temp folder, the first rename wins)."""
+    target = cache_dir() / f"tiny_opt-{tiny_lm_key(**settings)}"
+    if (target / "config.json").exists():
+        return target
+    logging.info("building the tiny LM into %s", target)
+    tmp = Path(tempfile.mkdtemp(dir=cache_dir(), prefix=".tiny_opt-"))
+    try:
+        build_tiny_lm(tmp, **settings)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

@@ -1,0 +1,181 @@
+"""Vision encoders for the Q-Former: EVA ViT-G, ViT-B/16 (MAE), and a tiny conv-stem ViT.
+
+Each encoder maps images [B, 3, H, W] to tokens [B, N, C] and exposes ``num_features`` = C,
+which is what LAVIS's BLIP-2 code expects of ``visual_encoder``. Weights come only from local
+files: EVA from ``vit_weights`` / ``$LAVIS_EXT_EVA_VIT_G``, MAE from ``vit_weights`` /
+``$LAVIS_EXT_VIT_B_MAE``.
+"""
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from lavis_ext.models.checkpoint import load_weights_file
+from lavis_ext.models.paths import configured_path, require_file
+
+ENCODERS = ("eva_clip_g", "vit_b_mae", "tiny")
+WEIGHT_ENVS = {"eva_clip_g": "LAVIS_EXT_EVA_VIT_G", "vit_b_mae": "LAVIS_EXT_VIT_B_MAE"}
+RANDOM = "random"  # ``vit_weights: random``: no weights (architecture timing, tests)
+
+
+class TinyVisionEncoder(nn.Module):
+    """A conv stem (4 stride-2 layers, as in the tiny-captioner probe) + transformer blocks.
+
+    Pure patch-embedding ViTs this small learn the caption language but not to look at the
+    image in minutes of CPU training; a conv stem learns both (see shared/facts).
+    """
+
+    def __init__(self, img_size: int = 112, width: int = 128, depth: int = 1, num_heads: int = 4,
+                 channels: tuple[int, ...] = (32, 64, 96)):
+        super().__init__()
+        from timm.models.vision_transformer import Block
+
+        widths = (3, *channels, width)
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.GELU()]
+        self.stem = nn.Sequential(*layers[:-1])
+        side = img_size
+        for _ in range(len(widths) - 1):
+            side = (side + 1) // 2
+        self.pos_embed = nn.Parameter(torch.zeros(1, side * side, width))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        self.blocks = nn.ModuleList(Block(width, num_heads, qkv_bias=True) for _ in range(depth))
+        self.num_features = width
+        self.image_size = img_size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        tokens = self.stem(image).flatten(2).transpose(1, 2)
+        if tokens.shape[1] != self.pos_embed.shape[1]:
+            raise ValueError(f"TinyVisionEncoder was built for {self.image_size}px images; got "
+                             f"{tuple(image.shape[-2:])} (set model.image_size and the "
+                             f"processors' image_size to the same value)")
+        tokens = tokens + self.pos_embed
+        for block in self.blocks:
+            tokens = block(tokens)
+        return tokens
+
+
+class TokenViT(nn.Module):
+    """timm 0.4.12's ViT returning all tokens (CLS + patches) instead of the pooled CLS."""
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, drop_path_rate: float = 0.0):
+        super().__init__()
+        from timm.models.vision_transformer import VisionTransformer
+
+        self.vit = VisionTransformer(img_size=img_size, patch_size=patch_size,
+                                     embed_dim=embed_dim, depth=depth, num_heads=num_heads,
+                                     mlp_ratio=4.0, qkv_bias=True, num_classes=0,
+                                     drop_path_rate=drop_path_rate,
+                                     norm_layer=partial(nn.LayerNorm, eps=1e-6))
+        self.num_features = embed_dim
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        vit = self.vit
+        x = vit.patch_embed(image)
+        x = torch.cat([vit.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = vit.pos_drop(x + vit.pos_embed)
+        for block in vit.blocks:
+            x = block(x)
+        return vit.norm(x)
+
+
+_MAE_PREFIXES = ("module.", "encoder.", "backbone.", "model.", "visual_encoder.")
+
+
+def load_mae_weights(encoder: TokenViT, path: str) -> dict[str, list[str]]:
+    """Load an MAE (or timm) ViT-B checkpoint; return the keys that were not loaded.
+
+    MAE saves ``{"model": state_dict}`` including its decoder; DDP and other wrappers add
+    prefixes. Decoder keys are dropped, prefixes stripped, positions interpolated.
+    """
+    state = load_weights_file(path)
+    cleaned: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for prefix in _MAE_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        if key.startswith(("decoder", "mask_token", "head.", "fc_norm")):
+            continue
+        cleaned[key] = value
+    if "pos_embed" in cleaned and cleaned["pos_embed"].shape != encoder.vit.pos_embed.shape:
+        cleaned["pos_embed"] = _resize_positions(cleaned["pos_embed"],
+                                                 encoder.vit.pos_embed.shape[1])
+    result = encoder.vit.load_state_dict(cleaned, strict=False)
+    report = {"missing": list(result.missing_keys), "unexpected": list(result.unexpected_keys)}
+    if report["missing"] or report["unexpected"]:
+        logging.warning("ViT-B MAE weights from %s: %d keys not loaded (%s), %d unused (%s)",
+                        path, len(report["missing"]), report["missing"][:8],
+                        len(report["unexpected"]), report["unexpected"][:8])
+    return report
+
+
+def _resize_positions(pos: torch.Tensor, target_len: int) -> torch.Tensor:
+    """Bicubic resize of [1, 1 + n*n, C] position embeddings (CLS kept)."""
+    cls, grid = pos[:, :1], pos[:, 1:]
+    old, new = int(grid.shape[1] ** 0.5), int((target_len - 1) ** 0.5)
+    grid = grid.reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    grid = nn.functional.interpolate(grid.float(), size=(new, new), mode="bicubic",
+                                     align_corners=False)
+    return torch.cat([cls, grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos.dtype)],
+                     dim=1)
+
+
+def build_eva_vit_g(img_size: int, drop_path_rate: float, use_grad_checkpoint: bool,
+                    weights: str | None) -> nn.Module:
+    """LAVIS's EVA ViT-G/14 architecture, with weights from a local file instead of a URL."""
+    from lavis.models.eva_vit import VisionTransformer, interpolate_pos_embed
+
+    model = VisionTransformer(img_size=img_size, patch_size=14, use_mean_pooling=False,
+                              embed_dim=1408, depth=39, num_heads=1408 // 88, mlp_ratio=4.3637,
+                              qkv_bias=True, drop_path_rate=drop_path_rate,
+                              norm_layer=partial(nn.LayerNorm, eps=1e-6),
+                              use_checkpoint=use_grad_checkpoint)
+    if weights != RANDOM:
+        state = load_weights_file(weights)
+        interpolate_pos_embed(model, state)
+        result = model.load_state_dict(state, strict=False)
+        if result.missing_keys:
+            logging.warning("EVA ViT-G: %d keys missing from %s: %s", len(result.missing_keys),
+                            weights, result.missing_keys[:8])
+    return model
+
+
+def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.0,
+                         use_grad_checkpoint: bool = False, precision: str = "fp32",
+                         weights: str | None = None, weights_optional: bool = False,
+                         options: dict[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+    """Build ``visual_encoder`` and its ``ln_vision`` LayerNorm, as BLIP-2 names them.
+
+    ``weights_optional``: a finetuned checkpoint will overwrite the encoder, so a missing
+    weight file is not an error then.
+    """
+    from lavis.models.blip2_models.blip2 import LayerNorm
+
+    options = dict(options or {})
+    if name not in ENCODERS:
+        raise ValueError(f"model.vit_model must be one of {ENCODERS}, got {name!r}")
+    if name == "tiny":
+        encoder: nn.Module = TinyVisionEncoder(img_size=img_size, **options)
+    else:
+        env = WEIGHT_ENVS[name]
+        path = configured_path(weights, env)
+        if path is None and weights_optional:
+            path = RANDOM
+        if path != RANDOM:
+            path = str(require_file(path, what=f"{name} weights", key="model.vit_weights",
+                                    env=env))
+        if name == "eva_clip_g":
+            encoder = build_eva_vit_g(img_size, drop_path_rate, use_grad_checkpoint, path)
+        else:
+            encoder = TokenViT(img_size=img_size, drop_path_rate=drop_path_rate, **options)
+            if path != RANDOM:
+                encoder.load_report = load_mae_weights(encoder, path)
+    if precision == "fp16" and torch.cuda.is_available():
+        encoder = encoder.half()
+    return encoder, LayerNorm(encoder.num_features)

@@ -1,0 +1,22 @@
+"""Test-wide settings: no hub access, and generated model files cached once per session."""
+import os
+
+import pytest
+
+# Tests must never reach a model hub; the plugin's offline paths are what is under test.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lavis_ext_cache(tmp_path_factory):
+    """A fresh cache for generated tiny models, shared by the whole session."""
+    previous = os.environ.get("LAVIS_EXT_CACHE")
+    path = os.environ.get("LAVIS_EXT_TEST_CACHE") or str(tmp_path_factory.mktemp("lavis_ext_cache"))
+    os.environ["LAVIS_EXT_CACHE"] = path
+    yield path
+    if previous is None:
+        os.environ.pop("LAVIS_EXT_CACHE", None)
+    else:
+        os.environ["LAVIS_EXT_CACHE"] = previous
