@@ -30,7 +30,7 @@ ACTION_UNITS: dict[int, ActionUnit] = {
                     "raises the outer brows")),
         ActionUnit(4, "brow lowerer", "lower brow", "brow",
                    ("lowered brows", "brows lowered", "furrowed brow", "frowning brow",
-                    "knitted brows", "brows drawn together", "lowers the brows")),
+                    "knitted brows", "brows drawn together", "lowers the brows", "frown")),
         ActionUnit(5, "upper lid raiser", "raise upper lid", "eye",
                    ("upper eyelids raised", "raised upper lids", "eyes wide open",
                     "widened eyes", "raises the upper eyelids")),
@@ -216,6 +216,7 @@ def join_words(words: Iterable[str], conjunction: str = "and") -> str:
 # the vocabulary's "brow raised". Keys and values are single words (any inflection).
 WORD_EQUIVALENTS: dict[str, str] = {
     "eyebrow": "brow", "eyelid": "lid", "lift": "raise", "elevate": "raise",
+    "downward": "down", "downwards": "down", "upward": "up", "upwards": "up",
 }
 # Phrases that name a group of AUs at once; a more specific mention (e.g. "inner brows
 # raised") wins over these when both match the same words.

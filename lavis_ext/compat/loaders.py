@@ -1,0 +1,76 @@
+"""Prefetch batches to the GPU only when the run device is CUDA.
+
+``RunnerBase.create_loaders`` wraps every map-style loader in ``PrefetchLoader``, whose
+constructor creates a ``torch.cuda.Stream()`` and whose iterator moves each batch to CUDA.
+On a machine without a GPU that raises at loader creation; on a GPU machine with
+``run.device: cpu`` it would move batches to a device the model is not on. The patch replaces
+the name ``PrefetchLoader`` inside ``lavis.runners.runner_base`` with a factory that returns
+the plain loader unless the runner that is building loaders runs on CUDA.
+
+The same method builds every ``DataLoader`` with ``pin_memory=True``, which current torch warns
+about on every loader when there is no accelerator (and which only helps host-to-GPU copies).
+The name ``DataLoader`` in that module becomes a factory that keeps ``pin_memory`` for CUDA runs
+and drops it otherwise.
+"""
+from __future__ import annotations
+
+import contextvars
+import functools
+from typing import Any
+
+import torch
+
+from lavis_ext.compat._patch import replace
+
+_RUN_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar(
+    "lavis_ext_loader_device", default=None
+)
+
+
+def _wants_prefetch() -> bool:
+    device = _RUN_DEVICE.get()
+    if device is None:  # called outside a runner: prefetch only if there is a GPU at all
+        return torch.cuda.is_available()
+    return device.type == "cuda" and torch.cuda.is_available()
+
+
+def _make_prefetch_factory(prefetch_cls: type) -> Any:
+    def prefetch_if_cuda(loader: Any) -> Any:
+        """``PrefetchLoader(loader)`` on CUDA runs, ``loader`` itself otherwise."""
+        return prefetch_cls(loader) if _wants_prefetch() else loader
+
+    return prefetch_if_cuda
+
+
+def _make_dataloader_factory(dataloader_cls: type) -> Any:
+    def dataloader_pinned_on_cuda(*args: Any, **kwargs: Any) -> Any:
+        """``DataLoader(...)`` with ``pin_memory`` only where batches go to a GPU."""
+        if kwargs.get("pin_memory") and not _wants_prefetch():
+            kwargs["pin_memory"] = False
+        return dataloader_cls(*args, **kwargs)
+
+    return dataloader_pinned_on_cuda
+
+
+def _wrap_create_loaders(create_loaders: Any) -> Any:
+    @functools.wraps(create_loaders)
+    def create_loaders_on_run_device(self: Any, *args: Any, **kwargs: Any) -> Any:
+        token = _RUN_DEVICE.set(self.device)
+        try:
+            return create_loaders(self, *args, **kwargs)
+        finally:
+            _RUN_DEVICE.reset(token)
+
+    return create_loaders_on_run_device
+
+
+def apply() -> None:
+    from lavis.runners import runner_base
+
+    replace(runner_base, "PrefetchLoader", _make_prefetch_factory(runner_base.PrefetchLoader))
+    replace(runner_base, "DataLoader", _make_dataloader_factory(runner_base.DataLoader))
+    replace(
+        runner_base.RunnerBase,
+        "create_loaders",
+        _wrap_create_loaders(runner_base.RunnerBase.create_loaders),
+    )

@@ -1,0 +1,201 @@
+"""The ``facial_captioning`` task: train like LAVIS captioning, evaluate the way the paper does.
+
+LAVIS's ``captioning`` task downloads COCO's Karpathy ground truth, casts image ids to int
+and scores CIDEr/BLEU. Here evaluation generates a caption per image, scores it against all
+of the image's references keeping the best (METEOR, ROUGE-L, embedding similarity), reads
+the AUs and emotions it names back from the text (AU F1, emotion accuracy), writes one
+results JSON per split and epoch, and returns ``agg_metrics`` from ``run_cfg.select_metric``
+so the stock runner keeps the best checkpoint.
+
+run_cfg keys read here (all optional except what generation needs):
+``num_beams``, ``max_len``, ``min_len``, ``repetition_penalty``, ``length_penalty``,
+``no_repeat_ngram_size``, ``top_p``, ``temperature`` (passed to ``model.generate`` only when
+set); ``select_metric`` (default ``meteor``); ``embedding_encoder`` (``minilm``, ``none``,
+``openai[:model]`` or a mapping, see ``lavis_ext.metrics.embeddings.build_encoder``);
+``meteor`` (default true); ``au_subset`` (list of AU numbers or a ``facs.AU_SUBSETS`` name);
+``report_metric`` (default true).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.distributed as dist
+from lavis.common.dist_utils import is_dist_avail_and_initialized, is_main_process
+from lavis.common.registry import registry
+from lavis.tasks.base_task import BaseTask
+from tqdm import tqdm
+
+from lavis_ext import facs
+from lavis_ext.data.records import atomic_write_text
+from lavis_ext.metrics.embeddings import build_encoder
+from lavis_ext.metrics.evaluate import CAPTION_METRICS, ROUGE_L_DEFINITION, evaluate_captions
+from lavis_ext.tasks.references import annotation_storage, records_for_dataset
+
+# run_cfg key -> keyword of ``generate``.
+GENERATION_KEYS = {
+    "num_beams": "num_beams", "max_len": "max_length", "min_len": "min_length",
+    "repetition_penalty": "repetition_penalty", "length_penalty": "length_penalty",
+    "no_repeat_ngram_size": "no_repeat_ngram_size", "top_p": "top_p",
+    "temperature": "temperature",
+}
+SELECTABLE_METRICS = (*CAPTION_METRICS, "au_f1_macro", "emotion_accuracy")
+
+
+def model_on_cuda(model: torch.nn.Module) -> bool:
+    """Whether the model's parameters live on a GPU (LAVIS assumes so when moving batches)."""
+    parameter = next(iter(model.parameters()), None)
+    return parameter is not None and parameter.is_cuda
+
+
+def ids_as_strings(image_ids: Any) -> list[str]:
+    if isinstance(image_ids, torch.Tensor):
+        return [str(i) for i in image_ids.tolist()]
+    return [str(i) for i in image_ids]
+
+
+def _au_subset(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.lower() not in facs.AU_SUBSETS:
+            raise ValueError(f"run_cfg.au_subset: {value!r} is not one of "
+                             f"{sorted(facs.AU_SUBSETS)} (or give a list of AU numbers)")
+        return facs.AU_SUBSETS[value.lower()]
+    return tuple(facs.au_name(a).number for a in value)
+
+
+@registry.register_task("facial_captioning")
+class FacialCaptioningTask(BaseTask):
+    def __init__(self, generate_kwargs: Mapping[str, Any], *, select_metric: str = "meteor",
+                 embedding_encoder: Any = "minilm", meteor: bool = True,
+                 report_metric: bool = True, au_subset: Any = None,
+                 result_dir: str | None = None) -> None:
+        super().__init__()
+        if select_metric not in SELECTABLE_METRICS:
+            raise ValueError(f"run_cfg.select_metric must be one of {SELECTABLE_METRICS}, "
+                             f"got {select_metric!r}")
+        self.generate_kwargs = dict(generate_kwargs)
+        self.select_metric = select_metric
+        self.embedding_spec = embedding_encoder
+        self.use_meteor = bool(meteor)
+        self.report_metric = report_metric
+        self.au_subset = _au_subset(au_subset)
+        self.result_dir = result_dir
+        self._encoder = None
+        self._annotation_files: dict[int, list[str]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def setup_task(cls, cfg: Any = None, **kwargs: Any) -> "FacialCaptioningTask":
+        run_cfg = cfg.run_cfg
+        generate_kwargs = {kw: run_cfg.get(key) for key, kw in GENERATION_KEYS.items()
+                           if run_cfg.get(key) is not None}
+        encoder = run_cfg.get("embedding_encoder", "minilm")
+        if encoder is not None and not isinstance(encoder, str):
+            from omegaconf import OmegaConf
+
+            encoder = OmegaConf.to_container(encoder, resolve=True) \
+                if OmegaConf.is_config(encoder) else dict(encoder)
+        au_subset = run_cfg.get("au_subset")
+        if au_subset is not None and not isinstance(au_subset, str):
+            au_subset = list(au_subset)
+        return cls(generate_kwargs, select_metric=run_cfg.get("select_metric", "meteor"),
+                   embedding_encoder=encoder, meteor=run_cfg.get("meteor", True),
+                   report_metric=run_cfg.get("report_metric", True), au_subset=au_subset,
+                   result_dir=run_cfg.get("result_dir"))
+
+    # --- data ------------------------------------------------------------------------------
+    def build_datasets(self, cfg: Any) -> dict[str, Any]:
+        datasets = super().build_datasets(cfg)
+        for name, by_split in datasets.items():
+            for split, dataset in by_split.items():
+                files = annotation_storage(cfg.datasets_cfg[name], split)
+                if files:
+                    self._annotation_files[id(dataset)] = files
+        return datasets
+
+    def before_evaluation(self, model: Any, dataset: Any, **kwargs: Any) -> None:
+        if hasattr(model, "before_evaluation"):
+            model.before_evaluation(dataset=dataset, task_type=type(self))
+        self._records = records_for_dataset(dataset, self._annotation_files)
+
+    # --- generation ------------------------------------------------------------------------
+    def valid_step(self, model: Any, samples: Mapping[str, Any]) -> list[dict[str, str]]:
+        captions = model.generate(samples, use_nucleus_sampling=False, **self.generate_kwargs)
+        return [{"image_id": image_id, "caption": caption}
+                for image_id, caption in zip(ids_as_strings(samples["image_id"]), captions)]
+
+    def evaluation(self, model: Any, data_loader: Any, cuda_enabled: bool = True) -> list:
+        cuda_enabled = cuda_enabled and model_on_cuda(model)
+        results: list[dict[str, str]] = []
+        with torch.no_grad():
+            for samples in tqdm(data_loader, desc="generating captions",
+                                disable=not is_main_process()):
+                if cuda_enabled:
+                    samples = {k: v.cuda() if isinstance(v, torch.Tensor) else v
+                               for k, v in samples.items()}
+                results.extend(self.valid_step(model=model, samples=samples))
+        if is_dist_avail_and_initialized():
+            dist.barrier()
+        return results
+
+    # --- scoring ---------------------------------------------------------------------------
+    def _result_dir(self) -> str:
+        path = self.result_dir or registry.get_path("result_dir") or "results"
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def encoder(self):
+        if self._encoder is None and self.embedding_spec not in (None, "none"):
+            spec = self.embedding_spec
+            if isinstance(spec, str) and spec.partition(":")[0].strip().lower() == "openai":
+                name, _, model = spec.partition(":")
+                spec = {"name": "openai", **({"model": model} if model else {})}
+            if isinstance(spec, dict) and spec.get("name") == "openai" \
+                    and not spec.get("cache_path"):
+                spec = {**spec, "cache_path": os.path.join(self._result_dir(),
+                                                           "embeddings_cache.jsonl")}
+            self._encoder = build_encoder(spec)
+        return self._encoder
+
+    def after_evaluation(self, val_result: list, split_name: str, epoch: Any,
+                         **kwargs: Any) -> dict[str, Any] | None:
+        result_dir = self._result_dir()
+        result_file = self.save_result(result=val_result, result_dir=result_dir,
+                                       filename=f"{split_name}_epoch{epoch}",
+                                       remove_duplicate="image_id")
+        if not is_main_process():
+            return None
+        if not self.report_metric:
+            return {"agg_metrics": 0.0}
+        predictions = json.loads(Path(result_file).read_text(encoding="utf-8"))
+        return self.score(predictions, split_name, epoch, result_dir)
+
+    def score(self, predictions: list[Mapping[str, Any]], split_name: str, epoch: Any,
+              result_dir: str) -> dict[str, Any]:
+        """Score predictions against the current split's records and write the results JSON."""
+        scores = evaluate_captions(predictions, list(self._records.values()),
+                                   encoder=self.encoder(), meteor=self.use_meteor,
+                                   au_subset=self.au_subset,
+                                   where=f"{split_name} predictions (epoch {epoch})")
+        metrics = {k: v for k, v in scores["metrics"].items() if v is not None}
+        selected = metrics.get(self.select_metric)
+        if selected is None:
+            logging.warning("select_metric %r is undefined on split %s (no labels or scorer "
+                            "for it); agg_metrics = 0", self.select_metric, split_name)
+        metrics["agg_metrics"] = float(selected or 0.0)
+        report = {"split": split_name, "epoch": epoch, "select_metric": self.select_metric,
+                  "rouge_l_definition": ROUGE_L_DEFINITION, **scores}
+        scores_file = os.path.join(result_dir, f"{split_name}_epoch{epoch}_scores.json")
+        atomic_write_text(scores_file, json.dumps(report, indent=1) + "\n")
+        output_dir = registry.get_path("output_dir")
+        if output_dir:
+            with open(os.path.join(output_dir, "evaluate.txt"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({split_name: metrics, "epoch": epoch}) + "\n")
+        logging.info("%s epoch %s: %s (scores in %s)", split_name, epoch, metrics, scores_file)
+        return metrics

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment: torch first, then lavis_ext with the
+# pinned working set in requirements/constraints.txt (LAVIS 1.0.2 needs numpy < 2 and more).
+# Usage: bash run_scripts/setup_env.sh [VENV_DIR]   (default .venv; $PYTHON picks the python)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv="${1:-.venv}"
+python="${PYTHON:-python3}"
+stamp="$venv/.lavis_ext-installed"
+want="$(cat setup.py requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q
+     -c requirements/constraints.txt)
+"${pip[@]}" torch==2.14.1 torchvision==0.29.1
+"${pip[@]}" -e ".[test]"
+echo "$want" > "$stamp"
