@@ -1,0 +1,152 @@
+"""AffectNet: the CSV release and the 8-class ``.npy`` release; the official split.
+
+CSV release: ``Manually_Annotated_file_lists/training.csv`` (train) and ``validation.csv``
+(test), header ``subDirectory_filePath,face_x,face_y,face_width,face_height,
+facial_landmarks,expression,valence,arousal``; images under ``Manually_Annotated_Images/``.
+
+8-class release: ``train_set/`` (train) and ``val_set/`` (test), each with ``images/<id>.jpg``
+and ``annotations/<id>_exp.npy`` (+ ``_val``, ``_aro``): 0-d arrays whose scalar is sometimes a
+string. Codes 8 (None), 9 (Uncertain) and 10 (No-Face) are not emotions: skipped and counted.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, parse_int,
+                                           progress, require_dir, require_file)
+from lavis_ext.data.records import Record
+from lavis_ext.facs import AFFECTNET, AFFECTNET_NON_EMOTION
+
+NAME = "affectnet"
+CSV_DIR = "Manually_Annotated_file_lists"
+CSV_IMAGES = "Manually_Annotated_Images"
+CSV_SPLITS = {"training.csv": "train", "validation.csv": "test"}
+NPY_SPLITS = {"train_set": "train", "val_set": "test"}
+CSV_REQUIRED = ("subDirectory_filePath", "expression")
+
+
+def detect_release(root: Path) -> str:
+    if (root / CSV_DIR).is_dir():
+        return "csv"
+    if any((root / d).is_dir() for d in NPY_SPLITS):
+        return "npy"
+    raise DatasetFormatError(
+        f"AffectNet: {root} has neither {CSV_DIR}/ (CSV release) nor train_set/ and val_set/ "
+        "(8-class .npy release)")
+
+
+def read(root: str | Path, report: SkipReport, *, release: str | None = None,
+         **_: object) -> list[Record]:
+    root = require_dir(root, "AffectNet root")
+    release = release or detect_release(root)
+    if release == "csv":
+        return _read_csv_release(root, report)
+    if release == "npy":
+        return _read_npy_release(root, report)
+    raise ValueError(f"AffectNet release must be 'csv' or 'npy', got {release!r}")
+
+
+def _emotion(code: int, report: SkipReport, path: Path, line: int | None) -> str | None:
+    if code in AFFECTNET:
+        return AFFECTNET[code]
+    if code in AFFECTNET_NON_EMOTION:
+        report.skip(f"not an emotion ({code} {AFFECTNET_NON_EMOTION[code]})", path, line)
+    else:
+        report.skip("value out of range", path, line, f"expression {code} (expected 0-10)")
+    return None
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _read_csv_release(root: Path, report: SkipReport) -> list[Record]:
+    records: list[Record] = []
+    seen: set[str] = set()
+    for file_name, split in CSV_SPLITS.items():
+        path = require_file(root / CSV_DIR / file_name, f"AffectNet {split} list")
+        report.add_file(path)
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = csv.reader(handle)
+            header = [h.strip() for h in next(rows, [])]
+            missing = [c for c in CSV_REQUIRED if c not in header]
+            if missing:
+                raise DatasetFormatError(f"{path}:1: header lacks column(s) {missing}; got "
+                                         f"{header}")
+            col = {name: i for i, name in enumerate(header)}
+            for line, row in enumerate(rows, start=2):
+                if not row or not any(c.strip() for c in row):
+                    continue
+                report.read()
+                if len(row) != len(header):
+                    report.skip("wrong number of columns", path, line,
+                                f"{len(row)} columns, header has {len(header)}")
+                    continue
+                try:
+                    code = parse_int(row[col["expression"]])
+                except ValueError:
+                    report.skip("not an integer", path, line,
+                                f"expression {row[col['expression']]!r}")
+                    continue
+                emotion = _emotion(code, report, path, line)
+                if emotion is None:
+                    continue
+                rel = row[col["subDirectory_filePath"]].strip().replace("\\", "/")
+                image_id = rel.rsplit(".", 1)[0].replace("/", "_")
+                if image_id in seen:
+                    report.skip("duplicate image", path, line, rel)
+                    continue
+                seen.add(image_id)
+                meta = {key: _float_or_none(row[col[key]]) for key in
+                        ("face_x", "face_y", "face_width", "face_height", "valence", "arousal")
+                        if key in col}
+                records.append({
+                    "image": f"{CSV_IMAGES}/{rel}", "image_id": image_id, "dataset": NAME,
+                    "subject": None, "split": split, "aus": {}, "emotions": [emotion],
+                    "caption": [], "meta": meta,
+                })
+    return records
+
+
+def _load_scalar(path: Path):
+    import numpy as np
+
+    value = np.load(path, allow_pickle=False)
+    return value.item() if value.shape == () else value.reshape(-1)[0].item()
+
+
+def _read_npy_release(root: Path, report: SkipReport) -> list[Record]:
+    records: list[Record] = []
+    for folder, split in NPY_SPLITS.items():
+        annotations = require_dir(root / folder / "annotations", f"AffectNet {split} annotations")
+        report.add_file(annotations)
+        paths = sorted(annotations.glob("*_exp.npy"))
+        for path in progress(paths, f"AffectNet {folder}"):
+            report.read()
+            image_id = path.name[: -len("_exp.npy")]
+            try:
+                code = parse_int(_load_scalar(path))
+            except (ValueError, OSError) as err:
+                report.skip("unreadable .npy", path, None, str(err))
+                continue
+            emotion = _emotion(code, report, path, None)
+            if emotion is None:
+                continue
+            meta = {}
+            for key, suffix in (("valence", "_val.npy"), ("arousal", "_aro.npy")):
+                extra = annotations / f"{image_id}{suffix}"
+                if extra.is_file():
+                    try:
+                        meta[key] = float(_load_scalar(extra))
+                    except (ValueError, OSError):
+                        report.note(f"unreadable {suffix} files (ignored)")
+            records.append({
+                "image": f"{folder}/images/{image_id}.jpg", "image_id": f"{split}_{image_id}",
+                "dataset": NAME, "subject": None, "split": split, "aus": {},
+                "emotions": [emotion], "caption": [], "meta": meta,
+            })
+    return records

@@ -1,0 +1,207 @@
+"""Torch datasets over annotation records, for LAVIS's runner.
+
+Caption samples: ``{"image", "text_input", "image_id"}``. AU samples: ``{"image", "label"
+(multi-hot float over ``au_list``), "label_mask" (1 where coded), "image_id"}``. Emotion
+samples: ``{"image", "label" (class index, or multi-hot when ``multi_label``), "image_id"}``.
+
+An image that cannot be read is counted (``decode_failures``), logged and skipped: with
+``bad_image="skip"`` (default) the item is ``None`` and ``collater`` drops it, filling an
+all-bad batch with other readable items; with ``bad_image="replace"`` the next readable item
+is returned instead (needed when LAVIS concatenates several training datasets, as its
+``ConcatDataset.collater`` cannot take ``None``). A broken file never stops a long run.
+With ``num_workers > 0`` each worker keeps its own count; the log lines name every failed file.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Iterable, Sequence
+
+import torch
+from lavis.datasets.datasets.base_dataset import BaseDataset
+from PIL import Image
+from torch.utils.data.dataloader import default_collate
+
+from lavis_ext.data.records import Record, load_records
+
+logger = logging.getLogger(__name__)
+MAX_REPLACEMENT_TRIES = 50
+
+
+class FacialRecordDataset(BaseDataset):
+    """Records from one or more (annotation file, images root) sources."""
+
+    def __init__(self, vis_processor=None, text_processor=None,
+                 sources: Sequence[tuple[str, str]] = (), is_train: bool = False,
+                 name: str = "facial") -> None:
+        # BaseDataset.__init__ reads JSON without validation; records are loaded here instead.
+        super().__init__(vis_processor, text_processor, None, [])
+        self.name = name
+        self.is_train = is_train
+        self.annotation: list[Record] = []
+        self.vis_roots: list[str] = []
+        for ann_path, vis_root in sources:
+            records = load_records(ann_path)
+            self.annotation.extend(records)
+            self.vis_roots.extend([str(vis_root)] * len(records))
+        self.decode_failures = 0
+        self.failed_images: list[str] = []
+        self.bad_image = "skip"
+        self._add_instance_ids()
+
+    def image_path(self, index: int) -> str:
+        return os.path.join(self.vis_roots[index], self.annotation[index]["image"])
+
+    def load_image(self, index: int) -> Image.Image | None:
+        path = self.image_path(index)
+        try:
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        except (OSError, ValueError, SyntaxError) as err:
+            self.decode_failures += 1
+            if len(self.failed_images) < 1000:
+                self.failed_images.append(path)
+            logger.warning("%s: skipping unreadable image %s (%s); %d skipped so far",
+                           self.name, path, err, self.decode_failures)
+            return None
+
+    def _sample(self, index: int, image) -> dict[str, Any]:
+        raise TypeError(f"{type(self).__name__} must define _sample")
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        img = self.load_image(index)
+        tries = 0
+        while img is None and self.bad_image == "replace" and tries < MAX_REPLACEMENT_TRIES:
+            tries += 1
+            index = (index + 1) % len(self)
+            img = self.load_image(index)
+        if img is None:
+            return None
+        image = self.vis_processor(img) if self.vis_processor is not None else img
+        return self._sample(index, image)
+
+    def collater(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
+        kept = [s for s in samples if s is not None]
+        tries = 0
+        while not kept and len(self) and tries < MAX_REPLACEMENT_TRIES:
+            tries += 1
+            replacement = self[random.randrange(len(self))]
+            if replacement is not None:
+                kept.append(replacement)
+        if not kept:
+            raise RuntimeError(f"{self.name}: {MAX_REPLACEMENT_TRIES} images in a row could not "
+                               f"be read (e.g. {self.failed_images[-1:]}); check the images root")
+        return default_collate(kept)
+
+
+class FacialCaptionDataset(FacialRecordDataset):
+    """One caption per item: a random one of the record's captions in training, else the first.
+
+    ``caption_kinds`` restricts captions to those of given synthesis kinds (``captions[kind]``),
+    e.g. ``["au-rule", "emotion-rule"]`` for Mix-BLIP from one records file.
+    """
+
+    def __init__(self, vis_processor=None, text_processor=None,
+                 sources: Sequence[tuple[str, str]] = (), is_train: bool = False,
+                 name: str = "facial_caption", caption_kinds: Iterable[str] | None = None) -> None:
+        super().__init__(vis_processor, text_processor, sources, is_train, name)
+        kinds = list(caption_kinds) if caption_kinds else None
+        kept, roots, dropped = [], [], 0
+        for record, root in zip(self.annotation, self.vis_roots):
+            if kinds:
+                texts = [t for k in kinds for t in record.get("captions", {}).get(k, [])]
+            else:
+                texts = list(record["caption"])
+            if texts:
+                kept.append(dict(record, caption=texts))
+                roots.append(root)
+            else:
+                dropped += 1
+        if dropped:
+            logger.warning("%s: %d of %d records have no caption%s and are left out", name,
+                           dropped, len(self.annotation),
+                           f" of kinds {kinds}" if kinds else "")
+        if not kept and self.annotation:
+            raise ValueError(
+                f"{name}: none of the {len(self.annotation)} records in {[s[0] for s in sources]}"
+                " has a caption" + (f" of kinds {kinds}" if kinds else "") +
+                "; add captions first (expblip synthesize)")
+        self.records_without_caption = dropped
+        self.annotation, self.vis_roots = kept, roots
+        self._add_instance_ids()
+
+    def _sample(self, index: int, image) -> dict[str, Any]:
+        record = self.annotation[index]
+        captions = record["caption"]
+        text = random.choice(captions) if self.is_train else captions[0]
+        if self.text_processor is not None:
+            text = self.text_processor(text)
+        return {"image": image, "text_input": text, "image_id": record["image_id"]}
+
+
+class FacialAUDataset(FacialRecordDataset):
+    """Multi-label AU occurrence over ``au_list``; AUs not coded get mask 0."""
+
+    def __init__(self, vis_processor=None, text_processor=None,
+                 sources: Sequence[tuple[str, str]] = (), is_train: bool = False,
+                 name: str = "facial_au", au_list: Sequence[int] = ()) -> None:
+        super().__init__(vis_processor, text_processor, sources, is_train, name)
+        if not au_list:
+            raise ValueError(f"{name}: au_list is empty; set it in the dataset YAML")
+        self.au_list = [int(a) for a in au_list]
+        self.label_names = [f"AU{a}" for a in self.au_list]
+
+    def _sample(self, index: int, image) -> dict[str, Any]:
+        record = self.annotation[index]
+        values = [record["aus"].get(str(a)) for a in self.au_list]
+        label = torch.tensor([1.0 if v == 1 else 0.0 for v in values])
+        mask = torch.tensor([0.0 if v is None else 1.0 for v in values])
+        return {"image": image, "label": label, "label_mask": mask,
+                "image_id": record["image_id"]}
+
+
+def emotion_class_name(record: Record) -> str:
+    """A record's emotion class: one name, or ``a+b`` for compound labels."""
+    return "+".join(record["emotions"])
+
+
+class FacialEmotionDataset(FacialRecordDataset):
+    """Emotion classes: a class index, or multi-hot over ``classes`` when ``multi_label``."""
+
+    def __init__(self, vis_processor=None, text_processor=None,
+                 sources: Sequence[tuple[str, str]] = (), is_train: bool = False,
+                 name: str = "facial_emotion", classes: Sequence[str] = (),
+                 multi_label: bool = False) -> None:
+        super().__init__(vis_processor, text_processor, sources, is_train, name)
+        if not classes:
+            raise ValueError(f"{name}: the emotion class list is empty")
+        self.classes = list(classes)
+        self.label_names = self.classes
+        self.multi_label = multi_label
+        self._index = {c: i for i, c in enumerate(self.classes)}
+        kept, roots, dropped = [], [], 0
+        for record, root in zip(self.annotation, self.vis_roots):
+            known = (all(e in self._index for e in record["emotions"]) if multi_label
+                     else emotion_class_name(record) in self._index)
+            if record["emotions"] and known:
+                kept.append(record)
+                roots.append(root)
+            else:
+                dropped += 1
+        if dropped:
+            logger.warning("%s: %d records without a known emotion class left out", name,
+                           dropped)
+        self.records_without_class = dropped
+        self.annotation, self.vis_roots = kept, roots
+        self._add_instance_ids()
+
+    def _sample(self, index: int, image) -> dict[str, Any]:
+        record = self.annotation[index]
+        if self.multi_label:
+            label = torch.zeros(len(self.classes))
+            for emotion in record["emotions"]:
+                label[self._index[emotion]] = 1.0
+        else:
+            label = torch.tensor(self._index[emotion_class_name(record)], dtype=torch.long)
+        return {"image": image, "label": label, "image_id": record["image_id"]}

@@ -1,0 +1,60 @@
+"""Subject folds, seeded random splits and video frame sampling."""
+from __future__ import annotations
+
+import pytest
+
+from lavis_ext.data.sampling import sample_frames
+from lavis_ext.data.splits import (BP4D_FOLDS, DISFA_FOLDS, apply_split, gft_folds,
+                                   random_split, held_out_subjects)
+
+
+def frame(seq: str, number: int, au12: int) -> dict:
+    return {"image_id": f"{seq}_{number}", "subject": seq, "sequence": seq, "frame": number,
+            "aus": {"12": au12}, "split": "train"}
+
+
+def test_sampling_keeps_every_nth_and_label_changes():
+    labels = [0] * 12 + [1] + [0] * 7  # a one-frame AU at position 12
+    records = [frame("S1", 100 + i, v) for i, v in enumerate(labels)]
+    records.reverse()  # order of frames must not matter
+    kept = sorted(r["frame"] for r in sample_frames(records, 10))
+    assert kept == [100, 110, 112, 113]  # 0, 10, the change to 1 and the change back
+    assert len(sample_frames(records, 1)) == 20
+    two = records + [frame("S2", 5, 0), frame("S2", 6, 0)]
+    assert sum(r["sequence"] == "S2" for r in sample_frames(two, 10)) == 1
+    with pytest.raises(ValueError):
+        sample_frames(records, 0)
+
+
+def test_bp4d_disfa_folds_partition_subjects():
+    bp4d = [s for part in BP4D_FOLDS for s in part]
+    assert len(bp4d) == len(set(bp4d)) == 41
+    disfa = [s for part in DISFA_FOLDS for s in part]
+    assert len(disfa) == len(set(disfa)) == 27
+    assert len(held_out_subjects("bp4d", bp4d, None)) == 13  # paper: 28 train / 13 test
+    assert held_out_subjects("bp4d", bp4d, 1) == set(BP4D_FOLDS[0])
+    assert len(held_out_subjects("disfa", disfa, None)) == 3  # paper: 24 / 3
+
+
+def test_gft_splits():
+    subjects = [f"{g:03d}{p}" for g in range(1, 33) for p in "ABC"]
+    paper = held_out_subjects("gft", subjects, None)
+    assert len(paper) == 18 and "028C" in paper
+    folds = gft_folds(subjects)
+    assert sum(len(f) for f in folds) == 96 and not set(folds[0]) & set(folds[1])
+    assert {s[:3] for s in folds[0]}.isdisjoint({s[:3] for s in folds[2]})
+
+
+def test_random_split_is_seeded_and_sized():
+    records = [{"image_id": f"{i:04d}", "split": "train"} for i in range(3954)]
+    info = apply_split("rafdb", records, seed=1, subset="compound")
+    assert info["kind"] == "seeded random"
+    assert sum(r["split"] == "test" for r in records) == 792  # the paper's 3,162 / 792
+    first = [r["split"] for r in records]
+    random_split(records, info["test_fraction"], 1)
+    assert [r["split"] for r in records] == first
+    random_split(records, info["test_fraction"], 2)
+    assert [r["split"] for r in records] != first
+    emotionet = [{"image_id": str(i), "split": "train"} for i in range(21163)]
+    apply_split("emotionet", emotionet, seed=0)
+    assert sum(r["split"] == "test" for r in emotionet) == 2117
