@@ -1,4 +1,4 @@
-"""Image processors for faces, registered with LAVIS.
+"""Image and caption processors for faces, registered with LAVIS.
 
 LAVIS's ``blip_image_train`` adds RandAugment (rotations, shears, colour ops), which moves
 facial geometry the captions describe. The paper trains with random resized crop and a
@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from lavis.common.registry import registry
+from lavis.processors.base_processor import BaseProcessor
 from lavis.processors.blip_processors import BlipImageBaseProcessor
 from omegaconf import OmegaConf
 from torchvision import transforms
@@ -36,3 +37,26 @@ class FaceImageTrainProcessor(BlipImageBaseProcessor):
         return cls(image_size=cfg.get("image_size", 224), mean=cfg.get("mean"),
                    std=cfg.get("std"), min_scale=cfg.get("min_scale", 0.8),
                    max_scale=cfg.get("max_scale", 1.0), hflip=cfg.get("hflip", True))
+
+
+@registry.register_processor("face_caption")
+class FaceCaptionProcessor(BaseProcessor):
+    """Tidy a caption without changing its words: collapse white space, cap its length.
+
+    LAVIS's ``blip_caption`` lowercases and strips punctuation, which suits short COCO
+    captions but turns multi-sentence descriptions into text the (case-sensitive) LLM never
+    saw, so its loss and its generations suffer.
+    """
+
+    def __init__(self, prompt: str = "", max_words: int = 200):
+        self.prompt = prompt
+        self.max_words = max_words
+
+    def __call__(self, caption: str) -> str:
+        words = str(caption).split()
+        return self.prompt + " ".join(words[: self.max_words])
+
+    @classmethod
+    def from_config(cls, cfg: Any = None) -> "FaceCaptionProcessor":
+        cfg = cfg if cfg is not None else OmegaConf.create()
+        return cls(prompt=cfg.get("prompt", ""), max_words=cfg.get("max_words", 200))

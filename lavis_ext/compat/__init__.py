@@ -18,6 +18,7 @@ def apply_all() -> None:
     from lavis_ext.compat import (
         amp,
         checkpoints,
+        concat_collater,
         distributed,
         loaders,
         logger_sync,
@@ -39,5 +40,6 @@ def apply_all() -> None:
     amp.apply()
     output_dir.apply()
     process_group.apply()
+    concat_collater.apply()
     model_type_default.apply()
     _APPLIED = True

@@ -15,21 +15,12 @@ from typing import Any, Iterable
 
 from lavis_ext.data.readers import DATASETS, READERS, VIDEO_DATASETS, SkipReport
 from lavis_ext.data.readers.common import DatasetFormatError
-from lavis_ext.data.records import Record, atomic_write_text, validate_record
+from lavis_ext.data.records import Record, atomic_write_text, save_records
 from lavis_ext.data.sampling import DEFAULT_EVERY, sample_frames
 from lavis_ext.data.splits import apply_split
 
 # Datasets whose test split is frame-sampled too (paper: "GFT training sets, and GFT test").
 SAMPLED_TEST = ("gft",)
-
-
-def write_records(records: list[Record], path: Path) -> None:
-    """Validate and write atomically, one record per line: still a JSON list, readable, and
-    several times faster than an indented dump for video datasets (the C encoder is used)."""
-    for i, record in enumerate(records):
-        validate_record(record, f"{path}[{i}]")
-    body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in records)
-    atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
 def label_distribution(records: Iterable[Record]) -> dict[str, Any]:
@@ -106,7 +97,7 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
         items = [r for r in records if r["split"] == split]
         if split == "val" and not items:
             continue
-        write_records(items, out / f"{split}.json")
+        save_records(items, out / f"{split}.json")
         written[split] = len(items)
     seconds = time.perf_counter() - started
     summary = report.as_dict()

@@ -124,11 +124,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def save_records(records: list[Record], path: str | os.PathLike, *, validate: bool = True) -> None:
-    """Validate and write records atomically."""
+    """Validate and write records atomically, one record per line: still a JSON list, easy
+    to read and diff, and several times faster than an indented dump (the C encoder runs)."""
     if validate:
         for i, record in enumerate(records):
             validate_record(record, f"{path}[{i}]")
-    atomic_write_text(path, json.dumps(records, ensure_ascii=False, indent=1) + "\n")
+    body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in records)
+    atomic_write_text(path, f"[\n{body}\n]\n" if records else "[]\n")
 
 
 def add_captions(record: Record, kind: str, texts: Iterable[str]) -> None:

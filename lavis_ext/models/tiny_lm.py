@@ -26,7 +26,7 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0-3
 DEFAULTS: dict[str, Any] = dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4,
                                 ffn_dim=512, max_positions=512, pretrain_steps=300,
                                 batch_size=32, lr=1e-3, seed=0, corpus=None,
-                                corpus_size=2000)
+                                corpus_size=2000, max_prefix=16)
 
 
 def default_corpus(size: int = 2000, seed: int = 0) -> list[str]:
@@ -74,19 +74,33 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path) -> No
 
 
 def _pretrain(model: torch.nn.Module, tokenizer: Any, corpus: Sequence[str], steps: int,
-              batch_size: int, lr: float, seed: int) -> list[float]:
-    """Teach the LM the caption language the way Blip2OPT trains: text + "\\n", pads masked."""
+              batch_size: int, lr: float, seed: int, max_prefix: int) -> list[float]:
+    """Teach the LM the caption language the way Blip2OPT trains: text + "\\n" after BOS.
+
+    Each text follows 0..``max_prefix`` random tokens that carry no loss. A real LLM has seen
+    every kind of context before a sentence; a tiny one trained only from position 0 is
+    derailed by BLIP-2's query prefix, which shifts the text and precedes it.
+    """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    limit = model.config.max_position_embeddings - max_prefix
+    vocab = len(tokenizer)
     losses = []
     model.train()
     for _ in range(steps):
-        batch = [rng.choice(corpus) + "\n" for _ in range(batch_size)]
-        tokens = tokenizer(batch, return_tensors="pt", padding="longest", truncation=True,
-                           max_length=model.config.max_position_embeddings - 64)
-        labels = tokens.input_ids.masked_fill(tokens.input_ids == tokenizer.pad_token_id, -100)
-        loss = model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
-                     labels=labels).loss
+        rows, targets = [], []
+        for text in (rng.choice(corpus) for _ in range(batch_size)):
+            ids = tokenizer(text + "\n").input_ids[:limit]
+            prefix = [rng.randrange(len(SPECIAL_TOKENS), vocab)
+                      for _ in range(rng.randint(0, max_prefix))]
+            rows.append(prefix + ids)
+            targets.append([-100] * len(prefix) + ids)
+        width = max(len(r) for r in rows)
+        pad = tokenizer.pad_token_id
+        input_ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        labels = torch.tensor([t + [-100] * (width - len(t)) for t in targets])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -117,7 +131,7 @@ def build_tiny_lm(out_dir: str | os.PathLike, **settings: Any) -> Path:
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=2, eos_token_id=2)
     model = OPTForCausalLM(config)
     losses = _pretrain(model, tokenizer, corpus, cfg["pretrain_steps"], cfg["batch_size"],
-                       cfg["lr"], cfg["seed"]) if cfg["pretrain_steps"] else []
+                       cfg["lr"], cfg["seed"], cfg["max_prefix"]) if cfg["pretrain_steps"] else []
     model.save_pretrained(str(out))
     info = {"settings": {k: v for k, v in cfg.items() if k != "corpus"},
             "corpus_lines": len(corpus), "pretrain_loss_first": losses[:1],

@@ -70,13 +70,14 @@ def test_caption_builder_iterates(tmp_path):
     assert len(batch["text_input"]) == 5 and all(isinstance(t, str) for t in batch["text_input"])
     sample = test[0]
     assert set(sample) == {"image", "text_input", "image_id"}
-    assert sample["text_input"] == f"first {sample['image_id']}".lower()  # eval: first caption
+    assert sample["text_input"] == f"first {sample['image_id']}"  # eval: first caption
     texts = {train[0]["text_input"] for _ in range(30)}
     assert len(texts) > 1  # train: a random caption each time
     only = config("rafau_caption", raw, out, caption_kinds=["emotion-rule"])
     small_processors(only)
     ds = registry.get_builder_class("rafau_caption")(only).build_datasets()["test"]
-    assert ds[0]["text_input"] == "the face shows something"  # blip_caption strips the dot
+    # face_caption keeps the caption's case and punctuation (the LLM is case-sensitive)
+    assert ds[0]["text_input"] == "The face shows something."
 
 
 def test_uncaptioned_records_are_a_clear_error(tmp_path):
@@ -209,7 +210,7 @@ def test_lavis_config_merge_and_task_build(tmp_path):
                                      ("gft_caption", raw_b, out_b, False))}}
     merged_cfg = Config.build_dataset_config(OmegaConf.create(run_yaml))
     cfg = SimpleNamespace(datasets_cfg=merged_cfg.datasets)
-    assert cfg.datasets_cfg.rafau_caption.text_processor.train.name == "blip_caption"  # default
+    assert cfg.datasets_cfg.rafau_caption.text_processor.train.name == "face_caption"  # default
     datasets = BaseTask().build_datasets(cfg)
     merged = concat_datasets(reorg_datasets_by_split(datasets))
     assert set(datasets["gft_caption"]) == {"train"}  # a split set to null is left out

@@ -1,0 +1,88 @@
+"""Load a trained captioner for inference: from a training checkpoint or a registered name.
+
+A LAVIS training checkpoint (``checkpoint_best.pth``) carries the run's config, so the model
+is rebuilt from it with nothing else to pass. A name such as ``exp_blip:tiny`` (or
+``exp_blip``, i.e. its ``base`` type) goes through ``load_model_and_preprocess``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from omegaconf import OmegaConf
+
+from lavis_ext.tasks.facial_captioning import GENERATION_KEYS
+
+
+@dataclass
+class Captioner:
+    model: torch.nn.Module
+    image_processor: Callable[[Any], torch.Tensor]
+    generation: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def caption(self, images: list[Any], **overrides: Any) -> list[str]:
+        """Captions for PIL images (one each; ``num_captions`` > 1 gives several each)."""
+        if not images:
+            return []
+        batch = torch.stack([self.image_processor(img.convert("RGB")) for img in images])
+        kwargs = {**self.generation, **{k: v for k, v in overrides.items() if v is not None}}
+        return self.model.generate({"image": batch.to(self.device)}, **kwargs)
+
+
+def generation_kwargs(settings: Any) -> dict[str, Any]:
+    """Translate a YAML ``generation`` block into ``generate`` keyword arguments."""
+    settings = dict(settings or {})
+    return {GENERATION_KEYS[k]: v for k, v in settings.items() if k in GENERATION_KEYS}
+
+
+def load_captioner(model: str, device: str = "cpu") -> Captioner:
+    """``model``: a training checkpoint (.pth) or ``arch[:model_type]``."""
+    import lavis_ext  # noqa: F401  (registers models)
+    from lavis.common.registry import registry
+    from lavis.processors import load_processor
+
+    from lavis_ext.models.checkpoint import load_state_dict_report, read_checkpoint
+
+    if os.path.isfile(model):
+        checkpoint = read_checkpoint(model)
+        config = (checkpoint.get("config") or {}).get("model") if isinstance(
+            checkpoint, dict) else None
+        if not config or "arch" not in config:
+            raise ValueError(f"{model}: the checkpoint holds no model config (LAVIS training "
+                             "checkpoints do); load it with --model ARCH:TYPE and set "
+                             "model.finetuned instead")
+        cfg = OmegaConf.create(config)
+        cfg.load_finetuned, cfg.load_pretrained = False, False
+        cls = registry.get_model_class(cfg.arch)
+        if cls is None:
+            raise ValueError(f"{model}: model architecture {cfg.arch!r} is not registered")
+        net = cls.from_config(cfg)
+        state = checkpoint.get("model", checkpoint)
+        net.load_report = load_state_dict_report(net, state, model)
+        preprocess = OmegaConf.load(cls.default_config_path(cfg.get("model_type", "base"))
+                                    ).preprocess
+        processor_cfg = preprocess.vis_processor.eval
+        processor_cfg.image_size = cfg.get("image_size", processor_cfg.get("image_size"))
+        generation = generation_kwargs(cfg.get("generation"))
+    else:
+        from lavis.models import load_model_and_preprocess
+
+        arch, _, model_type = model.partition(":")
+        if registry.get_model_class(arch) is None:
+            raise ValueError(f"--model {model!r}: neither a checkpoint file nor a registered "
+                             "model name (e.g. exp_blip:tiny)")
+        net, _, _ = load_model_and_preprocess(arch, model_type or "base", is_eval=True)
+        cfg = OmegaConf.load(net.default_config_path(model_type or "base"))
+        processor_cfg = cfg.preprocess.vis_processor.eval
+        generation = generation_kwargs(cfg.model.get("generation"))
+    processor = load_processor(processor_cfg.name, processor_cfg)
+    net = net.to(device).eval()
+    return Captioner(net, processor, generation, model)
