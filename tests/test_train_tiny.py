@@ -11,7 +11,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILE = dict(batch=8, lm_steps=20, epochs1=1)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +35,16 @@ def workdir(tmp_path_factory):
 
 
 def _config(work, stage, epochs, **run):
-    from omegaconf import OmegaConf
+    from lavis_ext.pipeline.method import Source, write_run_config
 
-    from lavis_ext.pipeline.demo import write_config
-
-    path = write_config(work, "au_blip", stage, ["emotionet"], PROFILE,
-                        str(work / "corpus.txt"), epochs, 112)
-    cfg = OmegaConf.load(path)
-    for key, value in run.items():
-        cfg.run[key] = value
-    OmegaConf.save(cfg, path)
-    return path
+    overrides = {"run.batch_size_train": 8, "run.batch_size_eval": 8, "run.test_splits": [],
+                 "run.max_epoch": epochs,
+                 **{f"run.{key}": value for key, value in run.items()}}
+    if stage == 2:
+        overrides["model.tiny_lm"] = {"corpus": str(work / "corpus.txt"), "pretrain_steps": 20}
+    source = Source("emotionet", work / "prepared" / "emotionet", work / "data" / "emotionet")
+    return write_run_config(work, REPO / "projects" / "au_blip" / f"stage{stage}_tiny.yaml",
+                            "au_blip", stage, [source], overrides)
 
 
 def _checkpoints(folder):

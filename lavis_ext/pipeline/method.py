@@ -1,0 +1,129 @@
+"""The three stages of the Exp-BLIP method as functions over files, shared by the demo and by
+``run_scripts/pipeline.py`` (real data, the paper's configs).
+
+Layout under a work folder: ``captions/<dataset>_<split>.json`` (records with captions),
+``configs/<model>/stage{1,2}.yaml`` (the run configs actually used), ``runs/<model>/stage{1,2}``
+(LAVIS outputs), ``llm_cache.sqlite`` (every LLM answer, so nothing is paid for twice).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import OmegaConf
+
+from lavis_ext.data.records import load_records, save_records
+
+SPLITS = ("train", "test")
+
+
+@dataclass
+class Source:
+    """One prepared dataset: its records folder (train.json, test.json) and images root."""
+
+    name: str
+    prepared: Path
+    images: Path
+
+
+def captions_path(work: Path, dataset: str, split: str) -> Path:
+    return work / "captions" / f"{dataset}_{split}.json"
+
+
+def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str]], config: Any,
+               concurrency: int = 8, echo: Callable[[str], None] = lambda _: None
+               ) -> dict[str, Any]:
+    """Add captions of the given kinds to every split of every dataset (resumable: the
+    captions file is the state; LLM answers come from the cache on a rerun)."""
+    from lavis_ext.captions.engine import synthesize_records
+
+    done = {}
+    for name, kind_list in kinds.items():
+        for split in SPLITS:
+            out = captions_path(work, name, split)
+            source = out if out.exists() else sources[name].prepared / f"{split}.json"
+            if not source.exists():
+                continue
+            records = load_records(source)
+            for kind in kind_list:
+                summary = synthesize_records(
+                    records, kind, client_config=config, cache_path=work / "llm_cache.sqlite",
+                    concurrency=concurrency, progress=False,
+                    save=lambda recs, out=out: save_records(recs, out), echo=echo)
+                done[f"{name}/{split}/{kind}"] = {
+                    "added": summary.added, "failed": summary.failed,
+                    "calls": summary.stats.calls, "cache_hits": summary.stats.cache_hits,
+                    "cost_usd": summary.stats.cost_usd}
+            save_records(records, out)
+    return done
+
+
+def write_run_config(work: Path, template: str | Path, model: str, stage: int,
+                     sources: list[Source], overrides: dict[str, Any] | None = None) -> Path:
+    """A project YAML with this work folder's data and output paths (plus overrides)."""
+    cfg = OmegaConf.load(str(template))
+    mix = cfg.datasets.facial_caption_mix
+    mix.build_info.sources = [
+        {"annotations": {split: {"storage": str(captions_path(work, s.name, split))}
+                         for split in SPLITS
+                         if split == "train" or captions_path(work, s.name, split).exists()},
+         "images": str(s.images)} for s in sources]
+    run_dir = work / "runs" / model
+    cfg.run.output_dir = str(run_dir / f"stage{stage}")
+    if stage == 2:
+        cfg.model.pretrained = str(run_dir / "stage1")
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    path = work / "configs" / model / f"stage{stage}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, path)
+    return path
+
+
+def train_model(work: Path, model: str, templates: dict[int, str | Path], sources: list[Source],
+                overrides: dict[int, dict[str, Any]] | None = None, nproc: int = 1) -> str:
+    """Stage 1 then stage 2 (each resumed if it crashed); returns the newest stage-2 checkpoint."""
+    from lavis_ext.pipeline.steps import newest_checkpoint, train_stage
+
+    out = ""
+    for stage in (1, 2):
+        cfg = write_run_config(work, templates[stage], model, stage, sources,
+                               (overrides or {}).get(stage))
+        out = train_stage(cfg, nproc=nproc)
+    checkpoint = newest_checkpoint(out)
+    if checkpoint is None:
+        raise RuntimeError(f"{model}: training wrote no checkpoint under {out}")
+    return checkpoint
+
+
+def pseudo_caption(work: Path, checkpoint: str, source: Source, kind: str,
+                   generation: dict[str, Any] | None = None, batch_size: int = 32,
+                   device: str = "cpu") -> dict[str, Any]:
+    """Caption every split of ``source`` with a trained model, as captions of ``kind``."""
+    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.pipeline.pseudo_caption import pseudo_caption_records
+
+    captioner = load_captioner(checkpoint, device)
+    captioner.generation.update(generation or {})
+    result = {}
+    for split in SPLITS:
+        path = captions_path(work, source.name, split)
+        if not path.exists():
+            continue
+        result[split] = pseudo_caption_records(load_records(path), captioner, str(source.images),
+                                               kind, out=path, batch_size=batch_size)
+    return result
+
+
+def write_corpus(work: Path, name: str, kinds: list[str]) -> str:
+    """Caption text of the given kinds from every training split, one per line."""
+    lines = []
+    for path in sorted((work / "captions").glob("*_train.json")):
+        for record in load_records(path):
+            for kind in kinds:
+                lines += record.get("captions", {}).get(kind, [])
+    path = work / "corpus" / f"{name}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
