@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 # Tests must never reach a model hub; the plugin's offline paths are what is under test.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -20,3 +21,12 @@ def lavis_ext_cache(tmp_path_factory):
         os.environ.pop("LAVIS_EXT_CACHE", None)
     else:
         os.environ["LAVIS_EXT_CACHE"] = previous
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Small tensors: one intra-op thread is faster than several on a shared 2-core machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

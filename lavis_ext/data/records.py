@@ -89,8 +89,8 @@ def validate_record(record: Any, where: str = "record") -> Record:
     return record
 
 
-def load_records(path: str | os.PathLike) -> list[Record]:
-    """Read and validate a records file; errors name the file and the record index."""
+def read_record_list(path: str | os.PathLike) -> list[Any]:
+    """The JSON list in a records file, unvalidated; errors name the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"records file not found: {path}")
@@ -101,6 +101,12 @@ def load_records(path: str | os.PathLike) -> list[Record]:
     if not isinstance(data, list):
         raise RecordError(f"{path}: expected a JSON list of records, got "
                           f"{type(data).__name__}")
+    return data
+
+
+def load_records(path: str | os.PathLike) -> list[Record]:
+    """Read and validate a records file; errors name the file and the record index."""
+    data = read_record_list(path)
     for i, record in enumerate(data):
         validate_record(record, f"{path}[{i}]")
     return data

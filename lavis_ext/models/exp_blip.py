@@ -64,10 +64,14 @@ def build_qformer(num_query_token: int, vision_width: int, cross_attention_freq:
 class ExpBlipParts:
     """Construction and loading shared by both stages (a mixin before the LAVIS class)."""
 
-    def _build_vision(self, vit_model: str, img_size: int, drop_path_rate: float,
-                      use_grad_checkpoint: bool, vit_precision: str, freeze_vit: bool,
-                      vit_weights: str | None, vit_weights_optional: bool,
-                      vision: dict[str, Any] | None) -> None:
+    def _build_encoders(self, vit_model: str, img_size: int, drop_path_rate: float,
+                        use_grad_checkpoint: bool, vit_precision: str, freeze_vit: bool,
+                        vit_weights: str | None, vit_weights_optional: bool,
+                        vision: dict[str, Any] | None, num_query_token: int,
+                        cross_attention_freq: int, bert_path: str | None,
+                        qformer: dict[str, Any] | None) -> None:
+        """Tokenizer, image encoder (+ ln_vision) and Q-Former, under BLIP-2's names."""
+        self.tokenizer = qformer_tokenizer(bert_path)
         self.visual_encoder, self.ln_vision = build_vision_encoder(
             vit_model, img_size, drop_path_rate=drop_path_rate,
             use_grad_checkpoint=use_grad_checkpoint, precision=vit_precision,
@@ -78,6 +82,9 @@ class ExpBlipParts:
             self.visual_encoder = self.visual_encoder.eval()
             self.visual_encoder.train = disabled_train
             logging.info("freeze vision encoder")
+        self.Qformer, self.query_tokens = build_qformer(
+            num_query_token, self.visual_encoder.num_features, cross_attention_freq,
+            bert_path, qformer)
 
     def load_checkpoint(self, url_or_filename: str) -> dict[str, Any]:
         """Load a finetuned checkpoint (weights only) and keep the key report."""
@@ -166,12 +173,9 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
                  bert_path: str | None = None, qformer: dict[str, Any] | None = None,
                  vision: dict[str, Any] | None = None):
         BaseModel.__init__(self)
-        self.tokenizer = qformer_tokenizer(bert_path)
-        self._build_vision(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
-                           vit_precision, freeze_vit, vit_weights, vit_weights_optional, vision)
-        self.Qformer, self.query_tokens = build_qformer(
-            num_query_token, self.visual_encoder.num_features, cross_attention_freq,
-            bert_path, qformer)
+        self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
+                             vit_precision, freeze_vit, vit_weights, vit_weights_optional,
+                             vision, num_query_token, cross_attention_freq, bert_path, qformer)
         self.Qformer.resize_token_embeddings(len(self.tokenizer))
         # The query branch starts as a copy of the text branch, as BLIP-2 initialises it.
         state = self.Qformer.state_dict()
@@ -208,12 +212,9 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  tiny_lm: dict[str, Any] | None = None,
                  generation: dict[str, Any] | None = None):
         BaseModel.__init__(self)
-        self.tokenizer = qformer_tokenizer(bert_path)
-        self._build_vision(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
-                           vit_precision, freeze_vit, vit_weights, vit_weights_optional, vision)
-        self.Qformer, self.query_tokens = build_qformer(
-            num_query_token, self.visual_encoder.num_features, cross_attention_freq,
-            bert_path, qformer)
+        self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
+                             vit_precision, freeze_vit, vit_weights, vit_weights_optional,
+                             vision, num_query_token, cross_attention_freq, bert_path, qformer)
         # Stage 2 uses only the query branch: drop the text-side parts, as BLIP-2 does.
         self.Qformer.cls = None
         self.Qformer.bert.embeddings.word_embeddings = None

@@ -9,14 +9,13 @@ building the datasets. ``ConcatDataset`` parts are merged.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from torch.utils.data import ConcatDataset
 
-Record = dict[str, Any]
+from lavis_ext.data.records import Record, read_record_list
 
 
 def _merge(items: Iterable[Mapping[str, Any]], where: str) -> dict[str, Record]:
@@ -43,15 +42,7 @@ def _merge(items: Iterable[Mapping[str, Any]], where: str) -> dict[str, Record]:
 def records_from_files(paths: Iterable[str | Path]) -> dict[str, Record]:
     merged: dict[str, Record] = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file not found: {path}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
+        data = read_record_list(path)
         for image_id, record in _merge(data, str(path)).items():
             merged.setdefault(image_id, record)
     return merged

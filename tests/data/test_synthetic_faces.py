@@ -12,12 +12,9 @@ from lavis_ext.facs import BASIC_EMOTIONS
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_torch_thread):
     """Tiny models train fastest on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
     yield
-    torch.set_num_threads(before)
 
 
 def features(img) -> np.ndarray:

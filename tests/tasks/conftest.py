@@ -1,11 +1,7 @@
-"""Small tensors: one intra-op thread is faster than several on a shared machine."""
+"""Small tensors here: every test runs on one torch thread (fixture in tests/conftest.py)."""
 import pytest
-import torch
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)

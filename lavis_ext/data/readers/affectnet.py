@@ -13,7 +13,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, parse_int,
+from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, csv_data_rows,
+                                           parse_int,
                                            progress, require_dir, require_file)
 from lavis_ext.data.records import Record
 from lavis_ext.facs import AFFECTNET, AFFECTNET_NON_EMOTION
@@ -78,14 +79,7 @@ def _read_csv_release(root: Path, report: SkipReport) -> list[Record]:
                 raise DatasetFormatError(f"{path}:1: header lacks column(s) {missing}; got "
                                          f"{header}")
             col = {name: i for i, name in enumerate(header)}
-            for line, row in enumerate(rows, start=2):
-                if not row or not any(c.strip() for c in row):
-                    continue
-                report.read()
-                if len(row) != len(header):
-                    report.skip("wrong number of columns", path, line,
-                                f"{len(row)} columns, header has {len(header)}")
-                    continue
+            for line, row in csv_data_rows(rows, header, path, report):
                 try:
                     code = parse_int(row[col["expression"]])
                 except ValueError:

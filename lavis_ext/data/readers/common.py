@@ -65,6 +65,21 @@ class SkipReport:
         }
 
 
+def csv_data_rows(rows: Iterable[list[str]], header: list[str], path: str | Path,
+                  report: "SkipReport"):
+    """(line number, row) for each data row of a CSV read with a header: blank rows are
+    passed over, rows with the wrong number of columns are reported as skipped."""
+    for line, row in enumerate(rows, start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        report.read()
+        if len(row) != len(header):
+            report.skip("wrong number of columns", path, line,
+                        f"{len(row)} columns, header has {len(header)}")
+            continue
+        yield line, row
+
+
 def progress(iterable, desc: str, total: int | None = None):
     """A progress bar on a terminal, silent in logs and tests (tqdm's ``disable=None``)."""
     from tqdm import tqdm

@@ -19,7 +19,8 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, require_dir,
+from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, csv_data_rows,
+                                           require_dir,
                                            require_file)
 from lavis_ext.data.records import Record
 from lavis_ext.facs import canonical_emotion
@@ -52,14 +53,7 @@ def read(root: str | Path, report: SkipReport, *, labels_file: str = DEFAULT_LAB
         labels = [split_label(h) for h in header[2:]]
         if any(not label for _, label in labels):
             raise DatasetFormatError(f"{path}:1: a label column has an empty name")
-        for line, row in enumerate(rows, start=2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            report.read()
-            if len(row) != len(header):
-                report.skip("wrong number of columns", path, line,
-                            f"{len(row)} columns, header has {len(header)}")
-                continue
+        for line, row in csv_data_rows(rows, header, path, report):
             image, annotator = row[0].strip().replace("\\", "/"), row[1].strip()
             if not image:
                 report.skip("empty image path", path, line)

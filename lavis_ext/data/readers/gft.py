@@ -14,7 +14,8 @@ import csv
 from pathlib import Path, PurePosixPath
 from typing import Iterable
 
-from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, au_number_from_header,
+from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, csv_data_rows,
+                                           au_number_from_header,
                                            require_dir, require_file, select_aus)
 from lavis_ext.data.records import Record
 from lavis_ext.facs import AU_SUBSETS
@@ -50,14 +51,7 @@ def read(root: str | Path, report: SkipReport, *, aus: Iterable[int] | str | Non
         missing = [au for au in keep if au not in columns]
         if missing:
             raise DatasetFormatError(f"{path}:1: no column for AU(s) {missing}")
-        for line, row in enumerate(rows, start=2):
-            if not row or not any(c.strip() for c in row):
-                continue
-            report.read()
-            if len(row) != len(header):
-                report.skip("wrong number of columns", path, line,
-                            f"{len(row)} columns, header has {len(header)}")
-                continue
+        for line, row in csv_data_rows(rows, header, path, report):
             image = row[image_col].strip().replace("\\", "/")
             if not image:
                 report.skip("empty image path", path, line)
