@@ -32,10 +32,11 @@ def captions_path(work: Path, dataset: str, split: str) -> Path:
 
 
 def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str]], config: Any,
-               concurrency: int = 8, echo: Callable[[str], None] = lambda _: None
-               ) -> dict[str, Any]:
+               concurrency: int = 8, echo: Callable[[str], None] = lambda _: None,
+               **options: Any) -> dict[str, Any]:
     """Add captions of the given kinds to every split of every dataset (resumable: the
-    captions file is the state; LLM answers come from the cache on a rerun)."""
+    captions file is the state; LLM answers come from the cache on a rerun). ``options`` go
+    to ``synthesize_records`` (e.g. ``au_kinds``: which AU captions ``fuse`` combines)."""
     from lavis_ext.captions.engine import synthesize_records
 
     done = {}
@@ -50,7 +51,7 @@ def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str
                 summary = synthesize_records(
                     records, kind, client_config=config, cache_path=work / "llm_cache.sqlite",
                     concurrency=concurrency, progress=False,
-                    save=lambda recs, out=out: save_records(recs, out), echo=echo)
+                    save=lambda recs, out=out: save_records(recs, out), echo=echo, **options)
                 done[f"{name}/{split}/{kind}"] = {
                     "added": summary.added, "failed": summary.failed,
                     "calls": summary.stats.calls, "cache_hits": summary.stats.cache_hits,

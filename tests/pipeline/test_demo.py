@@ -32,4 +32,4 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
 
     again = _demo(work)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("[skip]") == 11 and "[step]" not in again.stdout
+    assert again.stdout.count("[skip]") == 9 and "[step]" not in again.stdout
