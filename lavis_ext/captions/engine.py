@@ -99,6 +99,17 @@ def _first_caption(record: Record, kinds: tuple[str, ...]) -> str | None:
     return None
 
 
+def _caption_pair(record: Record, au_kinds: tuple[str, ...], emotion_kinds: tuple[str, ...],
+                  purpose: str) -> tuple[str, str] | ValueError:
+    """The record's AU and emotion captions (first kind found), or an error naming what is
+    missing; ``concat`` and ``fuse`` both combine such a pair."""
+    au_text = _first_caption(record, au_kinds)
+    emo_text = _first_caption(record, emotion_kinds)
+    missing = [f"no {name} caption{purpose} (looked in {list(kinds)})" for name, kinds, text
+               in (("AU", au_kinds, au_text), ("emotion", emotion_kinds, emo_text)) if not text]
+    return ValueError(" and ".join(missing)) if missing else (au_text, emo_text)
+
+
 def _coded(record: Record) -> bool:
     return any(v is not None for v in record["aus"].values())
 
@@ -152,14 +163,10 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
         return rules.emotion_caption(record["emotions"], template=template,
                                      prompt_dir=prompt_dir)
     if kind == "concat":
-        au_text = _first_caption(record, au_kinds)
-        emo_text = _first_caption(record, emotion_kinds)
-        if not au_text or not emo_text:
-            missing = [f"no {name} caption (looked in {list(kinds)})" for name, kinds, text
-                       in (("AU", au_kinds, au_text), ("emotion", emotion_kinds, emo_text))
-                       if not text]
-            return ValueError(" and ".join(missing))
-        return rules.concat_caption(au_text, emo_text, prompt_dir=prompt_dir)
+        pair = _caption_pair(record, au_kinds, emotion_kinds, "")
+        if isinstance(pair, ValueError):
+            return pair
+        return rules.concat_caption(*pair, prompt_dir=prompt_dir)
     raise ValueError(f"unknown rule kind {kind!r}")
 
 
@@ -173,14 +180,10 @@ def _plan_llm(record: Record, kind: str, au_kinds: tuple[str, ...],
         aus = present_aus(record)
         return prompts.au_messages(aus, prompt_dir) if aus else rules.neutral_au_caption(
             prompt_dir)
-    au_text = _first_caption(record, au_kinds)
-    emo_text = _first_caption(record, emotion_kinds)
-    if not au_text or not emo_text:
-        missing = [f"no {name} caption to fuse (looked in {list(kinds)})" for name, kinds, text
-                   in (("AU", au_kinds, au_text), ("emotion", emotion_kinds, emo_text))
-                   if not text]
-        return ValueError(" and ".join(missing))
-    return prompts.fusion_messages(au_text, emo_text, prompt_dir)
+    pair = _caption_pair(record, au_kinds, emotion_kinds, " to fuse")
+    if isinstance(pair, ValueError):
+        return pair
+    return prompts.fusion_messages(*pair, prompt_dir)
 
 
 def synthesize_records(records: list[Record], kind: str, *,

@@ -65,6 +65,18 @@ class SkipReport:
         }
 
 
+def text_lines(path: str | Path, report: "SkipReport"):
+    """(line number, stripped line) for each non-blank line of a text label file (a BOM is
+    tolerated); each is counted as read."""
+    with Path(path).open(encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            text = line.strip()
+            if not text:
+                continue
+            report.read()
+            yield line_no, text
+
+
 def csv_data_rows(rows: Iterable[list[str]], header: list[str], path: str | Path,
                   report: "SkipReport"):
     """(line number, row) for each data row of a CSV read with a header: blank rows are

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Iterable
 
-from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, progress,
+from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, progress, text_lines,
                                            require_dir, select_aus)
 from lavis_ext.data.records import Record
 from lavis_ext.facs import AU_SUBSETS
@@ -75,31 +75,26 @@ def read(root: str | Path, report: SkipReport, *, aus: Iterable[int] | str | Non
 def _read_au_file(path: Path, au: str, out: dict[int, dict[str, int]],
                   report: SkipReport) -> None:
     seen: set[int] = set()
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            report.read()
-            parts = [p.strip() for p in text.split(",")]
-            if len(parts) != 2:
-                report.skip("wrong number of fields", path, line_no,
-                            f"{text!r} (expected frameIdx,intensity)")
-                continue
-            try:
-                frame, value = int(parts[0]), int(parts[1])
-            except ValueError:
-                report.skip("not an integer", path, line_no, repr(text))
-                continue
-            if not 0 <= value <= 5:
-                report.skip("value out of range", path, line_no,
-                            f"intensity {value} (expected 0-5)")
-                continue
-            if frame in seen:
-                report.skip("duplicate frame", path, line_no, f"frame {frame}")
-                continue
-            seen.add(frame)
-            out.setdefault(frame, {})[au] = value
+    for line_no, text in text_lines(path, report):
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) != 2:
+            report.skip("wrong number of fields", path, line_no,
+                        f"{text!r} (expected frameIdx,intensity)")
+            continue
+        try:
+            frame, value = int(parts[0]), int(parts[1])
+        except ValueError:
+            report.skip("not an integer", path, line_no, repr(text))
+            continue
+        if not 0 <= value <= 5:
+            report.skip("value out of range", path, line_no,
+                        f"intensity {value} (expected 0-5)")
+            continue
+        if frame in seen:
+            report.skip("duplicate frame", path, line_no, f"frame {frame}")
+            continue
+        seen.add(frame)
+        out.setdefault(frame, {})[au] = value
 
 
 def extract_frames(root: str | Path, subject: str, *, frame_pattern: str = DEFAULT_FRAME_PATTERN,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lavis_ext.data.readers.common import SkipReport, require_dir, require_file
+from lavis_ext.data.readers.common import SkipReport, require_dir, require_file, text_lines
 from lavis_ext.data.records import Record
 from lavis_ext.facs import AU_NUMBERS
 
@@ -44,34 +44,30 @@ def read(root: str | Path, report: SkipReport, *, image_pattern: str = DEFAULT_I
     records: list[Record] = []
     seen: set[str] = set()
     known = set(AU_NUMBERS)
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            report.read()
-            if len(fields) < 2:
-                report.skip("no AU field", path, line_no, repr(line.rstrip()))
-                continue
-            if len(fields) > 2:
-                report.note("lines with extra fields (ignored)")
-            name, au_text = fields[0], fields[1]
-            found, bad = parse_au_string(au_text)
-            if bad:
-                report.skip("unreadable AU token", path, line_no, f"{bad} in {au_text!r}")
-                continue
-            dropped = found - known
-            if dropped:
-                report.note("AU tokens outside the 27 FACS AUs (dropped)", len(dropped))
-            stem = name.rsplit(".", 1)[0]
-            if stem in seen:
-                report.skip("duplicate image", path, line_no, name)
-                continue
-            seen.add(stem)
-            aus = {str(au): int(au in found) for au in AU_NUMBERS}
-            records.append({
-                "image": image_pattern.format(stem=stem, name=name), "image_id": stem,
-                "dataset": NAME, "subject": None, "split": "train", "aus": aus,
-                "emotions": [], "caption": [], "meta": {"au_string": au_text},
-            })
+    for line_no, line in text_lines(path, report):
+        fields = line.split()
+        if len(fields) < 2:
+            report.skip("no AU field", path, line_no, repr(line.rstrip()))
+            continue
+        if len(fields) > 2:
+            report.note("lines with extra fields (ignored)")
+        name, au_text = fields[0], fields[1]
+        found, bad = parse_au_string(au_text)
+        if bad:
+            report.skip("unreadable AU token", path, line_no, f"{bad} in {au_text!r}")
+            continue
+        dropped = found - known
+        if dropped:
+            report.note("AU tokens outside the 27 FACS AUs (dropped)", len(dropped))
+        stem = name.rsplit(".", 1)[0]
+        if stem in seen:
+            report.skip("duplicate image", path, line_no, name)
+            continue
+        seen.add(stem)
+        aus = {str(au): int(au in found) for au in AU_NUMBERS}
+        records.append({
+            "image": image_pattern.format(stem=stem, name=name), "image_id": stem,
+            "dataset": NAME, "subject": None, "split": "train", "aus": aus,
+            "emotions": [], "caption": [], "meta": {"au_string": au_text},
+        })
     return records

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lavis_ext.data.readers.common import SkipReport, require_dir, require_file
+from lavis_ext.data.readers.common import SkipReport, require_dir, require_file, text_lines
 from lavis_ext.data.records import Record
 from lavis_ext.facs import RAFDB_BASIC, RAFDB_COMPOUND
 
@@ -29,47 +29,43 @@ def read(root: str | Path, report: SkipReport, *, subset: str = "compound",
     table = RAFDB_COMPOUND if subset == "compound" else RAFDB_BASIC
     records: list[Record] = []
     seen: set[str] = set()
-    with path.open(encoding="utf-8-sig") as handle:
-        for line_no, line in enumerate(handle, start=1):
-            fields = line.split()
-            if not fields:
-                continue
-            report.read()
-            if len(fields) != 2:
-                report.skip("wrong number of fields", path, line_no,
-                            f"{line.rstrip()!r} (expected '<name>.jpg <label>')")
-                continue
-            name, label = fields
-            try:
-                code = int(label)
-            except ValueError:
-                report.skip("not an integer", path, line_no, repr(label))
-                continue
-            if code not in table:
-                report.skip("value out of range", path, line_no,
-                            f"label {code} (expected {min(table)}-{max(table)})")
-                continue
-            stem = name.rsplit(".", 1)[0]
-            if stem in seen:
-                report.skip("duplicate image", path, line_no, name)
-                continue
-            seen.add(stem)
-            value = table[code]
-            emotions = list(value) if isinstance(value, tuple) else [value]
-            if subset == "basic":
-                if stem.startswith("train_"):
-                    split = "train"
-                elif stem.startswith("test_"):
-                    split = "test"
-                else:
-                    report.skip("name has no train_/test_ prefix", path, line_no, name)
-                    continue
-            else:
+    for line_no, line in text_lines(path, report):
+        fields = line.split()
+        if len(fields) != 2:
+            report.skip("wrong number of fields", path, line_no,
+                        f"{line.rstrip()!r} (expected '<name>.jpg <label>')")
+            continue
+        name, label = fields
+        try:
+            code = int(label)
+        except ValueError:
+            report.skip("not an integer", path, line_no, repr(label))
+            continue
+        if code not in table:
+            report.skip("value out of range", path, line_no,
+                        f"label {code} (expected {min(table)}-{max(table)})")
+            continue
+        stem = name.rsplit(".", 1)[0]
+        if stem in seen:
+            report.skip("duplicate image", path, line_no, name)
+            continue
+        seen.add(stem)
+        value = table[code]
+        emotions = list(value) if isinstance(value, tuple) else [value]
+        if subset == "basic":
+            if stem.startswith("train_"):
                 split = "train"
-            records.append({
-                "image": f"{subset}/{image_pattern.format(stem=stem, name=name)}",
-                "image_id": f"{subset}_{stem}", "dataset": NAME, "subject": None,
-                "split": split, "aus": {}, "emotions": emotions, "caption": [],
-                "meta": {"label": code, "subset": subset},
-            })
+            elif stem.startswith("test_"):
+                split = "test"
+            else:
+                report.skip("name has no train_/test_ prefix", path, line_no, name)
+                continue
+        else:
+            split = "train"
+        records.append({
+            "image": f"{subset}/{image_pattern.format(stem=stem, name=name)}",
+            "image_id": f"{subset}_{stem}", "dataset": NAME, "subject": None,
+            "split": split, "aus": {}, "emotions": emotions, "caption": [],
+            "meta": {"label": code, "subset": subset},
+        })
     return records
