@@ -20,6 +20,10 @@ Fixes in LAVIS 1.0.2:
   frozen part (BLIP-2's image encoder, the LLM) fails with missing keys. The replacement accepts
   exactly the frozen parameters as missing, restores optimizer, scaler and epoch (iteration), says
   clearly when the path does not exist or when the checkpoint is already the end of training.
+* ``RunnerIter._save_checkpoint`` (``run.runner: runner_iter``) saves the whole state dict,
+  frozen LLM and image encoder included, unlike ``RunnerBase``: with OPT-6.7B every checkpoint
+  carries 13 GB of weights that never change, and a warm start from it overwrites another
+  model's LLM. The replacement drops frozen parameters exactly as ``RunnerBase`` does.
 """
 from __future__ import annotations
 
@@ -187,6 +191,29 @@ def _resume_iters_from_checkpoint(self: Any, url_or_filename: Any) -> None:
     logging.info("Resumed from %s: continuing at iteration %d", path, self.start_iters)
 
 
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict without frozen parameters (buffers kept), as ``RunnerBase`` saves it."""
+    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    return {k: v for k, v in model.state_dict().items() if k not in frozen}
+
+
+def _save_iters_checkpoint(self: Any, cur_iters: int, is_best: bool = False) -> None:
+    from lavis.common.dist_utils import is_main_process
+
+    if not is_main_process():
+        return
+    save_obj = {
+        "model": trainable_state_dict(self.unwrap_dist_model(self.model)),
+        "optimizer": self.optimizer.state_dict(),
+        "config": self.config.to_dict(),
+        "scaler": self.scaler.state_dict() if self.scaler else None,
+        "iters": cur_iters,
+    }
+    path = os.path.join(self.output_dir, f"checkpoint_{'best' if is_best else cur_iters}.pth")
+    logging.info("Saving checkpoint at iters %d to %s.", cur_iters, path)
+    atomic_save(save_obj, path)
+
+
 def apply() -> None:
     from lavis.models.base_model import BaseModel
     from lavis.runners.runner_base import RunnerBase
@@ -198,3 +225,4 @@ def apply() -> None:
     replace(BaseModel, "load_checkpoint_from_config", _load_checkpoint_from_config)
     replace(RunnerBase, "_load_checkpoint", _resume_from_checkpoint)
     replace(RunnerIter, "_load_checkpoint", _resume_iters_from_checkpoint)
+    replace(RunnerIter, "_save_checkpoint", _save_iters_checkpoint)

@@ -11,6 +11,12 @@ The same method builds every ``DataLoader`` with ``pin_memory=True``, which curr
 about on every loader when there is no accelerator (and which only helps host-to-GPU copies).
 The name ``DataLoader`` in that module becomes a factory that keeps ``pin_memory`` for CUDA runs
 and drops it otherwise.
+
+``IterLoader.__next__`` (every training loader of both runners) sleeps 2 s at each pass over
+the data, "to prevent a deadlock" between worker processes. With ``num_workers: 0`` there are
+no workers, and the sleep is pure loss: a small data set at CPU speed changes pass every
+minute or so (70 s of the demo's 8.5 minutes). The replacement sleeps only when the loader
+has worker processes.
 """
 from __future__ import annotations
 
@@ -64,9 +70,36 @@ def _wrap_create_loaders(create_loaders: Any) -> Any:
     return create_loaders_on_run_device
 
 
+def _num_workers(loader: Any) -> int:
+    """Worker processes behind a (possibly prefetch-wrapped) loader; 1 when unknown."""
+    while loader is not None and not hasattr(loader, "num_workers"):
+        loader = getattr(loader, "loader", None)
+    return 1 if loader is None else int(loader.num_workers)
+
+
+def _make_iter_next(original_next: Any) -> Any:
+    @functools.wraps(original_next)
+    def __next__(self: Any) -> Any:
+        if _num_workers(self._dataloader) > 0:
+            return original_next(self)
+        try:
+            return next(self.iter_loader)
+        except StopIteration:
+            self._epoch += 1
+            sampler = getattr(self._dataloader, "sampler", None)
+            if hasattr(sampler, "set_epoch") and self._use_distributed:
+                sampler.set_epoch(self._epoch)
+            self.iter_loader = iter(self._dataloader)
+            return next(self.iter_loader)
+
+    return __next__
+
+
 def apply() -> None:
+    from lavis.datasets.datasets.dataloader_utils import IterLoader
     from lavis.runners import runner_base
 
+    replace(IterLoader, "__next__", _make_iter_next(IterLoader.__next__))
     replace(runner_base, "PrefetchLoader", _make_prefetch_factory(runner_base.PrefetchLoader))
     replace(runner_base, "DataLoader", _make_dataloader_factory(runner_base.DataLoader))
     replace(

@@ -138,7 +138,9 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                      f"{_fmt(m.get('embedding_sim'), 100, 2)} | "
                      f"{_fmt(m.get('au_f1_macro'), 100, 1)} | "
                      f"{_fmt(m.get('emotion_accuracy'), 100, 1)} | {r['n_scored']} |")
-    per_au = {name: r["recognition"]["au_f1"] for name, r in results.items()}
+    # Rows without AU labels (emotion-only test sets) would be all dashes: left out.
+    per_au = {name: r["recognition"]["au_f1"] for name, r in results.items()
+              if r["recognition"]["au_f1"]}
     aus = sorted({int(a) for scores in per_au.values() for a in scores})
     if aus:
         lines += ["", "AU F1 (%) read from the captions:", "",

@@ -26,7 +26,7 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0-3
 DEFAULTS: dict[str, Any] = dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4,
                                 ffn_dim=512, max_positions=512, pretrain_steps=300,
                                 batch_size=32, lr=1e-3, seed=0, corpus=None,
-                                corpus_size=2000, max_prefix=16)
+                                corpus_size=2000, max_prefix=16, content_prefix=0.9)
 
 
 def default_corpus(size: int = 2000, seed: int = 0) -> list[str]:
@@ -74,12 +74,18 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path) -> No
 
 
 def _pretrain(model: torch.nn.Module, tokenizer: Any, corpus: Sequence[str], steps: int,
-              batch_size: int, lr: float, seed: int, max_prefix: int) -> list[float]:
+              batch_size: int, lr: float, seed: int, max_prefix: int,
+              content_prefix: float = 0.0) -> list[float]:
     """Teach the LM the caption language the way Blip2OPT trains: text + "\\n" after BOS.
 
-    Each text follows 0..``max_prefix`` random tokens that carry no loss. A real LLM has seen
-    every kind of context before a sentence; a tiny one trained only from position 0 is
-    derailed by BLIP-2's query prefix, which shifts the text and precedes it.
+    Each text follows a prefix that carries no loss. A real LLM has seen every kind of
+    context before a sentence and reads it: with probability ``content_prefix`` the prefix is
+    a shuffled, thinned bag of the text's own tokens (the LM learns to say what its context
+    names), otherwise 0..``max_prefix`` random tokens (it learns to ignore noise). An LM
+    trained on text alone is derailed by BLIP-2's query prefix; one trained with random
+    prefixes only learns to ignore it, and the captioner then takes ~1,000 steps before it
+    starts to look at the image (measured: AU F1 from captions 0.41 vs 0.82 after 1,100
+    steps, docs/models.md).
     """
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
@@ -91,8 +97,13 @@ def _pretrain(model: torch.nn.Module, tokenizer: Any, corpus: Sequence[str], ste
         rows, targets = [], []
         for text in (rng.choice(corpus) for _ in range(batch_size)):
             ids = tokenizer(text + "\n").input_ids[:limit]
-            prefix = [rng.randrange(len(SPECIAL_TOKENS), vocab)
-                      for _ in range(rng.randint(0, max_prefix))]
+            if rng.random() < content_prefix:
+                words = list(dict.fromkeys(i for i in ids if i >= len(SPECIAL_TOKENS)))
+                rng.shuffle(words)
+                prefix = [w for w in words if rng.random() < 0.8][:max_prefix]
+            else:
+                prefix = [rng.randrange(len(SPECIAL_TOKENS), vocab)
+                          for _ in range(rng.randint(0, max_prefix))]
             rows.append(prefix + ids)
             targets.append([-100] * len(prefix) + ids)
         width = max(len(r) for r in rows)
@@ -131,7 +142,7 @@ def build_tiny_lm(out_dir: str | os.PathLike, **settings: Any) -> Path:
                        pad_token_id=tokenizer.pad_token_id, bos_token_id=2, eos_token_id=2)
     model = OPTForCausalLM(config)
     losses = _pretrain(model, tokenizer, corpus, cfg["pretrain_steps"], cfg["batch_size"],
-                       cfg["lr"], cfg["seed"], cfg["max_prefix"]) if cfg["pretrain_steps"] else []
+                       cfg["lr"], cfg["seed"], cfg["max_prefix"], cfg["content_prefix"]) if cfg["pretrain_steps"] else []
     model.save_pretrained(str(out))
     info = {"settings": {k: v for k, v in cfg.items() if k != "corpus"},
             "corpus_lines": len(corpus), "pretrain_loss_first": losses[:1],

@@ -5,9 +5,9 @@
 2. Synthesize captions: AU captions by rule and by LLM, emotion captions by rule.
 3. Train AU-BLIP and Emot-BLIP (stage 1, then stage 2) with the stock LAVIS runner.
 4. Pseudo-caption the aspect each image lacks, fuse AU and emotion captions with the LLM.
-5. Train Exp-BLIP on the fused descriptions, then evaluate on held-out faces: METEOR,
-   ROUGE-L and the AUs/emotions read back from the captions, beside the same captions scored
-   against the labels of other (shuffled) images.
+5. Train Exp-BLIP on the fused descriptions, then evaluate AU-BLIP, Emot-BLIP and Exp-BLIP on
+   held-out faces: METEOR, ROUGE-L and the AUs/emotions read back from the captions, beside
+   the same captions scored against the labels of other (shuffled) images.
 
 LLM steps call a real endpoint when ``OPENAI_BASE_URL`` (or ``--base-url``) is set; otherwise
 a local stand-in server composes answers from templates, and the demo says so. Every step is
@@ -35,8 +35,8 @@ PROJECTS = Path(lavis_ext.__file__).resolve().parent.parent / "projects"
 AU_DATASET, EMOTION_DATASET = "emotionet", "affectnet"
 PROFILES: dict[str, dict[str, Any]] = {
     # images per dataset; training iterations (stage 1; stage 2 per model); LM pre-training
-    "full": dict(n_au=1400, n_emotion=900, iters1=15, au_iters=500, emot_iters=150,
-                 exp_iters=1100, lm_steps=300, batch=32),
+    "full": dict(n_au=2500, n_emotion=2000, iters1=10, au_iters=1000, emot_iters=500,
+                 exp_iters=1300, lm_steps=300, batch=32),
     "quick": dict(n_au=48, n_emotion=40, iters1=2, au_iters=4, emot_iters=4, exp_iters=4,
                   lm_steps=20, batch=8),
 }
@@ -46,7 +46,12 @@ def _print_header(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def make_data(work: Path, profile: dict[str, Any], seed: int, size: int) -> dict[str, Any]:
+# Faces are drawn at a typical crop size; the models read them at ``--image-size``.
+DRAW_SIZE = 112
+
+
+def make_data(work: Path, profile: dict[str, Any], seed: int,
+              size: int = DRAW_SIZE) -> dict[str, Any]:
     from lavis_ext.data.prepare import prepare_dataset
     from lavis_ext.data.synthetic.writers import make_synthetic
 
@@ -96,14 +101,16 @@ def train(work: Path, experiment: str, datasets: list[str], kinds: list[str],
                        {1: stage1, 2: stage2})
 
 
-def evaluate(work: Path, checkpoints: dict[str, str], seed: int) -> dict[str, Any]:
-    """Caption held-out faces; score against references and labels, and against shuffled labels."""
+def evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: int
+             ) -> dict[str, Any]:
+    """Caption each model's held-out faces (name -> checkpoint, datasets); score against
+    references and labels, and against shuffled labels."""
     with ExitStack() as stack:  # one METEOR (Java) process for every evaluation
         return _evaluate(work, checkpoints, seed, stack)
 
 
-def _evaluate(work: Path, checkpoints: dict[str, str], seed: int, stack: ExitStack
-              ) -> dict[str, Any]:
+def _evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: int,
+              stack: ExitStack) -> dict[str, Any]:
     from lavis_ext.metrics.captioning import MeteorScorer
     from lavis_ext.metrics.evaluate import evaluate_captions, format_table
     from lavis_ext.metrics.recognition import recognition_scores
@@ -115,9 +122,10 @@ def _evaluate(work: Path, checkpoints: dict[str, str], seed: int, stack: ExitSta
              for d in (AU_DATASET, EMOTION_DATASET)}
     results: dict[str, Any] = {}
     meteor = stack.enter_context(MeteorScorer())
-    for model_name, checkpoint in checkpoints.items():
+    for model_name, (checkpoint, datasets) in checkpoints.items():
         captioner = load_captioner(checkpoint)
-        for dataset, records in tests.items():
+        for dataset in datasets:
+            records = tests[dataset]
             images = [Image.open(work / "data" / dataset / r["image"]) for r in records]
             captions = []
             for start in range(0, len(images), 32):
@@ -175,7 +183,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true",
                         help="a few images and one epoch per stage (a smoke test, no learning)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="model input size (faces are drawn at 112 pixels)")
     parser.add_argument("--base-url", default=None,
                         help="OpenAI-compatible endpoint for the LLM steps (default: "
                              "$OPENAI_BASE_URL, else a local stand-in server)")
@@ -210,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         config = _llm_config(args, base_url)
 
         _print_header("1. Synthetic faces in native layouts, read back by the readers")
-        print(json.dumps(steps.run("data", make_data, work, profile, args.seed, size)))
+        print(json.dumps(steps.run("data", make_data, work, profile, args.seed)))
         _print_header("2. Caption synthesis (AU: rule + LLM; emotion: rule)")
         steps.run("synthesize", synthesize, work, sources(work),
                   {AU_DATASET: ["au-rule", "au-llm"], EMOTION_DATASET: ["emotion-rule"]},
@@ -235,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
         exp_blip = steps.run("train-exp-blip", train, work, "exp_blip",
                              [AU_DATASET, EMOTION_DATASET], ["fuse"], profile,
                              profile["exp_iters"], size)
+        both = [AU_DATASET, EMOTION_DATASET]
         evaluation = steps.run("evaluate", evaluate, work,
-                               {"AU-BLIP": au_blip, "Exp-BLIP": exp_blip}, args.seed)
+                               {"AU-BLIP": (au_blip, [AU_DATASET]),
+                                "Emot-BLIP": (emot_blip, [EMOTION_DATASET]),
+                                "Exp-BLIP": (exp_blip, both)}, args.seed)
     show_results(work, evaluation)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs in {work} "
           "(results.md, results.json, configs/, runs/).")

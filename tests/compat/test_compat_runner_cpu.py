@@ -157,6 +157,9 @@ def test_iteration_runner_trains_and_resumes(tmp_path: Path, plain_process_env: 
     assert train.main(["--cfg-path", str(cfg)]) == 0
     job = _only_job(first / "out")
     assert sorted(p.name for p in job.glob("checkpoint_*.pth")) == ["checkpoint_4.pth", "checkpoint_8.pth"]
+    # Frozen weights stay out of the iteration runner's checkpoints, as in RunnerBase's.
+    saved = torch.load(job / "checkpoint_8.pth", weights_only=True)["model"]
+    assert sorted(saved) == ["head.bias", "head.weight"]
 
     second = tmp_path / "second"
     second.mkdir()

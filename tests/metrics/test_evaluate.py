@@ -77,3 +77,18 @@ def test_cli_prints_table_and_writes_json(tmp_path, capsys):
     code = main(["evaluate", "--pred", str(tmp_path / "pred.json"), "--ann",
                  str(tmp_path / "missing.json"), "--encoder", "none", "--no-meteor"])
     assert code == 2 and "records file not found" in capsys.readouterr().err
+
+
+def test_per_au_table_leaves_out_rows_without_au_labels():
+    from lavis_ext.metrics.evaluate import format_table
+
+    au_only = evaluate_captions([{"image_id": "0007", "caption": "The inner brows are raised."}],
+                                gt_records()[:1], meteor=False)
+    emotions = [new_record("e.jpg", "e1", "affectnet", "test", emotions=["anger"])]
+    emotions[0]["caption"] = ["The face shows anger."]
+    emotion_only = evaluate_captions([{"image_id": "e1", "caption": "The face shows anger."}],
+                                     emotions, meteor=False)
+    table = format_table({"AU model": au_only, "Emotion model": emotion_only})
+    main_rows, per_au = table.split("AU F1 (%) read from the captions:")
+    assert "| Emotion model |" in main_rows and "| AU model |" in per_au
+    assert "Emotion model" not in per_au

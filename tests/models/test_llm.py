@@ -45,3 +45,46 @@ def test_tiny_lm_is_deterministic(tmp_path):
     c = build_tiny_lm(tmp_path / "c", **{**settings, "seed": 8})
     wc = torch.load(c / "pytorch_model.bin", weights_only=True)
     assert not all(torch.equal(wa[k], wc[k]) for k in wa)
+
+
+def _caption_loss(folder, text: str, prefix: list[int]) -> float:
+    from transformers import AutoTokenizer, OPTForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=False)
+    model = OPTForCausalLM.from_pretrained(str(folder)).eval()
+    ids = tokenizer(text + "\n").input_ids
+    input_ids = torch.tensor([prefix + ids])
+    labels = torch.tensor([[-100] * len(prefix) + ids])
+    with torch.no_grad():
+        return model(input_ids=input_ids, labels=labels).loss.item()
+
+
+def test_tiny_lm_reads_its_context(tmp_path):
+    """The stand-in LLM must say what its prefix names (as a real LLM reads its context):
+    pre-trained with content prefixes, a shuffled bag of a caption's tokens makes the caption
+    much likelier than random tokens do; pre-trained with random prefixes only, it does not."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from lavis_ext.captions.rules import au_caption
+    from lavis_ext.facs import AU_SUBSETS
+
+    rng = random.Random(0)
+    lines = [au_caption([a for a in AU_SUBSETS["emotionet"] if rng.random() < 0.3] or [25])
+             for _ in range(1000)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n")
+    text = "It is a people who raises inner eyebrow, wrinkles nose and drops jaw."
+    settings = dict(pretrain_steps=300, corpus=str(corpus), seed=0)
+    gaps = {}
+    for share in (0.9, 0.0):
+        folder = build_tiny_lm(tmp_path / str(share), **settings, content_prefix=share)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=False)
+        words = list(dict.fromkeys(i for i in tokenizer(text + "\n").input_ids if i >= 4))
+        random.Random(0).shuffle(words)
+        rng = random.Random(1)
+        noise = [rng.randrange(4, len(tokenizer)) for _ in words]
+        gaps[share] = _caption_loss(folder, text, noise) - _caption_loss(folder, text, words)
+    assert gaps[0.9] > 0.3, gaps
+    assert gaps[0.0] < 0.1, gaps

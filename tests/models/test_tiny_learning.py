@@ -1,0 +1,80 @@
+"""The tiny captioner must learn to see within a CPU-test budget.
+
+This guards the two design choices the demo's learning depends on (docs/models.md): the conv
+stem's BatchNorm and the tiny LM's content-prefix pre-training. Without either, the captioner
+writes a few frequent captions whatever the face and the AU F1 read back from its captions
+equals the shuffled-label control.
+"""
+import random
+
+import torch
+from omegaconf import OmegaConf
+
+from lavis_ext.captions.rules import au_caption
+from lavis_ext.data.synthetic import draw_face, random_aus
+from lavis_ext.metrics.recognition import recognition_scores
+
+AUS = (1, 4, 6, 12, 25, 26)
+SIZE = 64
+
+
+def _faces(n: int, seed: int) -> tuple[list, list[dict]]:
+    rng = random.Random(seed)
+    images, records = [], []
+    while len(images) < n:
+        aus = random_aus(rng, AUS, p=0.35)
+        if not aus:
+            continue
+        images.append(draw_face(aus, rng, 112))
+        records.append({"aus": {str(a): int(a in aus) for a in AUS}, "emotions": []})
+    return images, records
+
+
+def test_tiny_captioner_names_the_aus_it_sees(tmp_path, monkeypatch):
+    import lavis_ext  # noqa: F401
+    from lavis.processors import load_processor
+
+    from lavis_ext.models.exp_blip import ExpBlip
+    from lavis_ext.processors import FaceImageTrainProcessor
+
+    monkeypatch.setenv("LAVIS_EXT_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    random.seed(0)
+    train_images, train_records = _faces(900, seed=1)
+    test_images, test_records = _faces(120, seed=2)
+    captions = [au_caption(sorted(int(a) for a, v in r["aus"].items() if v))
+                for r in train_records]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(captions) + "\n")
+
+    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny")).model
+    cfg.image_size = SIZE
+    cfg.tiny_lm.corpus = str(corpus)
+    model = ExpBlip.from_config(cfg)
+    augment = FaceImageTrainProcessor(image_size=SIZE)
+    plain = load_processor("blip_image_eval", OmegaConf.create({"image_size": SIZE}))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3,
+                                  weight_decay=0.05)
+    model.train()
+    order: list[int] = []
+    for _ in range(450):
+        if len(order) < 32:
+            order = random.sample(range(len(train_images)), len(train_images))
+        batch, order = order[:32], order[32:]
+        loss = model({"image": torch.stack([augment(train_images[i]) for i in batch]),
+                      "text_input": [captions[i] for i in batch]})["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    model.eval()
+    with torch.no_grad():
+        written = model.generate({"image": torch.stack([plain(im) for im in test_images])},
+                                 num_beams=1, max_length=40)
+    shuffled = test_records[:]
+    random.Random(3).shuffle(shuffled)
+    f1 = recognition_scores(written, test_records, AUS)["au_f1_macro"]
+    control = recognition_scores(written, shuffled, AUS)["au_f1_macro"]
+    # Measured: 0.73 vs 0.33; with random-prefix LM pre-training 0.60 vs 0.42; without the
+    # stem's BatchNorm 0.44 vs 0.29.
+    assert f1 > control + 0.28, (f1, control, written[:3])
