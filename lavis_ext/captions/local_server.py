@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from lavis_ext.facs import ACTION_UNITS, BASIC_EMOTIONS, join_words, third_person
+from lavis_ext.metrics.recognition import parse_caption
 
 FAULTS = ("ok", "429", "500", "timeout", "empty", "malformed", "no_choices", "restricted",
           "emotion")
@@ -83,39 +84,19 @@ def compose_au_answer(aus: list[int], variant: int = 0) -> str:
     return " ".join(sentences)
 
 
-def _found_aus(text: str) -> list[int]:
-    lowered = re.sub(r"\b(?:the|a|an|his|her|their)\s+", "", text.lower())
-    found = []
-    for number, au in ACTION_UNITS.items():
-        phrases = [au.noun, au.verb, third_person(au.verb), *au.synonyms]
-        if any(p in lowered for p in phrases):
-            found.append(number)
-    return found
-
-
-def _found_emotions(text: str) -> list[str]:
-    lowered = text.lower()
-    found = []
-    for emotion in BASIC_EMOTIONS.values():
-        words = [emotion.name, emotion.adjective, *emotion.synonyms]
-        if any(re.search(rf"\b{re.escape(w)}\b", lowered) for w in words):
-            found.append(emotion.name)
-    return found
-
-
 def compose_fusion_answer(au_caption: str, emotion_caption: str, variant: int = 0) -> str:
     """One description: the actions, the emotion, and which actions point to it."""
     actions = au_caption.strip().rstrip(".")
     actions = re.sub(r"^it is a people who\s+", "The person ", actions, flags=re.IGNORECASE)
     actions = actions[:1].upper() + actions[1:]
-    emotions = _found_emotions(emotion_caption)
+    emotions = [e for e in BASIC_EMOTIONS if e in parse_caption(emotion_caption).emotions]
     if emotions:
         feeling = join_words(BASIC_EMOTIONS[e].adjective for e in emotions)
     else:
         feeling = re.sub(r"^the face shows\s+", "", emotion_caption.strip().rstrip("."),
                          flags=re.IGNORECASE) or "calm"
     typical = sorted({n for e in emotions for n in BASIC_EMOTIONS[e].prototype_aus}
-                     & set(_found_aus(au_caption)))
+                     & parse_caption(au_caption).aus)
     if typical:
         nouns = join_words(f"the {ACTION_UNITS[n].noun}" for n in typical)
         reason = f"{nouns} {'is' if len(typical) == 1 else 'are'} typical of this state"
