@@ -53,6 +53,9 @@ def test_paper_settings():
     assert stage2.model.prompt == "" and stage2.run.num_beams == 5
     assert stage2.run.max_epoch == 20 and stage2.run.init_lr == 1e-5
     assert stage2.run.warmup_steps == 1000
+    for experiment in EXPERIMENTS:  # ViT-G fine-tuning: layer-wise lr decay 0.95; ViT-B: none
+        assert OmegaConf.load(PROJECTS / experiment / "stage2.yaml").run.lr_layer_decay == 0.95
+        assert "lr_layer_decay" not in OmegaConf.load(PROJECTS / experiment / "stage2_vitb.yaml").run
     assert stage2.run.batch_size_train * 4 == 32 and stage1.run.batch_size_train * 4 == 28
     for path in (PROJECTS / "exp_blip").glob("stage*.yaml"):
         assert OmegaConf.load(path).datasets.facial_caption_mix.caption_kinds == ["fuse"]

@@ -20,6 +20,7 @@ def apply_all() -> None:
         checkpoints,
         concat_collater,
         distributed,
+        layer_decay,
         loaders,
         logger_sync,
         optims,
@@ -31,6 +32,7 @@ def apply_all() -> None:
     )
 
     optims.apply()
+    layer_decay.apply()
     loaders.apply()
     runner_model.apply()
     logger_sync.apply()

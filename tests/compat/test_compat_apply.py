@@ -9,11 +9,13 @@ from lavis.runners.runner_base import RunnerBase
 from lavis_ext.compat import _patch
 from lavis_ext.compat.optims import SCHEDULERS
 
-MODULES = ("amp", "checkpoints", "distributed", "loaders", "logger_sync", "optims", "output_dir", "run_context", "runner_model")
+MODULES = ("amp", "checkpoints", "distributed", "layer_decay", "loaders", "logger_sync", "optims", "output_dir", "run_context", "runner_model")
 
 
 def _snapshot() -> dict:
-    from lavis.common import dist_utils, logger
+    from lavis.common import dist_utils, logger, optims
+    from lavis.datasets.datasets.dataloader_utils import IterLoader
+    from lavis.runners.runner_iter import RunnerIter
     from lavis.datasets import data_utils
     from lavis.models.base_model import BaseModel
     from lavis.runners import runner_base
@@ -23,6 +25,10 @@ def _snapshot() -> dict:
         "create_loaders": RunnerBase.__dict__["create_loaders"],
         "model": RunnerBase.__dict__["model"],
         "scaler": RunnerBase.__dict__["scaler"],
+        "optimizer": RunnerBase.__dict__["optimizer"],
+        "cosine_lr_schedule": optims.cosine_lr_schedule,
+        "iter_next": IterLoader.__dict__["__next__"],
+        "iter_save": RunnerIter.__dict__["_save_checkpoint"],
         "train_epoch": RunnerBase.__dict__["train_epoch"],
         "_load_checkpoint": RunnerBase.__dict__["_load_checkpoint"],
         "setup_output_dir": RunnerBase.__dict__["setup_output_dir"],
@@ -50,7 +56,7 @@ def test_apply_twice_changes_nothing() -> None:
 
 
 def test_patches_are_marked_and_originals_are_lavis_code() -> None:
-    for name in ("create_loaders", "model", "scaler", "train_epoch", "_load_checkpoint", "setup_output_dir"):
+    for name in ("create_loaders", "model", "scaler", "optimizer", "train_epoch", "_load_checkpoint", "setup_output_dir"):
         assert _patch.is_patched(RunnerBase, name), name
         orig = _patch.original(RunnerBase, name)
         func = orig.fget if isinstance(orig, property) else orig

@@ -1,0 +1,109 @@
+"""``run.lr_layer_decay``: layer-wise learning-rate decay for the image encoder.
+
+The paper fine-tunes ViT-G in stage 2 with layer-wise lr decay 0.95 (ViT-B: 1, none). LAVIS
+1.0.2 cannot express it: ``RunnerBase.optimizer`` puts every trainable parameter into two
+groups (with and without weight decay), and its schedule functions (``cosine_lr_schedule``,
+``warmup_lr_schedule``, ``step_lr_schedule``) write one lr into every group at each step. Later
+LAVIS releases added ``lr_layer_decay`` with an ``lr_scale`` per group; this does the same here:
+
+* ``RunnerBase.optimizer`` (both runners): with ``run.lr_layer_decay`` below 1, the image
+  encoder's parameters are grouped by depth. Embeddings (patch/conv stem, class token,
+  positions) are layer 0, block ``i`` is layer ``i + 1``, the rest of the encoder is layer
+  ``n + 1``; a group's ``lr_scale`` is ``decay ** (n + 1 - layer)``. Everything outside the
+  encoder (Q-Former, projection) keeps scale 1. Weight decay follows LAVIS's rule. Without the
+  setting (or at 1) LAVIS's own optimizer is built, unchanged.
+* the three schedule functions multiply the lr by the group's ``lr_scale`` (default 1), so
+  runs without it see exactly LAVIS's rates.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any, Iterable
+
+import torch
+
+from lavis_ext.compat._patch import original, replace
+
+ENCODER_PREFIX = "visual_encoder."
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBEDDING = re.compile(r"(?:^|\.)(?:cls_token|pos_embed|patch_embed|mask_token|stem)(?:\.|$)")
+
+
+def encoder_layer(name: str, num_blocks: int) -> int | None:
+    """Depth of an image-encoder parameter (None outside the encoder)."""
+    if not name.startswith(ENCODER_PREFIX):
+        return None
+    rest = name[len(ENCODER_PREFIX):]
+    block = _BLOCK.search(rest)
+    if block:
+        return int(block.group(1)) + 1
+    if _EMBEDDING.search(rest):
+        return 0
+    return num_blocks + 1
+
+
+def _no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    # LAVIS's rule in RunnerBase.optimizer.
+    return param.ndim < 2 or "bias" in name or "ln" in name or "bn" in name
+
+
+def layer_decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]],
+                       weight_decay: float, decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups keyed by (lr scale, weight decay) for trainable parameters."""
+    params = [(n, p) for n, p in named_parameters if p.requires_grad]
+    blocks = {int(m.group(1)) for n, _ in params if n.startswith(ENCODER_PREFIX)
+              for m in [_BLOCK.search(n[len(ENCODER_PREFIX):])] if m}
+    num_blocks = max(blocks) + 1 if blocks else 0
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
+    for name, param in params:
+        layer = encoder_layer(name, num_blocks)
+        scale = 1.0 if layer is None else decay ** (num_blocks + 1 - layer)
+        wd = 0.0 if _no_weight_decay(name, param) else weight_decay
+        group = groups.setdefault((scale, wd), {"params": [], "weight_decay": wd,
+                                                "lr_scale": scale})
+        group["params"].append(param)
+    return list(groups.values())
+
+
+def _optimizer(self: Any) -> torch.optim.Optimizer:
+    """AdamW with per-depth lr scales for the image encoder when ``run.lr_layer_decay`` < 1."""
+    run = self.config.run_cfg
+    decay = float(run.get("lr_layer_decay", 1.0) or 1.0)
+    if self._optimizer is None and decay < 1.0:
+        if decay <= 0:
+            raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+        model = self.unwrap_dist_model(self.model)
+        groups = layer_decay_groups(model.named_parameters(), float(run.weight_decay), decay)
+        scales = sorted({g["lr_scale"] for g in groups})
+        logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",
+                     decay, len(groups), scales[0], scales[-1])
+        self._optimizer = torch.optim.AdamW(groups, lr=float(run.init_lr),
+                                            weight_decay=float(run.weight_decay),
+                                            betas=(0.9, run.get("beta2", 0.999)))
+    return original(_runner_base(), "optimizer").fget(self)
+
+
+def _runner_base() -> type:
+    from lavis.runners.runner_base import RunnerBase
+
+    return RunnerBase
+
+
+def _scaled(schedule: Any) -> Any:
+    """Run LAVIS's schedule, then apply each group's ``lr_scale`` to the lr it wrote."""
+    def scaled_schedule(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
+        schedule(optimizer, *args, **kwargs)
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
+
+    scaled_schedule.__doc__ = schedule.__doc__
+    return scaled_schedule
+
+
+def apply() -> None:
+    from lavis.common import optims
+
+    for name in ("cosine_lr_schedule", "warmup_lr_schedule", "step_lr_schedule"):
+        replace(optims, name, _scaled(getattr(optims, name)))
+    replace(_runner_base(), "optimizer", property(_optimizer, doc=_optimizer.__doc__))
