@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import random
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -203,9 +204,21 @@ def run(args: argparse.Namespace) -> int:
     work = Path(args.workdir).resolve()
     if args.fresh and work.exists():
         shutil.rmtree(work)
-    profile = PROFILES["quick" if args.quick else "full"]
-    steps = Steps(work)
+    profile_name = "quick" if args.quick else "full"
+    profile = PROFILES[profile_name]
     size = args.image_size
+    # Finished steps are skipped on a rerun, so a workdir must not mix settings (a --quick
+    # run's models would otherwise be shown as the full demo's).
+    settings = {"profile": profile_name, **profile, "image_size": size, "seed": args.seed,
+                "draw_size": DRAW_SIZE, "llm_model": args.llm_model}
+    recorded = work / "demo_settings.json"
+    if recorded.exists() and json.loads(recorded.read_text()) != settings:
+        print(f"error: {work} holds a demo run with other settings ({recorded}); "
+              "rerun with --fresh to start over, or choose another --workdir", file=sys.stderr)
+        return 2
+    work.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(json.dumps(settings, indent=1))
+    steps = Steps(work)
     with ExitStack() as stack:
         base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
         if base_url:

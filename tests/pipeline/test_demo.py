@@ -5,10 +5,11 @@ import subprocess
 import sys
 
 
-def _demo(workdir):
+def _demo(workdir, *extra):
     env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}
     return subprocess.run([sys.executable, "-m", "lavis_ext", "demo", "--quick", "--workdir",
-                           str(workdir)], capture_output=True, text=True, env=env, timeout=900)
+                           str(workdir), *extra], capture_output=True, text=True, env=env,
+                          timeout=900)
 
 
 def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
@@ -33,3 +34,8 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
     again = _demo(work)
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("[skip]") == 9 and "[step]" not in again.stdout
+
+    # Other settings in the same workdir would show stale models: refused, --fresh named.
+    other = _demo(work, "--seed", "1")
+    assert other.returncode == 2 and "--fresh" in other.stderr, other.stderr[-2000:]
+    assert "[skip]" not in other.stdout
