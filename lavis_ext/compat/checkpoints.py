@@ -136,10 +136,15 @@ def _load_checkpoint_from_config(self: Any, cfg: Any, **kwargs: Any) -> None:
     self.load_from_pretrained(url_or_filename=path, **kwargs)
 
 
+def frozen_parameter_names(model: torch.nn.Module) -> set[str]:
+    """Parameters runner checkpoints leave out (``requires_grad`` off)."""
+    return {name for name, p in model.named_parameters() if not p.requires_grad}
+
+
 def load_model_state(model: torch.nn.Module, state_dict: dict, source: str) -> None:
     """Load a runner checkpoint, allowing only the frozen parameters it left out to be missing."""
     result = model.load_state_dict(state_dict, strict=False)
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen = frozen_parameter_names(model)
     missing = [k for k in result.missing_keys if k not in frozen]
     if missing or result.unexpected_keys:
         raise RuntimeError(
@@ -193,7 +198,7 @@ def _resume_iters_from_checkpoint(self: Any, url_or_filename: Any) -> None:
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict without frozen parameters (buffers kept), as ``RunnerBase`` saves it."""
-    frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
+    frozen = frozen_parameter_names(model)
     return {k: v for k, v in model.state_dict().items() if k not in frozen}
 
 
