@@ -28,7 +28,7 @@ from typing import Any
 
 import lavis_ext
 from lavis_ext import facs
-from lavis_ext.data.records import load_records
+from lavis_ext.data.records import atomic_write_text, load_records
 from lavis_ext.pipeline.method import (Source, pseudo_caption, synthesize, train_model,
                                        write_corpus)
 
@@ -216,8 +216,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {work} holds a demo run with other settings ({recorded}); "
               "rerun with --fresh to start over, or choose another --workdir", file=sys.stderr)
         return 2
-    work.mkdir(parents=True, exist_ok=True)
-    recorded.write_text(json.dumps(settings, indent=1))
+    atomic_write_text(recorded, json.dumps(settings, indent=1))
     steps = Steps(work)
     with ExitStack() as stack:
         base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
@@ -257,11 +256,11 @@ def run(args: argparse.Namespace) -> int:
         exp_blip = steps.run("train-exp-blip", train, work, "exp_blip",
                              [AU_DATASET, EMOTION_DATASET], ["fuse"], profile,
                              profile["exp_iters"], size)
-        both = [AU_DATASET, EMOTION_DATASET]
         evaluation = steps.run("evaluate", evaluate, work,
                                {"AU-BLIP": (au_blip, [AU_DATASET]),
                                 "Emot-BLIP": (emot_blip, [EMOTION_DATASET]),
-                                "Exp-BLIP": (exp_blip, both)}, args.seed)
+                                "Exp-BLIP": (exp_blip, [AU_DATASET, EMOTION_DATASET])},
+                               args.seed)
     show_results(work, evaluation)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs in {work} "
           "(results.md, results.json, configs/, runs/).")
