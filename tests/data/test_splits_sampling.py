@@ -8,7 +8,7 @@ from lavis_ext.data.splits import (BP4D_FOLDS, DISFA_FOLDS, apply_split, gft_fol
                                    random_split, held_out_subjects)
 
 
-def frame(seq: str, number: int, au12: int) -> dict:
+def frame(seq: str, number: int, au12: int | None) -> dict:
     return {"image_id": f"{seq}_{number}", "subject": seq, "sequence": seq, "frame": number,
             "aus": {"12": au12}, "split": "train"}
 
@@ -24,6 +24,20 @@ def test_sampling_keeps_every_nth_and_label_changes():
     assert sum(r["sequence"] == "S2" for r in sample_frames(two, 10)) == 1
     with pytest.raises(ValueError):
         sample_frames(records, 0)
+
+
+def test_sampling_not_coded_is_not_a_label_change():
+    # BP4D codes "not coded" as 9 (null in records): 0 -> 9 -> 0 and 1 -> 9 -> 1 change
+    # nothing; 0 -> 9 -> 1 is a real change (from the last coded value), kept once.
+    labels = ([0] * 5 + [None] * 3 + [0] * 7 + [None] + [1] * 4 + [None] * 2 + [1] * 3
+              + [0] * 5 + [None] * 4 + [0] * 6)
+    records = [frame("S1", 200 + i, v) for i, v in enumerate(labels)]
+    kept = sorted(r["frame"] - 200 for r in sample_frames(records, 10))
+    changes = [16, 25]  # 0 (9) -> 1 at 16, 1 -> 0 at 25; nothing at the 9s
+    assert kept == sorted(set(range(0, len(labels), 10)) | set(changes))
+    # a sequence that is all 9 in one AU but changes in another still counts the other
+    mixed = [dict(frame("S2", i, None), aus={"12": None, "6": int(i == 3)}) for i in range(8)]
+    assert sorted(r["frame"] for r in sample_frames(mixed, 10)) == [0, 3, 4]
 
 
 def test_bp4d_disfa_folds_partition_subjects():
