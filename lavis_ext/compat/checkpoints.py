@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from lavis_ext.compat._patch import Overlay, replace
+from lavis_ext.io import atomic_save_torch
 
 # LAVIS modules that call torch.load / torch.save on checkpoints or results.
 CHECKPOINT_MODULES = (
@@ -75,22 +76,8 @@ def safe_load(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
         ) from error
 
 
-def atomic_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-    """``torch.save`` to a path through a temporary file in the same folder and a rename."""
-    if not isinstance(f, (str, os.PathLike)):
-        torch.save(obj, f, *args, **kwargs)
-        return
-    path = os.fspath(f)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=os.path.basename(path), dir=folder)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp, *args, **kwargs)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+# The one atomic torch writer (lavis_ext.io); the name stays for the overlay below.
+atomic_save = atomic_save_torch
 
 
 def resolve_checkpoint(url_or_filename: Any, key: str) -> str:

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from lavis_ext.io import atomic_write_text  # noqa: F401  (the one atomic writer; re-exported)
 
 Record = dict[str, Any]
 
@@ -110,23 +111,6 @@ def load_records(path: str | os.PathLike) -> list[Record]:
     for i, record in enumerate(data):
         validate_record(record, f"{path}[{i}]")
     return data
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that a crash leaves either the old or the new content, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_records(records: list[Record], path: str | os.PathLike, *, validate: bool = True) -> None:
