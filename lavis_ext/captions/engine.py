@@ -30,7 +30,15 @@ LLM_KINDS = ("au-llm", "fuse")
 # Where `fuse` and `concat` look for their inputs, first match wins. "au-pseudo" and
 # "emotion-pseudo" are the captions written by a trained AU-BLIP / Emot-BLIP (stage 3).
 DEFAULT_AU_KINDS = ("au-llm", "au-pseudo", "au-rule")
+# Cat-BLIP joins the rule AU caption (paper §4.3 and supplement); emotion-only images have
+# no AU labels, so their AU caption is AU-BLIP's pseudo caption.
+CONCAT_AU_KINDS = ("au-rule", "au-pseudo")
 DEFAULT_EMOTION_KINDS = ("emotion-rule", "emotion-pseudo")
+
+
+def default_au_kinds(kind: str) -> tuple[str, ...]:
+    """Where ``kind`` looks for AU captions when the caller names none."""
+    return CONCAT_AU_KINDS if kind == "concat" else DEFAULT_AU_KINDS
 PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion"}
 
 
@@ -193,7 +201,7 @@ def synthesize_records(records: list[Record], kind: str, *,
                        prices: PriceTable | None = None,
                        save: Callable[[list[Record]], None] | None = None,
                        save_every: int = 100, save_interval: float = 30.0,
-                       au_kinds: tuple[str, ...] = DEFAULT_AU_KINDS,
+                       au_kinds: tuple[str, ...] | None = None,
                        emotion_kinds: tuple[str, ...] = DEFAULT_EMOTION_KINDS,
                        template: str | None = None, intensity: bool = False,
                        batch: bool = False, batch_poll: float = 30.0,
@@ -207,6 +215,7 @@ def synthesize_records(records: list[Record], kind: str, *,
     """
     if kind not in KINDS:
         raise ValueError(f"unknown synthesis kind {kind!r}; expected one of {KINDS}")
+    au_kinds = tuple(au_kinds) if au_kinds else default_au_kinds(kind)
     config = client_config or ClientConfig()
     summary = SynthesisSummary(kind=kind, records=len(records), dry_run=dry_run,
                                model=config.model)

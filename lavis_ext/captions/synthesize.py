@@ -14,11 +14,13 @@ from pathlib import Path
 
 import yaml
 
-from lavis_ext.captions.client import ClientConfig, FatalLLMError
+from lavis_ext.captions.client import ClientConfig
 from lavis_ext.captions.cost import PriceTable, parse_price
-from lavis_ext.captions.engine import (DEFAULT_AU_KINDS, DEFAULT_EMOTION_KINDS, KINDS, LLM_KINDS,
-                                       SynthesisSummary, synthesize_records)
+from lavis_ext.captions.engine import (CONCAT_AU_KINDS, DEFAULT_AU_KINDS, DEFAULT_EMOTION_KINDS,
+                                       KINDS, LLM_KINDS, SynthesisSummary, synthesize_records)
 from lavis_ext.data.records import RecordError, load_records, save_records
+from lavis_ext.errors import EXIT_INTERRUPTED, UsageError, check_partial
+from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress
 
 log = logging.getLogger("lavis_ext.captions")
 
@@ -36,11 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="YAML with LLM client options (model, base_url, timeout, ...); "
                           "flags below override it")
     llm.add_argument("--llm-model", help="model name (default gpt-4o-mini)")
-    llm.add_argument("--base-url", help="OpenAI-compatible URL, e.g. http://127.0.0.1:8000/v1 "
-                                        "(default $OPENAI_BASE_URL, else OpenAI)")
+    add_base_url(llm)
     llm.add_argument("--api-key-env", help="environment variable holding the API key "
                                            "(default OPENAI_API_KEY)")
-    llm.add_argument("--concurrency", type=int, default=8, help="requests in flight")
+    add_concurrency(llm)
     llm.add_argument("--cache", type=Path,
                      help="SQLite answer cache (default: llm_cache.sqlite next to --out)")
     llm.add_argument("--dry-run", action="store_true",
@@ -58,8 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="answers tried per caption before a rejection is final")
     llm.add_argument("--backoff-base", type=float, help="first retry back-off, seconds")
     llm.add_argument("--prompt-dir", help="folder with edited copies of the prompt YAMLs")
-    parser.add_argument("--au-kinds", default=",".join(DEFAULT_AU_KINDS),
-                        help="where fuse/concat find AU captions, in order")
+    parser.add_argument("--au-kinds",
+                        help="where fuse/concat find AU captions, in order (default: "
+                             f"{','.join(DEFAULT_AU_KINDS)} for fuse, "
+                             f"{','.join(CONCAT_AU_KINDS)} for concat)")
     parser.add_argument("--emotion-kinds", default=",".join(DEFAULT_EMOTION_KINDS),
                         help="where fuse/concat find emotion captions, in order")
     parser.add_argument("--template", help="rule template, e.g. 'The person {actions}.' for "
@@ -68,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="au-rule: add intensity adverbs from au_intensity")
     parser.add_argument("--save-every", type=int, default=100,
                         help="rewrite --out after this many finished records")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_no_progress(parser)
     parser.add_argument("--log", type=Path, help="also write a log (retries, rejections) here")
 
 
@@ -126,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
                              f"{args.kind}")
         records = _starting_records(args.ann, args.out)
     except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(str(err)) from err
     cache = args.cache or args.out.parent / "llm_cache.sqlite"
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -136,16 +138,16 @@ def run(args: argparse.Namespace) -> int:
             cache_path=cache if args.kind in LLM_KINDS else None,
             concurrency=args.concurrency, dry_run=args.dry_run, progress=not args.no_progress,
             prices=prices, save=lambda recs: save_records(recs, args.out),
-            save_every=args.save_every, au_kinds=tuple(filter(None, args.au_kinds.split(","))),
+            save_every=args.save_every, au_kinds=tuple(filter(None, (args.au_kinds or "").split(","))) or None,
             emotion_kinds=tuple(filter(None, args.emotion_kinds.split(","))),
             template=args.template, intensity=args.intensity, batch=args.batch,
             batch_poll=args.batch_poll)
-    except FatalLLMError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
     print(summary.format())
     if not args.dry_run:
         print(f"wrote {args.out}" + (" (partial)" if summary.interrupted else ""))
-    return 130 if summary.interrupted else 0
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
+    return check_partial("synthesize", summary.added + summary.already_done, summary.failed,
+                         f"{args.kind} captions (reasons under 'failures' in --out)")

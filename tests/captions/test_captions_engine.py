@@ -89,6 +89,12 @@ def test_rule_kinds_and_fusion(server, tmp_path):
     synthesize_records(bare, "concat", progress=False)
     assert bare[0]["failures"]["concat"].startswith("no AU caption (looked in")
     assert "and no emotion caption" in bare[0]["failures"]["concat"]
+    # Cat-BLIP joins the rule AU caption even when an LLM AU caption is there (paper §4.3)
+    llm = dict(both, caption=list(both["caption"]), captions={
+        "au-llm": ["The cheeks rise and the lip corners are pulled up."],
+        "au-rule": [rules.au_caption([6, 12])], "emotion-rule": [rules.emotion_caption(["happiness"])]})
+    synthesize_records([llm], "concat", progress=False)
+    assert llm["captions"]["concat"][0].startswith(rules.au_caption([6, 12]))
     _check_outcome([both], "fuse")
 
 
