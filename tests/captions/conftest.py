@@ -4,12 +4,12 @@ from __future__ import annotations
 import pytest
 
 from captions_testlib import SECRET
-from lavis_ext.captions.local_server import FaultPlan, LocalLLMServer
+from support.llm_server import FaultPlan, FaultyLLMServer
 
 
 @pytest.fixture
 def server():
-    with LocalLLMServer() as srv:
+    with FaultyLLMServer() as srv:
         yield srv
 
 
@@ -17,9 +17,9 @@ def server():
 def make_server():
     started = []
 
-    def make(**kw) -> LocalLLMServer:
+    def make(**kw) -> FaultyLLMServer:
         faults = kw.pop("faults", None)
-        srv = LocalLLMServer(faults=FaultPlan(**faults) if isinstance(faults, dict) else faults,
+        srv = FaultyLLMServer(faults=FaultPlan(**faults) if isinstance(faults, dict) else faults,
                              **kw).start()
         started.append(srv)
         return srv

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from captions_testlib import SECRET, au_records, emotion_records
-from lavis_ext.captions.local_server import request_key
+from support.llm_server import request_key
 from lavis_ext.cli import main
 from lavis_ext.data.records import load_records, save_records
 

@@ -1,13 +1,15 @@
 import itertools
 import json
+import time
+import urllib.error
 import urllib.request
 
 import openai
 import pytest
 
 from lavis_ext.captions import prompts, rules
-from lavis_ext.captions.local_server import (FaultPlan, LocalLLMServer, compose_answer,
-                                             parse_aus)
+from lavis_ext.captions.local_server import LocalLLMServer, compose_answer, parse_aus
+from support.llm_server import FaultPlan, FaultyLLMServer
 from lavis_ext.captions.validate import validate_answer
 from lavis_ext.facs import ACTION_UNITS, AU_NUMBERS
 
@@ -39,7 +41,7 @@ def test_fusion_answer_links_actions_to_the_emotion():
 
 def test_openai_client_against_server_with_faults_and_counts():
     plan = FaultPlan(sequence=["429", "500", "empty", "restricted"], retry_after=0.25)
-    with LocalLLMServer(faults=plan, api_key="k1") as server:
+    with FaultyLLMServer(faults=plan, api_key="k1") as server:
         client = openai.OpenAI(api_key="k1", base_url=server.base_url, max_retries=0)
         messages = prompts.au_messages([1])
         with pytest.raises(openai.RateLimitError) as err:
@@ -74,15 +76,25 @@ def test_unknown_fault_name_is_rejected():
         FaultPlan(sequence=["explode"])
 
 
-def test_models_route_and_latency(make_server):
-    srv = make_server(latency=0.0)
-    with urllib.request.urlopen(srv.base_url + "/models") as response:
-        assert json.load(response)["data"][0]["id"] == "local-template"
+def test_package_stand_in_answers_chat_and_models_only():
+    with LocalLLMServer(latency=0.2) as server:
+        client = openai.OpenAI(api_key="any", base_url=server.base_url, max_retries=0)
+        assert [m.id for m in client.models.list()] == ["local-template"]
+        start = time.monotonic()
+        answer = client.chat.completions.create(model="m", messages=prompts.au_messages([12]))
+        assert time.monotonic() - start >= 0.2  # the latency is a floor, whatever the load
+        assert "lip corner" in answer.choices[0].message.content
+        assert answer.usage.prompt_tokens > 0
+        for route in ("/embeddings", "/batches"):  # test-only routes live in tests/support
+            request = urllib.request.Request(server.base_url + route, data=b"{}", method="POST")
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(request)
+            assert err.value.code == 404
+        with pytest.raises(openai.BadRequestError, match="'messages' must be a list"):
+            client.chat.completions.create(model="m", messages="not a list")
 
 
 def test_batch_endpoints_answer_good_lines_and_report_bad_ones(server):
-    import time
-
     from lavis_ext.captions.client import request_line
 
     client = openai.OpenAI(api_key="x", base_url=server.base_url)
