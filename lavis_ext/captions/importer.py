@@ -1,0 +1,188 @@
+"""`expblip import-captions`: attach captions from a LAVIS caption-annotation file to records.
+
+The official Exp-BLIP repository shares the AU, emotion and fused captions it trained on, in
+LAVIS's caption-annotation format: a JSON list of ``{"image": PATH, "caption": TEXT or
+[TEXT, ...], ...}``. They are the only exact copy of the GPT-3.5 text (those model snapshots
+are retired). Their image paths start at the authors' own data root, so an entry is matched
+to the record whose ``image`` path it ends with (or that ends with it): the shorter of the
+two paths must be a whole-component suffix of the longer one, so ``/home/x/data/RAF-AU/
+aligned/0001.jpg`` matches the record ``aligned/0001.jpg``, but ``F001/T1/0001.jpg`` never
+matches ``F002/T1/0001.jpg``. An entry that fits several records equally well is ambiguous
+and is not attached.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+from lavis_ext.data.records import Record, RecordError, add_captions, load_records, save_records
+from lavis_ext.errors import InputError, NothingSucceeded, UsageError
+
+_KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+EXAMPLES = 5
+
+
+def path_parts(path: str) -> tuple[str, ...]:
+    """Components of a path written on any system (``\\`` or ``/``), without ``.``/root."""
+    text = str(path).replace("\\", "/")
+    return tuple(p for p in PurePosixPath(text).parts if p not in ("/", ".", ""))
+
+
+@dataclass
+class ImportReport:
+    kind: str
+    entries: int = 0  # items in the caption file
+    captions_read: int = 0  # non-empty caption texts in those items
+    entries_matched: int = 0
+    captions_added: int = 0  # texts new to their record (a repeated text is kept once)
+    unmatched: int = 0
+    ambiguous: int = 0
+    unmatched_examples: list[str] = field(default_factory=list)
+    ambiguous_examples: list[str] = field(default_factory=list)
+    records: int = 0
+    records_with_kind: int = 0  # records holding captions[kind] after the import
+    records_without: int = 0
+    records_without_examples: list[str] = field(default_factory=list)
+
+    def format(self) -> str:
+        lines = [f"import-captions {self.kind}: {self.entries} entries, "
+                 f"{self.captions_read} captions read",
+                 f"  matched      {self.entries_matched} entries -> {self.captions_added} "
+                 f"captions added",
+                 f"  unmatched    {self.unmatched} entries"
+                 + (f" (e.g. {', '.join(self.unmatched_examples)})" if self.unmatched else ""),
+                 f"  ambiguous    {self.ambiguous} entries"
+                 + (f" (e.g. {', '.join(self.ambiguous_examples)})" if self.ambiguous else ""),
+                 f"  records      {self.records}: {self.records_with_kind} with captions"
+                 f"[{self.kind!r}], {self.records_without} without"
+                 + (f" (e.g. {', '.join(self.records_without_examples)})"
+                    if self.records_without else "")]
+        return "\n".join(lines)
+
+
+def read_caption_annotations(path: str | Path) -> list[tuple[str, list[str]]]:
+    """(image path, caption texts) per item of a LAVIS caption-annotation JSON file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--from: file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"--from: {path}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise InputError(f"--from: {path}: expected a JSON list of {{\"image\", \"caption\"}} "
+                         f"items (LAVIS caption annotations), got {type(data).__name__}")
+    items = []
+    for i, item in enumerate(data):
+        where = f"{path}[{i}]"
+        if not isinstance(item, Mapping):
+            raise InputError(f"{where}: expected an object, got {type(item).__name__}")
+        image, caption = item.get("image"), item.get("caption")
+        if not isinstance(image, str) or not image.strip():
+            raise InputError(f"{where}: 'image' must be a non-empty path string, got {image!r}")
+        if isinstance(caption, str):
+            texts = [caption]
+        elif isinstance(caption, list) and all(isinstance(c, str) for c in caption):
+            texts = list(caption)
+        else:
+            raise InputError(f"{where}: 'caption' must be a string or a list of strings, "
+                             f"got {caption!r:.80}")
+        items.append((image, [" ".join(t.split()) for t in texts if t.strip()]))
+    return items
+
+
+class SuffixIndex:
+    """Finds the record whose image path and a given path agree on every component of the
+    shorter of the two (the rest is a root prefix that differs)."""
+
+    def __init__(self, records: Sequence[Record]):
+        self._by_name: dict[str, list[tuple[int, tuple[str, ...]]]] = defaultdict(list)
+        for i, record in enumerate(records):
+            parts = path_parts(record["image"])
+            if parts:
+                self._by_name[parts[-1]].append((i, parts))
+
+    def find(self, path: str) -> list[int]:
+        """Indices of the best-matching records: one (a match), none, or several (ambiguous)."""
+        parts = path_parts(path)
+        if not parts:
+            return []
+        best, found = 0, []
+        for index, candidate in self._by_name.get(parts[-1], []):
+            n = min(len(parts), len(candidate))
+            if parts[-n:] != candidate[-n:]:
+                continue
+            if n > best:
+                best, found = n, [index]
+            elif n == best:
+                found.append(index)
+        return found
+
+
+def import_captions(records: list[Record], items: Sequence[tuple[str, list[str]]],
+                    kind: str) -> ImportReport:
+    """Attach each item's captions to its record as ``captions[kind]`` (in place)."""
+    report = ImportReport(kind=kind, entries=len(items), records=len(records))
+    index = SuffixIndex(records)
+    for image, texts in items:
+        report.captions_read += len(texts)
+        found = index.find(image)
+        if len(found) == 1:
+            record = records[found[0]]
+            before = len((record.get("captions") or {}).get(kind) or [])
+            add_captions(record, kind, texts)
+            report.entries_matched += 1
+            report.captions_added += len(record["captions"][kind]) - before
+        elif not found:
+            report.unmatched += 1
+            if len(report.unmatched_examples) < EXAMPLES:
+                report.unmatched_examples.append(image)
+        else:
+            report.ambiguous += 1
+            if len(report.ambiguous_examples) < EXAMPLES:
+                report.ambiguous_examples.append(
+                    f"{image} ({len(found)} records, e.g. {records[found[0]]['image']})")
+    for record in records:
+        if (record.get("captions") or {}).get(kind):
+            report.records_with_kind += 1
+        else:
+            report.records_without += 1
+            if len(report.records_without_examples) < EXAMPLES:
+                report.records_without_examples.append(record["image"])
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", required=True,
+                        help="caption kind to file them under (captions[KIND]), e.g. au-llm "
+                             "for the released GPT AU captions, fuse for the fused ones")
+    parser.add_argument("--from", dest="source", required=True, type=Path,
+                        help="LAVIS caption-annotation JSON: [{\"image\", \"caption\"}, ...]")
+    parser.add_argument("--ann", required=True, type=Path, help="records JSON to attach to")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="records JSON to write (atomically; may equal --ann)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if not _KIND.match(args.kind):
+        raise UsageError(f"--kind: {args.kind!r} is not a caption kind name (lowercase letters, "
+                         f"digits, '-' and '_', e.g. au-llm)")
+    items = read_caption_annotations(args.source)
+    try:
+        records = load_records(args.ann)
+    except (RecordError, FileNotFoundError) as err:
+        raise InputError(f"--ann: {err}") from err
+    report = import_captions(records, items, args.kind)
+    print(report.format())
+    if report.entries_matched == 0:
+        raise NothingSucceeded(f"no entry of {args.source} matched an image of {args.ann}; "
+                               f"nothing written (compare the paths above with the records' "
+                               f"'image' fields)")
+    save_records(records, args.out)
+    print(f"wrote {args.out}")
+    return 0
