@@ -85,6 +85,9 @@ ACTION_UNITS: dict[int, ActionUnit] = {
 }
 AU_NUMBERS: tuple[int, ...] = tuple(sorted(ACTION_UNITS))
 
+# The 13 RAF-AU AUs the paper's Table 4 probe scores (AU F1 per AU and their average).
+RAFAU_PROBE_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 9, 10, 12, 16, 17, 25, 26, 27)
+
 # Commonly used AU subsets (see ../shared/facts/datasets.md).
 AU_SUBSETS: dict[str, tuple[int, ...]] = {
     "bp4d": (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24),
@@ -92,6 +95,7 @@ AU_SUBSETS: dict[str, tuple[int, ...]] = {
     "disfa8": (1, 2, 4, 6, 9, 12, 25, 26),
     "gft": (1, 2, 4, 6, 10, 12, 14, 15, 23, 24),
     "emotionet": (1, 2, 4, 5, 6, 9, 12, 17, 20, 25, 26),
+    "rafau13": RAFAU_PROBE_AUS,
     "paper27": AU_NUMBERS,
 }
 
@@ -136,6 +140,28 @@ def au_name(number: int | str) -> ActionUnit:
     except (KeyError, ValueError):
         raise KeyError(f"AU {number!r} is not one of the {len(ACTION_UNITS)} AUs in "
                        f"lavis_ext.facs: {list(AU_NUMBERS)}") from None
+
+
+def parse_au_subset(value: str | Iterable[int | str] | None,
+                    where: str = "AU subset") -> tuple[int, ...] | None:
+    """AUs from a subset name (``AU_SUBSETS``), a comma list ("1,2,12") or a list of numbers.
+
+    ``None`` or an empty string means no subset (the caller's default). Every parser of an AU
+    subset (command flags, run configs) goes through here, so they accept the same forms.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in AU_SUBSETS:
+            return AU_SUBSETS[value.strip().lower()]
+        parts: list[int | str] = [p.strip() for p in value.split(",") if p.strip()]
+    else:
+        parts = list(value)
+    try:
+        return tuple(au_name(part).number for part in parts)
+    except KeyError as err:
+        raise ValueError(f"{where}: {err.args[0]}; or name a subset: "
+                         f"{', '.join(sorted(AU_SUBSETS))}") from None
 
 
 # --- Emotions ----------------------------------------------------------------------------

@@ -50,3 +50,34 @@ def atomic_save_torch(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
         torch.save(obj, f, *args, **kwargs)
         return
     atomic_write(f, lambda handle: torch.save(obj, handle, *args, **kwargs))
+
+
+# --- Paths ---------------------------------------------------------------------------------
+# One rule for relative paths in configs:
+# * LAVIS run configs (train.py / evaluate.py --cfg-path; the dataset builders and the
+#   facial_captioning task's references) carry no file location once LAVIS has merged them,
+#   so their relative data paths are relative to the working directory, like LAVIS's own
+#   ``run.output_dir``. The pipeline and the demo write run configs with absolute paths.
+# * Pipeline configs (``expblip pipeline --config``) know their file: their relative paths
+#   are relative to the project root, the folder holding the ``projects/`` folder the config
+#   lives in (so ``projects/au_blip/stage1.yaml`` and ``data/prepared/bp4d`` mean the same
+#   from any working directory), or to the config's own folder when it is not under a
+#   ``projects/`` folder.
+
+
+def resolve_path(value: str | os.PathLike, base: str | os.PathLike | None = None) -> Path:
+    """``value`` with ``~`` expanded, made absolute against ``base`` (default: the working
+    directory). Nothing is checked: callers say which config key a missing path came from."""
+    path = Path(os.path.expanduser(os.fspath(value)))
+    if not path.is_absolute():
+        path = Path(base if base is not None else os.getcwd()) / path
+    return Path(os.path.normpath(path))
+
+
+def config_root(config_file: str | os.PathLike) -> Path:
+    """The folder a pipeline config's relative paths are relative to (see the rule above)."""
+    folder = Path(config_file).resolve().parent
+    for parent in (folder, *folder.parents):
+        if parent.name == "projects":
+            return parent.parent
+    return folder

@@ -1,7 +1,5 @@
 import importlib
 
-import pytest
-
 from lavis_ext.cli import SUBCOMMANDS, main
 
 
@@ -9,13 +7,11 @@ def test_every_subcommand_module_exists_and_has_help(capsys):
     for name, (module, _) in SUBCOMMANDS.items():
         loaded = importlib.import_module(module)
         assert callable(loaded.add_arguments) and callable(loaded.run), module
-        with pytest.raises(SystemExit) as exit_info:
-            main([name, "--help"])
-        assert exit_info.value.code == 0
-        assert "usage: expblip " + name in capsys.readouterr().out
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "usage: expblip " + name in out and "exit codes:" in out
 
 
 def test_unknown_command_is_an_error(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train-everything"])
-    assert exit_info.value.code == 2
+    assert main(["train-everything"]) == 2
+    assert "expblip: error: argument COMMAND: invalid choice" in capsys.readouterr().err

@@ -15,7 +15,11 @@ from typing import Any, Iterable
 
 from lavis_ext.data.readers import DATASETS, READERS, VIDEO_DATASETS, SkipReport
 from lavis_ext.data.readers.common import DatasetFormatError
-from lavis_ext.data.records import Record, atomic_write_text, save_records
+from lavis_ext.data.records import Record, save_records
+from lavis_ext.errors import InputError
+from lavis_ext.facs import parse_au_subset
+from lavis_ext.flags import add_no_progress
+from lavis_ext.io import atomic_write_text
 from lavis_ext.data.sampling import DEFAULT_EVERY, sample_frames
 from lavis_ext.data.splits import apply_split
 
@@ -117,7 +121,7 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=DATASETS)
+    parser.add_argument("dataset", choices=DATASETS, help="which dataset's layout to read")
     parser.add_argument("--root", required=True, help="folder holding the dataset as shipped")
     parser.add_argument("--out", required=True, help="folder for train/test JSON + report.json")
     parser.add_argument("--fold", type=int, choices=(1, 2, 3),
@@ -140,24 +144,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip (and count) records whose image file is missing")
     parser.add_argument("--extract-frames", action="store_true",
                         help="DISFA: first decode Videos_LeftCamera/*.avi into frame images")
+    add_no_progress(parser)
 
 
 def _parse_aus(text: str | None) -> str | list[int] | None:
     if text is None or text == "all":
         return text
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"--aus must be 'all' or comma-separated numbers, got {text!r}") \
-            from None
+    return list(parse_au_subset(text, "--aus") or ())
 
 
 def run(args: argparse.Namespace) -> int:
+    """Errors name the file and line; `expblip` prints them (exit 2, lavis_ext.cli)."""
     from tqdm import tqdm
 
     test_subjects = ([s.strip() for s in args.test_subjects.split(",") if s.strip()]
                      if args.test_subjects else None)
-    try:
+    try:  # the readers raise ValueError for values they cannot use
         options = {"aus": _parse_aus(args.aus), "threshold": args.threshold,
                    "frame_pattern": args.frame_pattern, "image_pattern": args.image_pattern,
                    "labels_file": args.labels_file, "subset": args.subset,
@@ -171,15 +173,15 @@ def run(args: argparse.Namespace) -> int:
             subjects = sorted(p.name for p in labels.iterdir() if p.is_dir()) \
                 if labels.is_dir() else []
             pattern = args.frame_pattern or disfa.DEFAULT_FRAME_PATTERN
-            for subject in tqdm(subjects, desc="extracting DISFA frames"):
+            for subject in tqdm(subjects, desc="extracting DISFA frames",
+                                disable=args.no_progress):
                 disfa.extract_frames(args.root, subject, frame_pattern=pattern)
         report = prepare_dataset(args.dataset, args.root, args.out, fold=args.fold,
                                  sample_every=args.sample_every, seed=args.seed,
                                  test_subjects=test_subjects, check_images=args.check_images,
                                  **options)
-    except (DatasetFormatError, ValueError, FileNotFoundError) as err:
-        print(f"expblip prepare: error: {err}")
-        return 2
+    except (DatasetFormatError, ValueError) as err:
+        raise InputError(str(err)) from err
     print(f"{args.dataset}: read {report['rows_read']} rows from {report['files_read']} "
           f"file(s), skipped {report['rows_skipped']}, wrote " +
           ", ".join(f"{split}.json ({n})" for split, n in report["records_written"].items()) +

@@ -3,7 +3,8 @@
 Stock ``BaseDatasetBuilder`` wants a ``url:`` next to every ``storage:`` and downloads; these
 builders read only local files: ``build_info.annotations.<split>.storage`` (one records JSON
 or a list) and ``build_info.images.storage`` (the images root). Relative paths are relative
-to the working directory. A missing file is an error naming the file and its config key. A
+to the working directory (the rule of ``lavis_ext.io.resolve_path``, shared with the
+facial_captioning task's references). A missing file is an error naming the file and its config key. A
 split whose storage is null is left out.
 
 Registered names: ``<dataset>_caption`` for the eight datasets, ``<dataset>_au`` (bp4d, disfa,
@@ -12,7 +13,6 @@ gft, rafau, emotionet), ``<dataset>_emotion`` (affectnet, rafdb, faceme) and
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from omegaconf import OmegaConf
 
 from lavis_ext.data.records import load_records
+from lavis_ext.io import resolve_path
 from lavis_ext.datasets.facial_datasets import (FacialAUDataset, FacialCaptionDataset,
                                                 FacialEmotionDataset, emotion_class_name)
 
@@ -42,9 +43,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
         if value is None or str(value).strip() == "":
             raise ValueError(f"{self.name}: config key {key} is empty; set it in the dataset "
                              "YAML or with --options")
-        path = Path(os.path.expanduser(str(value)))
-        if not path.is_absolute():
-            path = Path.cwd() / path
+        path = resolve_path(str(value))
         ok = path.is_dir() if is_dir else path.is_file()
         if not ok:
             kind = "images root directory" if is_dir else "annotation file"

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
-import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -28,7 +28,10 @@ from typing import Any
 
 import lavis_ext
 from lavis_ext import facs
-from lavis_ext.data.records import atomic_write_text, load_records
+from lavis_ext.data.records import load_records
+from lavis_ext.errors import UsageError
+from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress, positive_int
+from lavis_ext.io import atomic_write_text
 from lavis_ext.pipeline.method import (Source, pseudo_caption, synthesize, train_model,
                                        write_corpus)
 
@@ -76,12 +79,13 @@ def sources(work: Path) -> dict[str, Source]:
 
 
 def train(work: Path, experiment: str, datasets: list[str], kinds: list[str],
-          profile: dict[str, Any], iters2: int, size: int) -> str:
+          profile: dict[str, Any], iters2: int, size: int, seed: int = 0) -> str:
     """Stage 1, then stage 2, each for a fixed number of iterations (LAVIS's iteration
     runner), with the tiny configs; a fixed budget keeps the demo's run time predictable."""
     common = {"model.image_size": size, "run.batch_size_train": profile["batch"],
               "run.batch_size_eval": profile["batch"], "run.test_splits": [],
               "run.runner": "runner_iter",
+              "run.seed": 42 + seed,  # 42: the tiny configs' run.seed, the measured default
               **{f"datasets.facial_caption_mix.vis_processor.{split}.image_size": size
                  for split in ("train", "eval")}}
     # Stage 1's ITG head spans BERT's 30k-word vocabulary and dominates its CPU time: here
@@ -140,9 +144,9 @@ def _evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: i
             scored["shuffled"] = {"au_f1_macro": control["au_f1_macro"],
                                   "emotion_accuracy": control["emotion_accuracy"]}
             results[f"{model_name} on {dataset} test"] = scored
-    (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    atomic_write_text(work / "results.json", json.dumps(results, indent=1, default=str))
     table = format_table({k: v for k, v in results.items()})
-    (work / "results.md").write_text(table + "\n")
+    atomic_write_text(work / "results.md", table + "\n")
     return {"table": table, "summary": {
         name: {"meteor": r["metrics"].get("meteor"), "rouge_l": r["metrics"].get("rouge_l"),
                "au_f1": r["metrics"]["au_f1_macro"],
@@ -180,24 +184,85 @@ def show_results(work: Path, evaluation: dict[str, Any], samples: int = 4) -> No
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", default="demo_output", help="all outputs (resumable)")
+    parser.add_argument("--workdir", default="demo_output",
+                        help="all outputs (resumable; default demo_output, which the tiny "
+                             "configs in projects/*/stage*_tiny.yaml read)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few images and one epoch per stage (a smoke test, no learning)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--image-size", type=int, default=64,
+                        help="a few images and iterations per stage (a smoke test, no learning)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the faces, the splits, the training runs (run.seed) and "
+                             "the shuffled control (default 0)")
+    parser.add_argument("--image-size", type=positive_int, default=64,
                         help="model input size (faces are drawn at 112 pixels)")
-    parser.add_argument("--base-url", default=None,
-                        help="OpenAI-compatible endpoint for the LLM steps (default: "
-                             "$OPENAI_BASE_URL, else a local stand-in server)")
-    parser.add_argument("--llm-model", default="gpt-4o-mini")
-    parser.add_argument("--concurrency", type=int, default=16)
+    add_base_url(parser, "the LLM steps", "$OPENAI_BASE_URL, else a local stand-in server")
+    parser.add_argument("--llm-model", default="gpt-4o-mini",
+                        help="model name sent to the endpoint (default gpt-4o-mini)")
+    add_concurrency(parser)
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: the cores this process may use)")
     parser.add_argument("--fresh", action="store_true", help="delete --workdir first")
+    add_no_progress(parser)
+
+
+# The demo trains each model on one caption style: at this scale that is what the tiny models
+# can learn in minutes (the paper's AU-BLIP also learns the LLM's AU captions).
+DEMO_TRAIN_KINDS = {"au_blip": ["au-rule"], "emot_blip": ["emotion-rule"], "exp_blip": ["fuse"]}
+# Rule-style AU captions (labelled or from AU-BLIP) go into the fusion, for the same reason.
+DEMO_FUSE_AU_KINDS = ("au-rule", "au-pseudo")
+DATASETS_OF = {"au": [AU_DATASET], "emotion": [EMOTION_DATASET],
+               "all": [AU_DATASET, EMOTION_DATASET]}
+HEADERS = {"synthesize": "2. Caption synthesis (AU: rule + LLM; emotion: rule)",
+           "train-au-blip": "3. Train AU-BLIP and Emot-BLIP (stage 1 + stage 2)",
+           "pseudo-au": "4. Pseudo-captions for the missing aspect, LLM fusion, concatenation",
+           "train-exp-blip": "5. Train Exp-BLIP on the fused descriptions, and evaluate"}
+SHOWN_NAMES = {"au_blip": "AU-BLIP", "emot_blip": "Emot-BLIP", "exp_blip": "Exp-BLIP"}
+
+
+def pin_torch(threads: int | None) -> int:
+    """Fix what makes two CPU runs differ on one machine: the thread count and the choice of
+    non-deterministic kernels (warn-only: an op without a deterministic kernel still runs).
+    Returns the thread count. Results still differ across CPUs and torch builds."""
+    import torch
+
+    if not threads:
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return threads
+
+
+class _LogToFile:
+    """Send Python logging (LAVIS's config dumps, per-epoch stats) to ``path``; the console
+    keeps warnings, the steps, the training progress lines and the results."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> "_LogToFile":
+        root = logging.getLogger()
+        self.saved = (root.level, list(root.handlers))
+        self.file = logging.FileHandler(self.path, encoding="utf-8")
+        self.file.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        console = logging.StreamHandler()
+        console.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        root.handlers = [self.file, console]  # LAVIS's logging.basicConfig is then a no-op
+        root.setLevel(logging.INFO)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        root = logging.getLogger()
+        root.setLevel(self.saved[0])
+        root.handlers = self.saved[1]
+        self.file.close()
 
 
 def run(args: argparse.Namespace) -> int:
     import shutil
 
     from lavis_ext.captions.local_server import LocalLLMServer
+    from lavis_ext.pipeline.method import method_steps
     from lavis_ext.pipeline.steps import Steps
 
     started = time.monotonic()
@@ -213,12 +278,17 @@ def run(args: argparse.Namespace) -> int:
                 "draw_size": DRAW_SIZE, "llm_model": args.llm_model}
     recorded = work / "demo_settings.json"
     if recorded.exists() and json.loads(recorded.read_text()) != settings:
-        print(f"error: {work} holds a demo run with other settings ({recorded}); "
-              "rerun with --fresh to start over, or choose another --workdir", file=sys.stderr)
-        return 2
+        raise UsageError(f"--workdir {work} holds a demo run with other settings ({recorded}); "
+                         "rerun with --fresh to start over, or choose another --workdir")
     atomic_write_text(recorded, json.dumps(settings, indent=1))
+    threads = pin_torch(args.threads)
+    log_file = work / "demo.log"
+    print(f"Demo ({profile_name}, seed {args.seed}, {threads} torch threads); LAVIS's logs go "
+          f"to {log_file}")
     steps = Steps(work)
+    progress = not args.no_progress
     with ExitStack() as stack:
+        stack.enter_context(_LogToFile(log_file))
         base_url = args.base_url or os.environ.get("OPENAI_BASE_URL")
         if base_url:
             print(f"LLM steps: {args.llm_model} at {base_url}")
@@ -232,36 +302,41 @@ def run(args: argparse.Namespace) -> int:
 
         _print_header("1. Synthetic faces in native layouts, read back by the readers")
         print(json.dumps(steps.run("data", make_data, work, profile, args.seed)))
-        _print_header("2. Caption synthesis (AU: rule + LLM; emotion: rule)")
-        steps.run("synthesize", synthesize, work, sources(work),
-                  {AU_DATASET: ["au-rule", "au-llm"], EMOTION_DATASET: ["emotion-rule"]},
-                  config, args.concurrency)
-        _print_header("3. Train AU-BLIP and Emot-BLIP (stage 1 + stage 2)")
-        au_blip = steps.run("train-au-blip", train, work, "au_blip", [AU_DATASET], ["au-rule"],
-                            profile, profile["au_iters"], size)
-        emot_blip = steps.run("train-emot-blip", train, work, "emot_blip", [EMOTION_DATASET],
-                              ["emotion-rule"], profile, profile["emot_iters"], size)
-        _print_header("4. Pseudo-captions for the missing aspect, then LLM fusion")
-        greedy = {"num_beams": 1}
-        steps.run("pseudo-au", pseudo_caption, work, au_blip, sources(work)[EMOTION_DATASET],
-                  "au-pseudo", greedy)
-        steps.run("pseudo-emotion", pseudo_caption, work, emot_blip,
-                  sources(work)[AU_DATASET], "emotion-pseudo", greedy)
-        # Rule-style AU captions (labelled or from AU-BLIP) go into the fusion here: at this
-        # scale one caption style is what the tiny models can learn in minutes.
-        steps.run("fuse", synthesize, work, sources(work),
-                  {AU_DATASET: ["fuse"], EMOTION_DATASET: ["fuse"]}, config, args.concurrency,
-                  au_kinds=("au-rule", "au-pseudo"))
-        _print_header("5. Train Exp-BLIP on the fused descriptions, and evaluate")
-        exp_blip = steps.run("train-exp-blip", train, work, "exp_blip",
-                             [AU_DATASET, EMOTION_DATASET], ["fuse"], profile,
-                             profile["exp_iters"], size)
-        evaluation = steps.run("evaluate", evaluate, work,
-                               {"AU-BLIP": (au_blip, [AU_DATASET]),
-                                "Emot-BLIP": (emot_blip, [EMOTION_DATASET]),
-                                "Exp-BLIP": (exp_blip, [AU_DATASET, EMOTION_DATASET])},
-                               args.seed)
+        all_sources = sources(work)
+        checkpoints: dict[str, str] = {}
+        iters = {"au_blip": profile["au_iters"], "emot_blip": profile["emot_iters"],
+                 "exp_blip": profile["exp_iters"]}
+        for step in method_steps(baselines=False):  # the paper pipeline's table
+            if step.name in HEADERS:
+                _print_header(HEADERS[step.name])
+            datasets = DATASETS_OF[step.group]
+            if step.action == "synthesize":
+                kinds = {d: list(k) for group, k in step.kinds.items() for d in DATASETS_OF[group]}
+                options = {"au_kinds": DEMO_FUSE_AU_KINDS} if step.name == "fuse" else {}
+                steps.run(step.name, synthesize, work,
+                          {d: all_sources[d] for d in datasets}, kinds, config,
+                          args.concurrency, progress=progress, **options)
+            elif step.action == "train":
+                checkpoints[step.model] = steps.run(
+                    step.name, train, work, step.model, datasets, DEMO_TRAIN_KINDS[step.model],
+                    profile, iters[step.model], size, args.seed)
+            elif step.action == "pseudo":
+                (kind,) = next(iter(step.kinds.values()))
+                (dataset,) = datasets
+                steps.run(step.name, pseudo_caption, work, checkpoints[step.model],
+                          all_sources[dataset], kind, {"num_beams": 1}, progress=progress)
+            elif step.action == "evaluate":
+                evaluation = steps.run(step.name, evaluate, work, {
+                    SHOWN_NAMES[m]: (checkpoints[m], DATASETS_OF[_group_of(m)])
+                    for m in step.uses}, args.seed)
     show_results(work, evaluation)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs in {work} "
-          "(results.md, results.json, configs/, runs/).")
+          "(results.md, results.json, configs/, runs/, demo.log). The tiny configs "
+          "(projects/*/stage*_tiny.yaml) read this folder when it is ./demo_output.")
     return 0
+
+
+def _group_of(model: str) -> str:
+    from lavis_ext.pipeline.method import method_steps
+
+    return next(s.group for s in method_steps() if s.model == model and s.action == "train")

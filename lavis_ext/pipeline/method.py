@@ -1,5 +1,6 @@
-"""The three stages of the Exp-BLIP method as functions over files, shared by the demo and by
-``run_scripts/pipeline.py`` (real data, the paper's configs).
+"""The three stages of the Exp-BLIP method as functions over files, and the one step table
+(``method_steps``) that both ``expblip demo`` and ``expblip pipeline`` (real data, the paper's
+configs) run in order.
 
 Layout under a work folder: ``captions/<dataset>_<split>.json`` (records with captions),
 ``configs/<model>/stage{1,2}.yaml`` (the run configs actually used), ``runs/<model>/stage{1,2}``
@@ -7,13 +8,15 @@ Layout under a work folder: ``captions/<dataset>_<split>.json`` (records with ca
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import OmegaConf
 
 from lavis_ext.data.records import load_records, save_records
+from lavis_ext.errors import InputError
+from lavis_ext.io import atomic_write_text
 
 SPLITS = ("train", "test")
 
@@ -27,13 +30,62 @@ class Source:
     images: Path
 
 
+@dataclass(frozen=True)
+class MethodStep:
+    """One step of the method: ``action`` is what runs, on the datasets of ``group``.
+
+    ``kinds``: captions the step writes (synthesize, pseudo, concat) or the model learns
+    (train); ``uses``: the trained models it needs; ``llm``: whether it calls the LLM.
+    """
+
+    name: str
+    action: str  # synthesize | train | pseudo | concat | evaluate
+    group: str  # au | emotion | all: the datasets it works on
+    model: str | None = None
+    kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> kinds
+    uses: tuple[str, ...] = ()
+    llm: bool = False
+
+
+def method_steps(baselines: bool = False) -> list[MethodStep]:
+    """The method in order (paper §3): caption synthesis, AU-BLIP and Emot-BLIP, pseudo
+    captions for the missing aspect, LLM fusion, Exp-BLIP, evaluation. ``baselines`` adds the
+    paper's Mix-BLIP (rule AU captions and emotion captions, each dataset its own) and Cat-BLIP
+    (the two concatenated, no LLM; §4.3) to the models trained."""
+    steps = [
+        MethodStep("synthesize", "synthesize", "all", llm=True,
+                   kinds={"au": ("au-rule", "au-llm"), "emotion": ("emotion-rule",)}),
+        MethodStep("train-au-blip", "train", "au", "au_blip", {"au": ("au-rule", "au-llm")}),
+        MethodStep("train-emot-blip", "train", "emotion", "emot_blip",
+                   {"emotion": ("emotion-rule",)}),
+        MethodStep("pseudo-au", "pseudo", "emotion", "au_blip", {"emotion": ("au-pseudo",)},
+                   uses=("au_blip",)),
+        MethodStep("pseudo-emotion", "pseudo", "au", "emot_blip", {"au": ("emotion-pseudo",)},
+                   uses=("emot_blip",)),
+        MethodStep("fuse", "synthesize", "all", kinds={"all": ("fuse",)}, llm=True),
+        # Cat-BLIP's captions: rule-made, seconds of work, written even without the baselines
+        # so that the tiny configs of every model run on a demo's output.
+        MethodStep("concat", "synthesize", "all", kinds={"all": ("concat",)}),
+        MethodStep("train-exp-blip", "train", "all", "exp_blip", {"all": ("fuse",)}),
+    ]
+    if baselines:
+        steps += [
+            MethodStep("train-mix-blip", "train", "all", "mix_blip",
+                       {"au": ("au-rule",), "emotion": ("emotion-rule",)}),
+            MethodStep("train-cat-blip", "train", "all", "cat_blip", {"all": ("concat",)}),
+        ]
+    trained = tuple(s.model for s in steps if s.action == "train")
+    steps.append(MethodStep("evaluate", "evaluate", "all", uses=trained))  # type: ignore[arg-type]
+    return steps
+
+
 def captions_path(work: Path, dataset: str, split: str) -> Path:
     return work / "captions" / f"{dataset}_{split}.json"
 
 
 def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str]], config: Any,
                concurrency: int = 8, echo: Callable[[str], None] = lambda _: None,
-               **options: Any) -> dict[str, Any]:
+               progress: bool = False, **options: Any) -> dict[str, Any]:
     """Add captions of the given kinds to every split of every dataset (resumable: the
     captions file is the state; LLM answers come from the cache on a rerun). ``options`` go
     to ``synthesize_records`` (e.g. ``au_kinds``: which AU captions ``fuse`` combines)."""
@@ -45,12 +97,14 @@ def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str
             out = captions_path(work, name, split)
             source = out if out.exists() else sources[name].prepared / f"{split}.json"
             if not source.exists():
-                continue
+                raise InputError(f"{name}: prepared records not found: {source} (run "
+                                 f"`expblip prepare {name} --root ... --out "
+                                 f"{sources[name].prepared}`)")
             records = load_records(source)
             for kind in kind_list:
                 summary = synthesize_records(
                     records, kind, client_config=config, cache_path=work / "llm_cache.sqlite",
-                    concurrency=concurrency, progress=False,
+                    concurrency=concurrency, progress=progress,
                     save=lambda recs, out=out: save_records(recs, out), echo=echo, **options)
                 done[f"{name}/{split}/{kind}"] = {
                     "added": summary.added, "failed": summary.failed,
@@ -85,7 +139,8 @@ def write_run_config(work: Path, template: str | Path, model: str, stage: int,
 def train_model(work: Path, model: str, templates: dict[int, str | Path], sources: list[Source],
                 overrides: dict[int, dict[str, Any]] | None = None, nproc: int = 1) -> str:
     """Stage 1 then stage 2 (each resumed if it crashed); returns the newest stage-2 checkpoint."""
-    from lavis_ext.pipeline.steps import newest_checkpoint, train_stage
+    from lavis_ext.models.checkpoint import newest_checkpoint
+    from lavis_ext.pipeline.steps import train_stage
 
     out = ""
     for stage in (1, 2):
@@ -100,7 +155,7 @@ def train_model(work: Path, model: str, templates: dict[int, str | Path], source
 
 def pseudo_caption(work: Path, checkpoint: str, source: Source, kind: str,
                    generation: dict[str, Any] | None = None, batch_size: int = 32,
-                   device: str = "cpu") -> dict[str, Any]:
+                   device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Caption every split of ``source`` with a trained model, as captions of ``kind``."""
     from lavis_ext.pipeline.captioner import load_captioner
     from lavis_ext.pipeline.pseudo_caption import pseudo_caption_records
@@ -111,9 +166,11 @@ def pseudo_caption(work: Path, checkpoint: str, source: Source, kind: str,
     for split in SPLITS:
         path = captions_path(work, source.name, split)
         if not path.exists():
-            continue
+            raise InputError(f"{source.name}: captions not found: {path} (the synthesize "
+                             "step writes them)")
         result[split] = pseudo_caption_records(load_records(path), captioner, str(source.images),
-                                               kind, out=path, batch_size=batch_size)
+                                               kind, out=path, batch_size=batch_size,
+                                               progress=progress)
     return result
 
 
@@ -125,6 +182,5 @@ def write_corpus(work: Path, name: str, kinds: list[str]) -> str:
             for kind in kinds:
                 lines += record.get("captions", {}).get(kind, [])
     path = work / "corpus" / f"{name}.txt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return str(path)

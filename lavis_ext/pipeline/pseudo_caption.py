@@ -12,17 +12,21 @@ import os
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-from tqdm import tqdm
-
 from lavis_ext.data.records import Record, add_captions, load_records, save_records
-from lavis_ext.pipeline.captioner import Captioner, load_captioner
+from lavis_ext.errors import InputError, check_partial
+from lavis_ext.flags import add_no_progress, positive_int
 
 
-def pseudo_caption_records(records: list[Record], captioner: Captioner, images_root: str,
+def pseudo_caption_records(records: list[Record], captioner: Any, images_root: str,
                            kind: str, *, out: str | os.PathLike, batch_size: int = 16,
                            save_every: int = 10, progress: bool = True) -> dict[str, Any]:
-    """Add one ``kind`` caption to every record that lacks one; returns a summary."""
+    """Add one ``kind`` caption to every record that lacks one; returns a summary.
+
+    ``captioner``: a ``lavis_ext.pipeline.captioner.Captioner`` (anything with ``caption``).
+    """
+    from PIL import Image
+    from tqdm import tqdm
+
     todo = [r for r in records if not r.get("captions", {}).get(kind)]
     summary = {"records": len(records), "already_done": len(records) - len(todo),
                "captioned": 0, "unreadable": 0}
@@ -58,17 +62,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output records JSON (resumed if present)")
     parser.add_argument("--kind", default="au-pseudo",
                         help="caption kind to add (e.g. au-pseudo, emotion-pseudo)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="images per forward pass (default 16)")
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
+    add_no_progress(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.images):
+        raise InputError(f"--images: folder not found: {args.images}")
     source = args.out if os.path.isfile(args.out) else args.ann
+    if not os.path.isfile(source):
+        raise InputError(f"--ann: records file not found: {source}")
     records = load_records(source)
     if source == args.out:
         print(f"resuming from {args.out}")
+    from lavis_ext.pipeline.captioner import load_captioner
+
     captioner = load_captioner(args.model, args.device)
     summary = pseudo_caption_records(records, captioner, args.images, args.kind, out=args.out,
-                                     batch_size=args.batch_size)
+                                     batch_size=args.batch_size,
+                                     progress=not args.no_progress)
     print("pseudo-caption summary: " + ", ".join(f"{k} {v}" for k, v in summary.items()))
-    return 0
+    return check_partial("pseudo-caption", summary["captioned"], summary["unreadable"],
+                         "images (unreadable; reasons under 'failures' in --out)")

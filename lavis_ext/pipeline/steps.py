@@ -7,7 +7,6 @@ or through ``python -m torch.distributed.run`` for several.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import subprocess
@@ -49,12 +48,6 @@ class Steps:
         return result
 
 
-def newest_checkpoint(folder: str | os.PathLike) -> str | None:
-    found = sorted(glob.glob(os.path.join(str(folder), "**", "checkpoint_*.pth"),
-                             recursive=True), key=os.path.getmtime)
-    return found[-1] if found else None
-
-
 def train_stage(cfg_path: str | os.PathLike, options: list[str] | None = None, *,
                 nproc: int = 1, action: str = "train") -> str:
     """Train (or evaluate) one configured stage; returns the run's output folder.
@@ -62,6 +55,8 @@ def train_stage(cfg_path: str | os.PathLike, options: list[str] | None = None, *
     A folder already holding checkpoints (a crashed earlier attempt) is resumed from its
     newest checkpoint.
     """
+    from lavis_ext.models.checkpoint import newest_checkpoint
+
     options = list(options or [])
     cfg = OmegaConf.merge(OmegaConf.load(str(cfg_path)), OmegaConf.from_dotlist(options))
     output_dir = str(cfg.run.output_dir)

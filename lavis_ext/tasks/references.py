@@ -9,7 +9,6 @@ building the datasets. ``ConcatDataset`` parts are merged.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -84,10 +83,8 @@ def annotation_storage(dataset_config: Any, split: str) -> list[str]:
 
 
 def _resolve(path: str) -> str:
-    """Relative storage paths are under LAVIS's cache_root, as the dataset builders read them."""
-    if os.path.isabs(path):
-        return path
-    from lavis.common.registry import registry
+    """The dataset builders' rule (``lavis_ext.io.resolve_path``): relative to the working
+    directory, so the references are read from the very files the datasets were built from."""
+    from lavis_ext.io import resolve_path
 
-    root = registry.get_path("cache_root")
-    return os.path.expanduser(os.path.join(root, path)) if root else path
+    return str(resolve_path(path))

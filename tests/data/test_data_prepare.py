@@ -101,12 +101,12 @@ def test_cli_prepare_and_errors(tmp_path, capsys):
     assert (tmp_path / "out" / "train.json").is_file()
     assert main(["prepare", "bp4d", "--root", str(tmp_path / "missing"), "--out",
                  str(tmp_path / "o2")]) == 2
-    assert "--root directory not found" in capsys.readouterr().out
+    assert "expblip prepare: error: bp4d: --root directory not found" in capsys.readouterr().err
     assert main(["prepare", "bp4d", "--root", str(tmp_path / "raw"), "--out",
                  str(tmp_path / "o2")]) == 2
-    assert "AUCoding/AU_OCC" in capsys.readouterr().out
+    assert "AUCoding/AU_OCC" in capsys.readouterr().err
     assert main(["prepare", "gft", "--root", str(tmp_path / "raw"), "--out",
                  str(tmp_path / "o4"), "--aus", "1,x"]) == 2
-    assert "--aus must be" in capsys.readouterr().out
+    assert "--aus: AU 'x' is not one of" in capsys.readouterr().err
     with pytest.raises(DatasetFormatError):
         prepare_dataset("faceme", tmp_path / "raw", tmp_path / "o3")

@@ -1,0 +1,436 @@
+"""``expblip pipeline --config projects/pipeline/paper.yaml``: the paper's method on prepared
+datasets, resumable, with every input checked before any work starts.
+
+The steps are ``lavis_ext.pipeline.method.method_steps`` (the same table the demo runs):
+caption synthesis, AU-BLIP and Emot-BLIP, pseudo captions, LLM fusion, Exp-BLIP, the Mix-BLIP
+and Cat-BLIP baselines (``baselines: true``), evaluation. A finished step is skipped on a
+rerun; a crashed training run resumes from its newest checkpoint; LLM answers are cached in
+``<workdir>/llm_cache.sqlite``.
+
+Before any step, a preflight checks what the steps still to run need (prepared records,
+image roots, model configs and weights, the LLM key and endpoint, GPUs for
+``nproc_per_node``, free disk) and reports every problem in one error. ``--check`` runs only
+the preflight and prints the plan. Relative paths in the config are relative to the project
+root (see ``lavis_ext.io.config_root``), never to the working directory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from lavis_ext.errors import InputError
+from lavis_ext.flags import add_no_progress
+from lavis_ext.io import config_root, resolve_path
+from lavis_ext.pipeline.method import SPLITS, MethodStep, Source, captions_path, method_steps
+
+MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
+DEFAULT_MIN_FREE_GB = 100.0
+# Environment variables the model code reads when a weight key is empty (lavis_ext.models).
+VIT_WEIGHT_ENVS = {"eva_clip_g": "LAVIS_EXT_EVA_VIT_G", "vit_b_mae": "LAVIS_EXT_VIT_B_MAE"}
+BERT_ENV = "LAVIS_EXT_BERT_PATH"
+MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
+
+
+@dataclass
+class PipelineConfig:
+    """The ``pipeline:`` mapping of a config file, paths made absolute."""
+
+    path: Path
+    workdir: Path
+    au: dict[str, Source]
+    emotion: dict[str, Source]
+    models: dict[str, dict[int, Path]]
+    llm: dict[str, Any]
+    concurrency: int
+    nproc: int
+    device: str
+    baselines: bool
+    pseudo: dict[str, Any]
+    min_free_gb: float
+
+    def sources(self, group: str) -> dict[str, Source]:
+        return {"au": self.au, "emotion": self.emotion}.get(group, {**self.au, **self.emotion})
+
+
+def load_config(path: str | os.PathLike, problems: list[str]) -> PipelineConfig | None:
+    """Read the config; every malformed key goes to ``problems`` (None if nothing usable)."""
+    from omegaconf import OmegaConf
+
+    file = resolve_path(path)
+    if not file.is_file():
+        raise InputError(f"--config: file not found: {file}")
+    try:
+        data = OmegaConf.to_container(OmegaConf.load(str(file)), resolve=True)
+    except Exception as err:  # noqa: BLE001  (YAML and interpolation errors alike)
+        raise InputError(f"{file}: not a readable YAML file ({err})") from err
+    if not isinstance(data, dict) or not isinstance(data.get("pipeline"), dict):
+        raise InputError(f"{file}: expected a top-level 'pipeline:' mapping")
+    cfg = data["pipeline"]
+    root = config_root(file)
+
+    def where(key: str) -> str:
+        return f"{file}: pipeline.{key}"
+
+    def datasets(key: str) -> dict[str, Source]:
+        found = {}
+        entries = cfg.get(key) or {}
+        if not isinstance(entries, dict):
+            problems.append(f"{where(key)}: expected a mapping name -> {{prepared, images}}")
+            return found
+        for name, entry in entries.items():
+            if not isinstance(entry, dict) or not entry.get("prepared") or not entry.get("images"):
+                problems.append(f"{where(f'{key}.{name}')}: needs 'prepared' (the folder "
+                                "`expblip prepare --out` wrote) and 'images' (the images root)")
+                continue
+            found[name] = Source(name, resolve_path(entry["prepared"], root),
+                                 resolve_path(entry["images"], root))
+        return found
+
+    au, emotion = datasets("au_datasets"), datasets("emotion_datasets")
+    if not au:
+        problems.append(f"{where('au_datasets')}: no AU dataset configured")
+    if not emotion:
+        problems.append(f"{where('emotion_datasets')}: no emotion dataset configured")
+    baselines = bool(cfg.get("baselines", True))
+    models: dict[str, dict[int, Path]] = {}
+    wanted = {s.model for s in method_steps(baselines) if s.action == "train"}
+    for model in sorted(wanted):
+        entry = (cfg.get("models") or {}).get(model)
+        if not isinstance(entry, dict) or not entry.get("stage1") or not entry.get("stage2"):
+            problems.append(f"{where(f'models.{model}')}: needs stage1 and stage2 (project "
+                            f"configs, e.g. projects/{model}/stage1.yaml)")
+            continue
+        models[model] = {stage: resolve_path(entry[f"stage{stage}"], root) for stage in (1, 2)}
+    numbers = {}
+    for key, default, kind in (("concurrency", 8, int), ("nproc_per_node", 1, int),
+                               ("min_free_disk_gb", DEFAULT_MIN_FREE_GB, float)):
+        try:
+            numbers[key] = kind(cfg.get(key, default))
+        except (TypeError, ValueError):
+            problems.append(f"{where(key)}: expected a number, got {cfg.get(key)!r}")
+            numbers[key] = kind(default)
+    llm = cfg.get("llm") or {}
+    if not isinstance(llm, dict):
+        problems.append(f"{where('llm')}: expected a mapping of LLM client options")
+        llm = {}
+    return PipelineConfig(
+        path=file, workdir=resolve_path(cfg.get("workdir") or "runs/paper", root), au=au,
+        emotion=emotion, models=models, llm=llm, concurrency=numbers["concurrency"],
+        nproc=max(1, numbers["nproc_per_node"]), device=str(cfg.get("device", "cuda")),
+        baselines=baselines, pseudo=dict(cfg.get("pseudo_caption") or {}),
+        min_free_gb=numbers["min_free_disk_gb"])
+
+
+def marker(cfg: PipelineConfig, step: MethodStep) -> Path:
+    return cfg.workdir / ".steps" / f"{step.name}.json"
+
+
+def plan(cfg: PipelineConfig) -> list[tuple[MethodStep, bool]]:
+    """Every step with whether an earlier run finished it."""
+    return [(step, marker(cfg, step).exists()) for step in method_steps(cfg.baselines)]
+
+
+# --- Preflight -----------------------------------------------------------------------------
+
+def _check_records(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str]) -> None:
+    needs_prepared = any(s.name == "synthesize" for s in todo)
+    needs_images = any(s.action in ("train", "pseudo", "evaluate") for s in todo)
+    for name, source in {**cfg.au, **cfg.emotion}.items():
+        if needs_prepared:
+            missing = [f"{split}.json" for split in SPLITS
+                       if not captions_path(cfg.workdir, name, split).exists()
+                       and not (source.prepared / f"{split}.json").is_file()]
+            if missing:
+                problems.append(f"{name}: prepared records not found: {' and '.join(missing)} "
+                                f"in {source.prepared} (run `expblip prepare {name} --root DIR "
+                                f"--out {source.prepared}`)")
+        if needs_images and not source.images.is_dir():
+            problems.append(f"{name}: images root not found: {source.images}")
+
+
+def _model_config(path: Path) -> dict[str, Any]:
+    """The project config's ``model`` mapping over the defaults of its model type."""
+    from omegaconf import OmegaConf
+
+    model = OmegaConf.to_container(OmegaConf.load(str(path))).get("model") or {}
+    arch, model_type = model.get("arch", ""), model.get("model_type", "")
+    base = "exp_blip_qformer" if arch == "exp_blip_qformer" else "exp_blip"
+    defaults_file = MODEL_CONFIGS / f"{base}_{model_type}.yaml"
+    defaults: dict[str, Any] = {}
+    if defaults_file.is_file():
+        defaults = OmegaConf.to_container(OmegaConf.load(str(defaults_file))).get("model") or {}
+    return {**defaults, **{k: v for k, v in model.items() if v is not None}}
+
+
+def _hub_cached(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def _check_weights(model: dict[str, Any], problems: list[str]) -> None:
+    vit = model.get("vit_model", "eva_clip_g")
+    if vit in VIT_WEIGHT_ENVS and not model.get("vit_weights_optional"):
+        env = VIT_WEIGHT_ENVS[vit]
+        value = model.get("vit_weights") or os.environ.get(env)
+        if not value:
+            problems.append(f"no {vit} weights: set model.vit_weights or ${env}")
+        elif not resolve_path(value).is_file():
+            problems.append(f"{vit} weights not found: {resolve_path(value)} "
+                            f"(model.vit_weights or ${env})")
+    bert = model.get("bert_path") or os.environ.get(BERT_ENV)
+    if bert and not (resolve_path(bert) / "vocab.txt").is_file():
+        problems.append(f"model.bert_path (or ${BERT_ENV}) is not a BERT folder with "
+                        f"vocab.txt: {resolve_path(bert)}")
+    llm = model.get("opt_model")
+    if llm and llm != "tiny":
+        local = resolve_path(llm)
+        if local.is_dir():
+            return
+        looks_local = str(llm).startswith(("/", ".", "~")) or str(llm).count("/") != 1
+        if looks_local:
+            problems.append(f"model.opt_model folder not found: {local}")
+        elif os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not _hub_cached(llm):
+            problems.append(f"model.opt_model {llm} is not in the Hugging Face cache "
+                            "and HF_HUB_OFFLINE is set: download it first or give a local folder")
+
+
+def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str]) -> None:
+    checked: set[Path] = set()
+    weights: dict[str, list[str]] = {}  # one line per missing weight, naming every config
+    for step in todo:
+        if step.action != "train" or step.model not in cfg.models:
+            continue
+        for stage, path in cfg.models[step.model].items():
+            if path in checked:
+                continue
+            checked.add(path)
+            if not path.is_file():
+                problems.append(f"{step.model}: stage-{stage} config not found: {path} "
+                                f"(pipeline.models.{step.model}.stage{stage})")
+                continue
+            try:
+                model = _model_config(path)
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"{path}: not a readable YAML file ({err})")
+                continue
+            found: list[str] = []
+            _check_weights(model, found)
+            for problem in found:
+                weights.setdefault(problem, []).append(f"{step.model} stage {stage}")
+    problems += [f"{problem} (needed by {', '.join(users)})" for problem, users in weights.items()]
+
+
+def _check_llm(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str]) -> None:
+    if not any(s.llm for s in todo):
+        return
+    from lavis_ext.captions.client import ClientConfig, FatalLLMError
+
+    try:
+        client = ClientConfig.from_mapping(dict(cfg.llm), f"{cfg.path}: pipeline.llm")
+    except (TypeError, ValueError) as err:
+        problems.append(str(err))
+        return
+    url = client.resolved_base_url()
+    if url and (urlparse(url).scheme not in ("http", "https") or not urlparse(url).netloc):
+        problems.append(f"LLM endpoint {url!r} (pipeline.llm.base_url or $OPENAI_BASE_URL) "
+                        "is not an http(s) URL")
+    try:
+        client.api_key()
+    except FatalLLMError as err:
+        problems.append(f"LLM: {err}")
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _check_hardware(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str]) -> None:
+    heavy = [s for s in todo if s.action in ("train", "pseudo", "evaluate")]
+    if heavy and cfg.device.startswith("cuda"):
+        found = _gpu_count()
+        if found < cfg.nproc:
+            problems.append(f"GPUs: pipeline.nproc_per_node is {cfg.nproc} on device "
+                            f"{cfg.device}, but {found} CUDA GPU(s) are visible")
+    if any(s.action == "train" for s in todo):
+        folder = cfg.workdir
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        free_gb = shutil.disk_usage(folder).free / 1e9
+        if free_gb < cfg.min_free_gb:
+            problems.append(f"disk: {free_gb:.0f} GB free under {folder}; checkpoints need "
+                            f"about {cfg.min_free_gb:.0f} GB (pipeline.min_free_disk_gb)")
+
+
+def preflight(cfg: PipelineConfig, todo: list[MethodStep]) -> list[str]:
+    """Every problem that would stop one of the ``todo`` steps, found before any work."""
+    problems: list[str] = []
+    _check_records(cfg, todo, problems)
+    _check_models(cfg, todo, problems)
+    _check_llm(cfg, todo, problems)
+    _check_hardware(cfg, todo, problems)
+    return problems
+
+
+def llm_estimate(cfg: PipelineConfig, todo: list[MethodStep]) -> list[str]:
+    """Lines of LLM calls and estimated cost for the LLM steps still to run."""
+    lines = []
+    for step in todo:
+        if not step.llm:
+            continue
+        for group, kinds in step.kinds.items():
+            for kind in kinds:
+                if kind in ("au-llm", "fuse"):
+                    lines.append(f"  {step.name}/{kind}: " + _estimate(cfg, group, kind))
+    return lines
+
+
+def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
+    from lavis_ext.captions.client import ClientConfig
+    from lavis_ext.captions.cost import PriceTable, format_usd
+    from lavis_ext.captions.engine import synthesize_records
+    from lavis_ext.data.records import load_records
+
+    if kind == "fuse":
+        count = 0
+        for name in cfg.sources(group):
+            for split in SPLITS:
+                path = captions_path(cfg.workdir, name, split)
+                source = path if path.exists() else cfg.sources(group)[name].prepared / \
+                    f"{split}.json"
+                if not source.is_file():
+                    return "unknown (records missing)"
+                count += len(load_records(source))
+        return (f"up to {count} calls (one per image; cost known once the pseudo captions "
+                "exist: `expblip synthesize --kind fuse --dry-run`)")
+    try:
+        client = ClientConfig.from_mapping(dict(cfg.llm))
+    except (TypeError, ValueError):
+        return "unknown (pipeline.llm is invalid)"
+    calls, cost = 0, 0.0
+    cache = cfg.workdir / "llm_cache.sqlite"
+    for name, source in cfg.sources(group).items():
+        for split in SPLITS:
+            path = captions_path(cfg.workdir, name, split)
+            records_file = path if path.exists() else source.prepared / f"{split}.json"
+            if not records_file.is_file():
+                return "unknown (records missing)"
+            summary = synthesize_records(load_records(records_file), kind, client_config=client,
+                                         cache_path=cache if cache.exists() else None,
+                                         dry_run=True, progress=False, prices=PriceTable.load(),
+                                         echo=lambda _: None)
+            calls += summary.planned_calls
+            if summary.estimated_cost_usd is None:
+                return f"{calls}+ calls; no price known for model {client.model}"
+            cost += summary.estimated_cost_usd
+    return f"{calls} calls, about {format_usd(cost)} ({client.model})"
+
+
+def format_plan(cfg: PipelineConfig, steps: list[tuple[MethodStep, bool]]) -> str:
+    lines = [f"pipeline {cfg.path} (workdir {cfg.workdir}):"]
+    for step, done in steps:
+        names = ", ".join(cfg.sources(step.group))
+        what = f"{step.action} {step.model or ''}".strip()
+        lines.append(f"  [{'done' if done else 'left'}] {step.name:<16} {what} on {names}")
+    return "\n".join(lines)
+
+
+# --- Running -------------------------------------------------------------------------------
+
+def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = True) -> dict:
+    from lavis_ext.captions.client import ClientConfig
+    from lavis_ext.pipeline import method
+    from lavis_ext.pipeline.steps import Steps, train_stage
+
+    work = cfg.workdir
+    steps = Steps(work)
+    llm = ClientConfig.from_mapping(dict(cfg.llm), f"{cfg.path}: pipeline.llm")
+    pseudo = dict(cfg.pseudo)
+    batch_size = int(pseudo.pop("batch_size", 32))
+    generation = {{"max_len": "max_length", "min_len": "min_length"}.get(k, k): v
+                  for k, v in pseudo.items()}
+    checkpoints: dict[str, str] = {}
+    results: dict[str, Any] = {}
+    for step in method_steps(cfg.baselines):
+        sources = cfg.sources(step.group)
+        if step.action == "synthesize":
+            kinds = {name: list(k) for group, k in step.kinds.items()
+                     for name in cfg.sources(group)}
+            results[step.name] = steps.run(step.name, method.synthesize, work, sources, kinds,
+                                           llm, cfg.concurrency, progress=progress)
+        elif step.action == "train":
+            checkpoints[step.model] = steps.run(
+                step.name, method.train_model, work, step.model, cfg.models[step.model],
+                list(sources.values()), None, cfg.nproc)
+        elif step.action == "pseudo":
+            (kind,) = next(iter(step.kinds.values()))
+            for source in sources.values():
+                results[f"{step.name}-{source.name}"] = steps.run(
+                    f"{step.name}-{source.name}", method.pseudo_caption, work,
+                    checkpoints[step.model], source, kind, generation, batch_size, cfg.device,
+                    progress)
+            steps.run(step.name, lambda: "all datasets pseudo-captioned")
+        elif step.action == "evaluate":
+            for model in step.uses:
+                overrides = ["model.load_finetuned=True", f"model.finetuned={checkpoints[model]}",
+                             f"run.output_dir={work / 'runs' / model / 'evaluate'}"]
+                results[f"evaluate-{model}"] = steps.run(
+                    f"evaluate-{model}", train_stage, work / "configs" / model / "stage2.yaml",
+                    overrides, nproc=cfg.nproc, action="evaluate")
+            steps.run(step.name, lambda: "all models evaluated")
+        if until == step.name:
+            break
+    return {"checkpoints": checkpoints, "timings": steps.timings}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True,
+                        help="pipeline YAML (e.g. projects/pipeline/paper.yaml); relative paths "
+                             "in it are relative to the project root")
+    parser.add_argument("--check", action="store_true",
+                        help="only check every input and print the plan (done / left, LLM "
+                             "calls and cost); start nothing")
+    parser.add_argument("--until", choices=[s.name for s in method_steps(True)],
+                        help="stop after this step")
+    add_no_progress(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    problems: list[str] = []
+    cfg = load_config(args.config, problems)
+    steps = plan(cfg)
+    todo = [step for step, done in steps if not done]
+    if args.until:
+        names = [s.name for s, _ in steps]
+        if args.until not in names:
+            raise InputError(f"--until {args.until}: not a step of this pipeline "
+                             f"({', '.join(names)}; baselines: {cfg.baselines})")
+        todo = [s for s in todo if names.index(s.name) <= names.index(args.until)]
+    problems += preflight(cfg, todo)
+    if args.check:
+        print(format_plan(cfg, steps))
+        estimate = llm_estimate(cfg, todo) if not problems else []
+        if estimate:
+            print("LLM calls still to make:\n" + "\n".join(estimate))
+    if problems:
+        raise InputError(f"{len(problems)} problem(s) in {cfg.path}; nothing was started:\n  "
+                         + "\n  ".join(problems))
+    if args.check:
+        print("preflight: every input is in place")
+        return 0
+    if not todo:
+        print(format_plan(cfg, steps) + "\nnothing left to do")
+        return 0
+    summary = run_steps(cfg, args.until, progress=not args.no_progress)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0

@@ -1,0 +1,148 @@
+"""One error contract for every `expblip` subcommand (lavis_ext.cli): bad input -> exit 2 and
+`expblip <command>: error: ...` on stderr, no traceback; every flag has help."""
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lavis_ext import cli, errors
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
+    missing = str(tmp / "missing.json")
+    settings = tmp / "demo_work" / "demo_settings.json"
+    settings.parent.mkdir()
+    settings.write_text(json.dumps({"profile": "from another run"}))
+    return {
+        "prepare": ["prepare", "bp4d", "--root", str(tmp / "no_such_dir"), "--out", str(tmp)],
+        "make-synthetic": ["make-synthetic", "bp4d", "--out", str(tmp / "s"), "--n", "2",
+                           "--variant", "no-such-variant"],
+        "synthesize": ["synthesize", "--kind", "au-rule", "--ann", missing, "--out",
+                       str(tmp / "out.json")],
+        "evaluate": ["evaluate", "--pred", missing, "--ann", missing],
+        "pseudo-caption": ["pseudo-caption", "--model", "exp_blip", "--ann", missing,
+                           "--images", str(tmp / "no_such_dir"), "--out", str(tmp / "o.json")],
+        "describe": ["describe", str(tmp / "no_such_photo.jpg"), "--model",
+                     str(tmp / "no_such_checkpoint.pth")],
+        "serve": ["serve", "--port", "70000"],
+        "pipeline": ["pipeline", "--config", str(tmp / "no_such_config.yaml")],
+        "demo": ["demo", "--quick", "--workdir", str(settings.parent)],
+    }
+
+
+def test_every_subcommand_has_a_bad_input_case(tmp_path):
+    missing = sorted(set(cli.SUBCOMMANDS) - set(_bad_inputs(tmp_path)))
+    assert not missing, f"add a bad-input case for {missing}"
+
+
+@pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
+def test_bad_input_exits_2_with_the_prefix_and_no_traceback(command, tmp_path, capsys):
+    argv = _bad_inputs(tmp_path)[command]
+    code = cli.main(argv)
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_USAGE, err
+    assert err.startswith(f"expblip {command}: error: "), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
+def test_missing_required_argument_is_a_usage_error(command, capsys):
+    code = cli.main([command, "--no-such-flag"])
+    err = capsys.readouterr().err
+    assert code == errors.EXIT_USAGE
+    assert f"expblip {command}: error: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))
+def test_every_flag_has_help(command):
+    parser = cli.build_parser(command)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices[command]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, f"expblip {command}: {action.option_strings or action.dest} has no help"
+
+
+def test_shared_flags_mean_the_same_everywhere():
+    """--concurrency has one default; --openai-base-url is an alias of --base-url."""
+    defaults = set()
+    for command in cli.SUBCOMMANDS:
+        parser = cli.build_parser(command)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        for action in sub.choices[command]._actions:
+            if "--concurrency" in action.option_strings:
+                defaults.add(action.default)
+            if "--openai-base-url" in action.option_strings:
+                assert action.dest == "base_url"
+    assert defaults == {8}
+    args = cli.build_parser("evaluate").parse_args(
+        ["evaluate", "--pred", "p", "--ann", "a", "--openai-base-url", "http://h/v1"])
+    assert args.base_url == "http://h/v1"
+
+
+def test_runtime_failure_exits_1_and_debug_shows_the_traceback(monkeypatch, capsys):
+    def boom(args):
+        raise RuntimeError("the disk caught fire")
+
+    import lavis_ext.data.prepare as prepare
+
+    monkeypatch.setattr(prepare, "run", boom)
+    argv = ["prepare", "bp4d", "--root", "r", "--out", "o"]
+    assert cli.main(argv) == errors.EXIT_FAILURE
+    err = capsys.readouterr().err
+    assert err.startswith("expblip prepare: error: RuntimeError: the disk caught fire")
+    assert "Traceback" not in err and "--debug" in err
+    assert cli.main(["--debug", *argv]) == errors.EXIT_FAILURE
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_nothing_succeeded_exits_3(capsys):
+    with pytest.raises(errors.NothingSucceeded) as info:
+        errors.check_partial("describe", succeeded=0, failed=4, what="files")
+    assert cli.classify(info.value) == (errors.EXIT_NOTHING_DONE, "all 4 files failed")
+    assert errors.check_partial("describe", succeeded=1, failed=3, what="files") == 0
+    assert "3 of 4 files failed" in capsys.readouterr().err
+
+
+def test_broken_pipe_exits_quietly(tmp_path):
+    """`expblip --help | head -1`: no traceback when the reader goes away."""
+    code = ("import sys, lavis_ext.cli as c\n"
+            "c.importlib.import_module('lavis_ext.data.synthetic.cli').run = "
+            "lambda a: [print('x' * 1000, flush=True) for _ in range(10000)] and 0\n"
+            "sys.exit(c.main(['make-synthetic', 'bp4d', '--out', 'o']))\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == errors.EXIT_BROKEN_PIPE, err
+    assert "Traceback" not in err
+
+
+LIGHT_COMMANDS = {
+    "--help": ["--help"],
+    "prepare": ["prepare", "bp4d", "--root", "{tmp}/none", "--out", "{tmp}/out"],
+    "make-synthetic": ["make-synthetic", "bp4d", "--out", "{tmp}/syn", "--n", "1",
+                       "--no-progress"],
+    "synthesize": ["synthesize", "--kind", "au-rule", "--ann", "{tmp}/none.json", "--out",
+                   "{tmp}/o.json"],
+    "evaluate": ["evaluate", "--pred", "{tmp}/none.json", "--ann", "{tmp}/none.json"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIGHT_COMMANDS))
+def test_light_commands_never_import_torch_or_lavis(name, tmp_path):
+    argv = [a.format(tmp=tmp_path) for a in LIGHT_COMMANDS[name]]
+    code = ("import sys\nfrom lavis_ext.cli import main\ncode = main(%r)\n"
+            "heavy = sorted(m for m in ('torch', 'lavis', 'transformers') if m in sys.modules)\n"
+            "print('HEAVY', heavy)\n" % argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert "HEAVY []" in proc.stdout, (proc.stdout[-2000:], proc.stderr[-2000:])
