@@ -1,21 +1,75 @@
-"""Shared helpers for the LAVIS 1.0.2 patches: idempotent attribute replacement and overlays.
+"""The one mechanism every LAVIS 1.0.2 patch goes through: records, a ledger, overlays.
 
-Every compat module replaces as little as it can. Two shapes are used:
+A :class:`Patch` names its target as ``"module:qualname"`` (for example
+``"lavis.runners.runner_base:RunnerBase.scaler"``) and its ``apply`` as ``"module:function"``:
+a factory that receives the attribute as LAVIS has it and returns the replacement. Both are
+strings, so the list of patches can be read without importing LAVIS or torch.
 
-* ``replace(owner, name, new)`` swaps one attribute (a method, a property, a function) and
-  remembers the original on the replacement, so that applying a patch twice is a no-op and
-  tests can reach the stock behaviour through :func:`original`.
-* :class:`Overlay` stands in for a module *reference inside one LAVIS module* (for example the
-  name ``torch`` inside ``lavis.runners.runner_base``) and overrides only the few attributes
-  that are wrong there (``torch.load``), delegating everything else. This changes one call
-  site's behaviour without copying the LAVIS method around it and without touching torch
-  itself for the rest of the process.
+:func:`apply_patch` resolves the target, calls the factory and swaps the attribute through
+:func:`replace`, which records the original in a ledger. Patching an attribute that is already
+patched raises :class:`PatchConflict` naming both patches: two fixes of one attribute would
+otherwise silently depend on their order. :func:`original` gives back what LAVIS shipped.
+
+:class:`Overlay` stands in for a module *reference inside one LAVIS module* (for example the
+name ``torch`` inside ``lavis.runners.runner_base``) and overrides only the few attributes
+that are wrong there (``torch.load``), delegating everything else. This changes one call
+site's behaviour without copying the LAVIS method around it and without touching torch
+itself for the rest of the process.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from dataclasses import dataclass
+from typing import Any, Callable
 
-_MARK = "__lavis_ext_original__"
+
+class PatchConflict(RuntimeError):
+    """An attribute that lavis_ext already patched was patched a second time."""
+
+
+class PatchTargetError(LookupError):
+    """A patch's target does not exist in the installed LAVIS."""
+
+
+@dataclass(frozen=True)
+class Patch:
+    """One fix to LAVIS: what it replaces, why, and the factory that builds the replacement."""
+
+    id: str
+    target: str  # "module:qualname", e.g. "lavis.models.base_model:BaseModel.load_checkpoint"
+    reason: str
+    apply: str  # "module:function"; function(lavis_attribute) -> replacement
+
+    def resolve(self) -> tuple[Any, str]:
+        """The object that holds the target attribute, and the attribute's name."""
+        module_name, _, qualname = self.target.partition(":")
+        if not qualname:
+            raise PatchTargetError(f"patch {self.id}: target {self.target!r} is not 'module:qualname'")
+        owner: Any = importlib.import_module(module_name)
+        *path, name = qualname.split(".")
+        for part in path:
+            if not hasattr(owner, part):
+                raise PatchTargetError(f"patch {self.id}: {module_name} has no {qualname!r}")
+            owner = getattr(owner, part)
+        present = name in owner.__dict__ if isinstance(owner, type) else hasattr(owner, name)
+        if not present:
+            raise PatchTargetError(f"patch {self.id}: {module_name} has no {qualname!r}")
+        return owner, name
+
+    def factory(self) -> Callable[[Any], Any]:
+        module_name, _, function = self.apply.partition(":")
+        return getattr(importlib.import_module(module_name), function)
+
+
+@dataclass(frozen=True)
+class _Applied:
+    owner: Any  # kept so that its id() stays unique while the entry exists
+    name: str
+    original: Any
+    patch_id: str
+
+
+_LEDGER: dict[tuple[int, str], _Applied] = {}
 
 
 def _get(owner: Any, name: str) -> Any:
@@ -23,28 +77,43 @@ def _get(owner: Any, name: str) -> Any:
     return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
 
 
-def _holder(obj: Any) -> Any:
-    return obj.fget if isinstance(obj, property) else obj
+def _refuse_second_patch(owner: Any, name: str, patch_id: str) -> None:
+    entry = _LEDGER.get((id(owner), name))
+    if entry is not None:
+        raise PatchConflict(
+            f"{getattr(owner, '__name__', owner)!s}.{name} is already patched by "
+            f"{entry.patch_id!r}; patch {patch_id!r} would patch it again"
+        )
+
+
+def replace(owner: Any, name: str, new: Any, patch_id: str) -> None:
+    """Set ``owner.name = new``, remembering the original; a second patch raises."""
+    _refuse_second_patch(owner, name, patch_id)
+    _LEDGER[(id(owner), name)] = _Applied(owner, name, _get(owner, name), patch_id)
+    setattr(owner, name, new)
+
+
+def apply_patch(patch: Patch) -> None:
+    """Build the replacement from LAVIS's attribute and swap it in."""
+    owner, name = patch.resolve()
+    _refuse_second_patch(owner, name, patch.id)
+    replace(owner, name, patch.factory()(_get(owner, name)), patch.id)
 
 
 def is_patched(owner: Any, name: str) -> bool:
-    return hasattr(_holder(_get(owner, name)), _MARK)
+    return (id(owner), name) in _LEDGER
 
 
-def replace(owner: Any, name: str, new: Any) -> bool:
-    """Replace ``owner.name`` by ``new`` unless already done; returns True if it changed now."""
-    current = _get(owner, name)
-    if hasattr(_holder(current), _MARK):
-        return False
-    setattr(_holder(new), _MARK, current)
-    setattr(owner, name, new)
-    return True
+def patched_by(owner: Any, name: str) -> str | None:
+    """The id of the patch that replaced ``owner.name`` (None when LAVIS's own is in place)."""
+    entry = _LEDGER.get((id(owner), name))
+    return None if entry is None else entry.patch_id
 
 
 def original(owner: Any, name: str) -> Any:
-    """The attribute as LAVIS shipped it (itself when no patch is applied)."""
-    current = _get(owner, name)
-    return getattr(_holder(current), _MARK, current)
+    """The attribute as LAVIS shipped it (the current one when no patch is applied)."""
+    entry = _LEDGER.get((id(owner), name))
+    return _get(owner, name) if entry is None else entry.original
 
 
 class Overlay:
@@ -59,6 +128,9 @@ class Overlay:
         if name in overrides:
             return overrides[name]
         return getattr(object.__getattribute__(self, "_target"), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"{self!r} is read-only")
 
     def __repr__(self) -> str:
         target = object.__getattribute__(self, "_target")

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from lavis_ext.compat._patch import Overlay, replace
+from lavis_ext.compat._patch import Overlay
 from lavis_ext.compat.run_context import active_runner
 
 _DTYPES = {
@@ -136,12 +136,17 @@ def _maybe_autocast(self: Any, dtype: torch.dtype = torch.float16) -> Any:
     return contextlib.nullcontext()
 
 
-def apply() -> None:
-    from lavis.models.blip2_models.blip2 import Blip2Base
-    from lavis.runners.runner_base import RunnerBase
-    from lavis.tasks import base_task
+def patch_scaler(stock: Any) -> property:
+    """Patch factory for ``RunnerBase.scaler``."""
+    return property(_scaler, doc=_scaler.__doc__)
 
-    replace(RunnerBase, "scaler", property(_scaler, doc=_scaler.__doc__))
-    cuda_amp = Overlay(torch.cuda.amp, autocast=_train_loop_autocast)
-    replace(base_task, "torch", Overlay(torch, cuda=Overlay(torch.cuda, amp=cuda_amp)))
-    replace(Blip2Base, "maybe_autocast", _maybe_autocast)
+
+def patch_train_loop_torch(torch_module: Any) -> Overlay:
+    """Patch factory for the name ``torch`` in ``lavis.tasks.base_task``."""
+    cuda_amp = Overlay(torch_module.cuda.amp, autocast=_train_loop_autocast)
+    return Overlay(torch_module, cuda=Overlay(torch_module.cuda, amp=cuda_amp))
+
+
+def patch_maybe_autocast(stock: Any) -> Any:
+    """Patch factory for ``Blip2Base.maybe_autocast``."""
+    return _maybe_autocast

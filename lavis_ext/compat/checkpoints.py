@@ -27,7 +27,6 @@ Fixes in LAVIS 1.0.2:
 """
 from __future__ import annotations
 
-import importlib
 import logging
 import glob
 import os
@@ -37,28 +36,9 @@ from typing import Any
 
 import torch
 
-from lavis_ext.compat._patch import Overlay, replace
+from lavis_ext.compat import CHECKPOINT_MODULES  # noqa: F401  (re-exported: listed in the registry)
+from lavis_ext.compat._patch import Overlay
 from lavis_ext.io import atomic_save_torch
-
-# LAVIS modules that call torch.load / torch.save on checkpoints or results.
-CHECKPOINT_MODULES = (
-    "lavis.models.base_model",
-    "lavis.models.blip2_models.blip2",
-    "lavis.models.blip_models.blip",
-    "lavis.models.blip_models.blip_nlvr",
-    "lavis.models.albef_models",
-    "lavis.models.albef_models.albef_vqa",
-    "lavis.models.alpro_models",
-    "lavis.models.clip_models.model",
-    "lavis.models.eva_vit",
-    "lavis.models.clip_vit",
-    "lavis.models.timesformer.helpers",
-    "lavis.models.img2prompt_models.img2prompt_vqa",
-    "lavis.runners.runner_base",
-    "lavis.runners.runner_iter",
-    "lavis.tasks.vqa_reading_comprehension",
-)
-
 
 def safe_load(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
     """``torch.load`` restricted to tensors and plain containers (``weights_only=True``)."""
@@ -206,15 +186,26 @@ def _save_iters_checkpoint(self: Any, cur_iters: int, is_best: bool = False) -> 
     atomic_save(save_obj, path)
 
 
-def apply() -> None:
-    from lavis.models.base_model import BaseModel
-    from lavis.runners.runner_base import RunnerBase
-    from lavis.runners.runner_iter import RunnerIter
+def patch_torch(torch_module: Any) -> Overlay:
+    """Patch factory for the name ``torch`` in each of ``CHECKPOINT_MODULES``."""
+    return Overlay(torch_module, load=safe_load, save=atomic_save)
 
-    for name in CHECKPOINT_MODULES:
-        module = importlib.import_module(name)
-        replace(module, "torch", Overlay(torch, load=safe_load, save=atomic_save))
-    replace(BaseModel, "load_checkpoint_from_config", _load_checkpoint_from_config)
-    replace(RunnerBase, "_load_checkpoint", _resume_from_checkpoint)
-    replace(RunnerIter, "_load_checkpoint", _resume_iters_from_checkpoint)
-    replace(RunnerIter, "_save_checkpoint", _save_iters_checkpoint)
+
+def patch_load_checkpoint_from_config(stock: Any) -> Any:
+    """Patch factory for ``BaseModel.load_checkpoint_from_config``."""
+    return _load_checkpoint_from_config
+
+
+def patch_resume(stock: Any) -> Any:
+    """Patch factory for ``RunnerBase._load_checkpoint``."""
+    return _resume_from_checkpoint
+
+
+def patch_resume_iters(stock: Any) -> Any:
+    """Patch factory for ``RunnerIter._load_checkpoint``."""
+    return _resume_iters_from_checkpoint
+
+
+def patch_save_iters(stock: Any) -> Any:
+    """Patch factory for ``RunnerIter._save_checkpoint``."""
+    return _save_iters_checkpoint

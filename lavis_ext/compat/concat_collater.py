@@ -10,15 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from lavis_ext.compat._patch import replace
 
-
-def apply() -> None:
-    from lavis.datasets.datasets.base_dataset import ConcatDataset
-
-    original = ConcatDataset.collater
+def patch_collater(stock: Any) -> Any:
+    """Patch factory for ``ConcatDataset.collater``: drop skipped samples, then collate."""
 
     def collater(self: Any, samples: list[Any]) -> Any:
-        return original(self, [s for s in samples if s is not None])
+        return stock(self, [s for s in samples if s is not None])
 
-    replace(ConcatDataset, "collater", collater)
+    return collater

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lavis_ext.compat._patch import Overlay, replace
+from lavis_ext.compat._patch import Overlay
 
 BACKEND_ENV = "LAVIS_EXT_DIST_BACKEND"
 _BACKENDS = ("nccl", "gloo", "mpi", "ucc")
@@ -121,10 +121,11 @@ def shared_value(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def apply() -> None:
-    from lavis.common import dist_utils
-    from lavis.runners import runner_base, runner_iter
+def patch_init_distributed_mode(stock: Any) -> Any:
+    """Patch factory for ``dist_utils.init_distributed_mode``."""
+    return init_distributed_mode
 
-    replace(dist_utils, "init_distributed_mode", init_distributed_mode)
-    for module in (runner_base, runner_iter):
-        replace(module, "dist", Overlay(dist, barrier=guarded_barrier))
+
+def patch_runner_dist(dist_module: Any) -> Overlay:
+    """Patch factory for the name ``dist`` in the two runner modules."""
+    return Overlay(dist_module, barrier=guarded_barrier)

@@ -23,7 +23,6 @@ from typing import Any, Iterable
 
 import torch
 
-from lavis_ext.compat._patch import original, replace
 
 ENCODER_PREFIX = "visual_encoder."
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -66,32 +65,34 @@ def layer_decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]
     return list(groups.values())
 
 
-def _optimizer(self: Any) -> torch.optim.Optimizer:
-    """AdamW with per-depth lr scales for the image encoder when ``run.lr_layer_decay`` < 1."""
-    run = self.config.run_cfg
-    decay = float(run.get("lr_layer_decay", 1.0) or 1.0)
-    if self._optimizer is None and decay < 1.0:
-        if decay <= 0:
-            raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
-        model = self.unwrap_dist_model(self.model)
-        groups = layer_decay_groups(model.named_parameters(), float(run.weight_decay), decay)
-        scales = sorted({g["lr_scale"] for g in groups})
-        logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",
-                     decay, len(groups), scales[0], scales[-1])
-        self._optimizer = torch.optim.AdamW(groups, lr=float(run.init_lr),
-                                            weight_decay=float(run.weight_decay),
-                                            betas=(0.9, run.get("beta2", 0.999)))
-    return original(_runner_base(), "optimizer").fget(self)
+def patch_optimizer(stock: property) -> property:
+    """Patch factory for ``RunnerBase.optimizer``: AdamW with per-depth lr scales for the
+    image encoder when ``run.lr_layer_decay`` < 1, LAVIS's own optimizer otherwise."""
+
+    def _optimizer(self: Any) -> torch.optim.Optimizer:
+        """The optimizer, with layer-wise lr decay for the image encoder if configured."""
+        run = self.config.run_cfg
+        decay = float(run.get("lr_layer_decay", 1.0) or 1.0)
+        if self._optimizer is None and decay < 1.0:
+            if decay <= 0:
+                raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+            model = self.unwrap_dist_model(self.model)
+            groups = layer_decay_groups(model.named_parameters(), float(run.weight_decay), decay)
+            scales = sorted({g["lr_scale"] for g in groups})
+            logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",
+                         decay, len(groups), scales[0], scales[-1])
+            self._optimizer = torch.optim.AdamW(groups, lr=float(run.init_lr),
+                                                weight_decay=float(run.weight_decay),
+                                                betas=(0.9, run.get("beta2", 0.999)))
+        return stock.fget(self)
+
+    return property(_optimizer, doc=_optimizer.__doc__)
 
 
-def _runner_base() -> type:
-    from lavis.runners.runner_base import RunnerBase
+def patch_schedule(schedule: Any) -> Any:
+    """Patch factory for LAVIS's schedule functions: run LAVIS's schedule, then apply each
+    group's ``lr_scale`` to the lr it wrote."""
 
-    return RunnerBase
-
-
-def _scaled(schedule: Any) -> Any:
-    """Run LAVIS's schedule, then apply each group's ``lr_scale`` to the lr it wrote."""
     def scaled_schedule(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
         schedule(optimizer, *args, **kwargs)
         for group in optimizer.param_groups:
@@ -99,11 +100,3 @@ def _scaled(schedule: Any) -> Any:
 
     scaled_schedule.__doc__ = schedule.__doc__
     return scaled_schedule
-
-
-def apply() -> None:
-    from lavis.common import optims
-
-    for name in ("cosine_lr_schedule", "warmup_lr_schedule", "step_lr_schedule"):
-        replace(optims, name, _scaled(getattr(optims, name)))
-    replace(_runner_base(), "optimizer", property(_optimizer, doc=_optimizer.__doc__))

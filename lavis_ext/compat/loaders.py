@@ -26,8 +26,6 @@ from typing import Any
 
 import torch
 
-from lavis_ext.compat._patch import replace
-
 _RUN_DEVICE: contextvars.ContextVar[torch.device | None] = contextvars.ContextVar(
     "lavis_ext_loader_device", default=None
 )
@@ -40,7 +38,9 @@ def _wants_prefetch() -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
 
 
-def _make_prefetch_factory(prefetch_cls: type) -> Any:
+def patch_prefetch_loader(prefetch_cls: type) -> Any:
+    """Patch factory for the name ``PrefetchLoader`` in ``lavis.runners.runner_base``."""
+
     def prefetch_if_cuda(loader: Any) -> Any:
         """``PrefetchLoader(loader)`` on CUDA runs, ``loader`` itself otherwise."""
         return prefetch_cls(loader) if _wants_prefetch() else loader
@@ -48,7 +48,9 @@ def _make_prefetch_factory(prefetch_cls: type) -> Any:
     return prefetch_if_cuda
 
 
-def _make_dataloader_factory(dataloader_cls: type) -> Any:
+def patch_dataloader(dataloader_cls: type) -> Any:
+    """Patch factory for the name ``DataLoader`` in ``lavis.runners.runner_base``."""
+
     def dataloader_pinned_on_cuda(*args: Any, **kwargs: Any) -> Any:
         """``DataLoader(...)`` with ``pin_memory`` only where batches go to a GPU."""
         if kwargs.get("pin_memory") and not _wants_prefetch():
@@ -58,7 +60,9 @@ def _make_dataloader_factory(dataloader_cls: type) -> Any:
     return dataloader_pinned_on_cuda
 
 
-def _wrap_create_loaders(create_loaders: Any) -> Any:
+def patch_create_loaders(create_loaders: Any) -> Any:
+    """Patch factory for ``RunnerBase.create_loaders``."""
+
     @functools.wraps(create_loaders)
     def create_loaders_on_run_device(self: Any, *args: Any, **kwargs: Any) -> Any:
         token = _RUN_DEVICE.set(self.device)
@@ -77,7 +81,9 @@ def _num_workers(loader: Any) -> int:
     return 1 if loader is None else int(loader.num_workers)
 
 
-def _make_iter_next(original_next: Any) -> Any:
+def patch_iter_next(original_next: Any) -> Any:
+    """Patch factory for ``IterLoader.__next__``."""
+
     @functools.wraps(original_next)
     def __next__(self: Any) -> Any:
         if _num_workers(self._dataloader) > 0:
@@ -93,17 +99,3 @@ def _make_iter_next(original_next: Any) -> Any:
             return next(self.iter_loader)
 
     return __next__
-
-
-def apply() -> None:
-    from lavis.datasets.datasets.dataloader_utils import IterLoader
-    from lavis.runners import runner_base
-
-    replace(IterLoader, "__next__", _make_iter_next(IterLoader.__next__))
-    replace(runner_base, "PrefetchLoader", _make_prefetch_factory(runner_base.PrefetchLoader))
-    replace(runner_base, "DataLoader", _make_dataloader_factory(runner_base.DataLoader))
-    replace(
-        runner_base.RunnerBase,
-        "create_loaders",
-        _wrap_create_loaders(runner_base.RunnerBase.create_loaders),
-    )

@@ -13,8 +13,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from lavis_ext.compat._patch import replace
-
 
 def collective_device() -> torch.device:
     """The device a tensor must live on for the default process group's collectives."""
@@ -35,7 +33,6 @@ def _synchronize_between_processes(self: Any) -> None:
     self.total = total
 
 
-def apply() -> None:
-    from lavis.common.logger import SmoothedValue
-
-    replace(SmoothedValue, "synchronize_between_processes", _synchronize_between_processes)
+def patch_synchronize(stock: Any) -> Any:
+    """Patch factory for ``SmoothedValue.synchronize_between_processes``."""
+    return _synchronize_between_processes

@@ -19,12 +19,12 @@ import functools
 import os
 from typing import Any
 
-from lavis_ext.compat._patch import replace
-
 RUNNER_PATHS = ("output_dir", "result_dir")
 
 
-def _wrap_setup_output_dir(setup_output_dir: Any) -> Any:
+def patch_setup_output_dir(setup_output_dir: Any) -> Any:
+    """Patch factory for ``RunnerBase.setup_output_dir``."""
+
     @functools.wraps(setup_output_dir)
     def setup_output_dir_from_cwd(self: Any) -> None:
         run_cfg = self.config.run_cfg
@@ -39,9 +39,3 @@ def _wrap_setup_output_dir(setup_output_dir: Any) -> Any:
         setup_output_dir(self)
 
     return setup_output_dir_from_cwd
-
-
-def apply() -> None:
-    from lavis.runners.runner_base import RunnerBase
-
-    replace(RunnerBase, "setup_output_dir", _wrap_setup_output_dir(RunnerBase.setup_output_dir))

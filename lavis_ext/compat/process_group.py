@@ -9,10 +9,12 @@ defer to the originals when one does (several ranks under ``torch.distributed.ru
 """
 from __future__ import annotations
 
-import types
+from typing import Any, Callable
 
 import torch
 import torch.distributed as torch_dist
+
+from lavis_ext.compat._patch import Overlay
 
 
 def _initialized() -> bool:
@@ -23,25 +25,19 @@ def _rank() -> int:
     return torch_dist.get_rank() if _initialized() else 0
 
 
-def apply() -> None:
-    from lavis.models import base_model
-    from lavis.models.blip2_models import blip2_qformer
+def patch_dist(dist_module: Any) -> Overlay:
+    """Patch factory for the name ``dist`` in ``blip2_qformer``: ``get_rank`` works without
+    a group."""
+    return Overlay(dist_module, get_rank=_rank)
 
-    if getattr(blip2_qformer, "_lavis_ext_process_group", False):
-        return
-    gather, gather_with_grad = base_model.concat_all_gather, base_model.all_gather_with_grad
 
-    def concat_all_gather(tensor: torch.Tensor) -> torch.Tensor:
+def patch_gather(gather: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Patch factory for ``concat_all_gather`` and ``all_gather_with_grad`` in ``blip2_qformer``:
+    a world of one gathers its own tensor."""
+
+    def gather_or_self(tensor: torch.Tensor) -> torch.Tensor:
         return gather(tensor) if _initialized() else tensor
 
-    def all_gather_with_grad(tensors: torch.Tensor) -> torch.Tensor:
-        return gather_with_grad(tensors) if _initialized() else tensors
-
-    # A namespace that answers like torch.distributed, with get_rank safe without a group.
-    shim = types.SimpleNamespace(**{k: getattr(torch_dist, k) for k in dir(torch_dist)
-                                    if not k.startswith("__")})
-    shim.get_rank = _rank
-    blip2_qformer.dist = shim
-    blip2_qformer.concat_all_gather = concat_all_gather
-    blip2_qformer.all_gather_with_grad = all_gather_with_grad
-    blip2_qformer._lavis_ext_process_group = True
+    gather_or_self.__name__ = gather.__name__
+    gather_or_self.__doc__ = gather.__doc__
+    return gather_or_self

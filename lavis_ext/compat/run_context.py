@@ -18,20 +18,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
-import sys
 from typing import Any, Iterator
 
-from lavis_ext.compat._patch import replace
-
 _RUNNER: contextvars.ContextVar[Any] = contextvars.ContextVar("lavis_ext_active_runner", default=None)
-
-# (class path, method) pairs during which a runner is "active"
-RUNNER_METHODS = (
-    ("lavis.runners.runner_base", "RunnerBase", "train_epoch"),
-    ("lavis.runners.runner_base", "RunnerBase", "eval_epoch"),
-    ("lavis.runners.runner_iter", "RunnerIter", "train_iters"),
-)
-
 
 def active_runner() -> Any:
     """The runner whose training or evaluation step is running in this context, or None."""
@@ -48,7 +37,9 @@ def running(runner: Any) -> Iterator[Any]:
         _RUNNER.reset(token)
 
 
-def _within_runner(method: Any) -> Any:
+def patch_runner_method(method: Any) -> Any:
+    """Patch factory for the runners' ``train_epoch``, ``eval_epoch`` and ``train_iters``."""
+
     @functools.wraps(method)
     def run_as_active_runner(self: Any, *args: Any, **kwargs: Any) -> Any:
         with running(self):
@@ -57,7 +48,10 @@ def _within_runner(method: Any) -> Any:
     return run_as_active_runner
 
 
-def _make_prepare_sample(prepare_sample: Any) -> Any:
+def patch_prepare_sample(prepare_sample: Any) -> Any:
+    """Patch factory for ``prepare_sample`` (in ``data_utils`` and where it was imported by
+    name)."""
+
     @functools.wraps(prepare_sample)
     def prepare_sample_on_run_device(samples: Any, cuda_enabled: bool = True) -> Any:
         runner = _RUNNER.get()
@@ -66,20 +60,3 @@ def _make_prepare_sample(prepare_sample: Any) -> Any:
         return prepare_sample(samples, cuda_enabled=cuda_enabled)
 
     return prepare_sample_on_run_device
-
-
-def apply() -> None:
-    import importlib
-
-    from lavis.datasets import data_utils
-
-    stock = data_utils.prepare_sample
-    new = _make_prepare_sample(stock)
-    if replace(data_utils, "prepare_sample", new):
-        for name, module in list(sys.modules.items()):
-            if name.startswith("lavis.") and getattr(module, "prepare_sample", None) is stock:
-                replace(module, "prepare_sample", new)
-    for module_name, class_name, method in RUNNER_METHODS:
-        cls = getattr(importlib.import_module(module_name), class_name)
-        if method in cls.__dict__:
-            replace(cls, method, _within_runner(cls.__dict__[method]))

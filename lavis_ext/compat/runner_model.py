@@ -13,8 +13,6 @@ from typing import Any
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from lavis_ext.compat._patch import replace
-
 
 def wrap_for_device(model: torch.nn.Module, device: torch.device, distributed: bool, gpu: Any) -> torch.nn.Module:
     """DDP on CUDA pinned to ``gpu``; DDP on CPU without device ids; the model itself otherwise."""
@@ -43,7 +41,6 @@ def _model(self: Any) -> torch.nn.Module:
     return self._wrapped_model
 
 
-def apply() -> None:
-    from lavis.runners.runner_base import RunnerBase
-
-    replace(RunnerBase, "model", property(_model, doc=_model.__doc__))
+def patch_model(stock: Any) -> property:
+    """Patch factory for ``RunnerBase.model``."""
+    return property(_model, doc=_model.__doc__)

@@ -1,68 +1,160 @@
-"""apply_all is idempotent and every patch keeps LAVIS's original reachable."""
+"""The patch registry: every record applied once, through one mechanism, on LAVIS 1.0.2 only."""
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import json
+import os
+import pkgutil
+import subprocess
+import sys
+import types
 
+import pytest
+
+import lavis_ext
 import lavis_ext.compat as compat
 from lavis.common.registry import registry
-from lavis.runners.runner_base import RunnerBase
 from lavis_ext.compat import _patch
-from lavis_ext.compat.optims import SCHEDULERS
 
-MODULES = ("amp", "checkpoints", "distributed", "layer_decay", "loaders", "logger_sync", "optims", "output_dir", "run_context", "runner_model")
-
-
-def _snapshot() -> dict:
-    from lavis.common import dist_utils, logger, optims
-    from lavis.datasets.datasets.dataloader_utils import IterLoader
-    from lavis.runners.runner_iter import RunnerIter
-    from lavis.datasets import data_utils
-    from lavis.models.base_model import BaseModel
-    from lavis.runners import runner_base
-    from lavis.tasks import base_task
-
-    return {
-        "create_loaders": RunnerBase.__dict__["create_loaders"],
-        "model": RunnerBase.__dict__["model"],
-        "scaler": RunnerBase.__dict__["scaler"],
-        "optimizer": RunnerBase.__dict__["optimizer"],
-        "cosine_lr_schedule": optims.cosine_lr_schedule,
-        "iter_next": IterLoader.__dict__["__next__"],
-        "iter_save": RunnerIter.__dict__["_save_checkpoint"],
-        "train_epoch": RunnerBase.__dict__["train_epoch"],
-        "_load_checkpoint": RunnerBase.__dict__["_load_checkpoint"],
-        "setup_output_dir": RunnerBase.__dict__["setup_output_dir"],
-        "PrefetchLoader": runner_base.PrefetchLoader,
-        "dist": runner_base.dist,
-        "torch": runner_base.torch,
-        "task_torch": base_task.torch,
-        "sync": logger.SmoothedValue.__dict__["synchronize_between_processes"],
-        "init": dist_utils.init_distributed_mode,
-        "from_config": BaseModel.__dict__["load_checkpoint_from_config"],
-        "eval_epoch": RunnerBase.__dict__["eval_epoch"],
-        "prepare_sample": data_utils.prepare_sample,
-        "task_prepare_sample": base_task.prepare_sample,
-    }
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def test_apply_twice_changes_nothing() -> None:
-    before = _snapshot()
-    for name in MODULES:
-        importlib.import_module(f"lavis_ext.compat.{name}").apply()
-    compat._APPLIED = False
+def _current(patch: _patch.Patch) -> object:
+    owner, name = patch.resolve()
+    return _patch._get(owner, name)
+
+
+def test_records_are_unique_and_complete() -> None:
+    ids = [p.id for p in compat.PATCHES]
+    assert len(ids) == len(set(ids))
+    for patch in compat.PATCHES:
+        assert patch.reason.strip(), patch.id
+        assert patch.target.startswith("lavis.") and ":" in patch.target, patch.id
+        assert callable(patch.factory()), patch.id
+    # every module of lavis_ext.compat that defines patch factories is used by some record
+    used = {p.apply.split(":")[0] for p in compat.PATCHES}
+    for info in pkgutil.iter_modules(compat.__path__, "lavis_ext.compat."):
+        module = importlib.import_module(info.name)
+        factories = [n for n in vars(module) if n.startswith("patch_")]
+        if factories:
+            assert info.name in used, f"{info.name} has factories {factories} but no record"
+    for module in used:
+        module_factories = {n for n in vars(importlib.import_module(module)) if n.startswith("patch_")}
+        referenced = {p.apply.split(":")[1] for p in compat.PATCHES if p.apply.startswith(module + ":")}
+        assert module_factories == referenced, module
+
+
+def test_every_record_is_applied_and_keeps_lavis_original() -> None:
+    assert compat.applied() == {p.id for p in compat.PATCHES}
+    for patch in compat.PATCHES:
+        owner, name = patch.resolve()
+        assert _patch.patched_by(owner, name) == patch.id
+        stock, now = _patch.original(owner, name), _current(patch)
+        assert stock is not now, patch.id
+        if isinstance(stock, types.ModuleType):  # a module reference, now an overlay of it
+            assert isinstance(now, _patch.Overlay), patch.id
+            assert object.__getattribute__(now, "_target") is stock, patch.id
+        elif isinstance(stock, tuple):  # function defaults, extended by a model type
+            assert now[1:] == stock, patch.id
+        elif isinstance(stock, type):  # a class the LAVIS module refers to (DataLoader, ...)
+            assert callable(now) and not isinstance(now, type), patch.id
+        else:
+            func = stock.fget if isinstance(stock, property) else stock
+            assert func.__module__.startswith("lavis."), (patch.id, func.__module__)
+
+
+def test_apply_all_again_changes_nothing() -> None:
+    before = {p.id: id(_current(p)) for p in compat.PATCHES}
     compat.apply_all()
-    after = _snapshot()
-    assert {k: id(v) for k, v in after.items()} == {k: id(v) for k, v in before.items()}
+    assert {p.id: id(_current(p)) for p in compat.PATCHES} == before
 
 
-def test_patches_are_marked_and_originals_are_lavis_code() -> None:
-    for name in ("create_loaders", "model", "scaler", "optimizer", "train_epoch", "_load_checkpoint", "setup_output_dir"):
-        assert _patch.is_patched(RunnerBase, name), name
-        orig = _patch.original(RunnerBase, name)
-        func = orig.fget if isinstance(orig, property) else orig
-        assert func.__module__ == "lavis.runners.runner_base", name
+def test_patching_a_patched_attribute_again_raises() -> None:
+    for patch in compat.PATCHES:
+        with pytest.raises(compat.PatchConflict, match=patch.id.replace(".", r"\.")):
+            _patch.apply_patch(patch)
+    # two different patches of one attribute (here on a throwaway class)
+    holder = type("Holder", (), {"method": lambda self: "lavis"})
+    _patch.replace(holder, "method", lambda self: "first", "first.patch")
+    with pytest.raises(compat.PatchConflict, match=r"already patched by 'first\.patch'.*'second\.patch'"):
+        _patch.replace(holder, "method", lambda self: "second", "second.patch")
+    assert holder().method() == "first"
+    assert _patch.original(holder, "method")(holder()) == "lavis"
+
+
+def test_missing_target_is_a_clear_error() -> None:
+    patch = _patch.Patch("x.missing", "lavis.runners.runner_base:RunnerBase.no_such_method",
+                         "test", "lavis_ext.compat.amp:patch_scaler")
+    with pytest.raises(compat.PatchTargetError, match="x.missing.*RunnerBase.no_such_method"):
+        _patch.apply_patch(patch)
 
 
 def test_lr_schedulers_are_registered() -> None:
-    for name in SCHEDULERS:
+    for name in compat.SCHEDULERS:
         assert callable(registry.get_lr_scheduler_class(name)), name
+
+
+@pytest.mark.parametrize("installed", ["1.0.3", None])
+def test_other_lavis_versions_are_refused(monkeypatch: pytest.MonkeyPatch, installed: str | None) -> None:
+    def version(name: str) -> str:
+        assert name == "salesforce-lavis"
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    with pytest.raises(compat.UnsupportedLavisVersion, match=r"salesforce-lavis\) 1\.0\.2 only") as error:
+        compat.check_lavis_version()
+    assert ("1.0.3 is installed" if installed else "no 'salesforce-lavis' distribution metadata") in str(error.value)
+    with pytest.raises(compat.UnsupportedLavisVersion):
+        compat.apply_all()
+
+
+def test_the_installed_lavis_passes_the_check() -> None:
+    assert compat.lavis_version() == compat.SUPPORTED_LAVIS
+    compat.check_lavis_version()
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_the_list_is_readable_without_lavis_or_torch() -> None:
+    result = _run("import sys, json, lavis_ext.compat as c\n"
+                  "print(json.dumps([len(c.PATCHES), [m for m in ('torch', 'lavis') if m in sys.modules]]))")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) == [len(compat.PATCHES), []]
+
+
+def test_unsupported_lavis_keeps_import_lavis_working_and_raises_on_use() -> None:
+    code = """
+import importlib.metadata, json, warnings
+real = importlib.metadata.version
+importlib.metadata.version = lambda name: "1.0.3" if name == "salesforce-lavis" else real(name)
+import lavis_ext
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import lavis  # must not fail
+from lavis.common.registry import registry
+report = {"warned": [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)],
+          "exp_blip": registry.get_model_class("exp_blip") is not None}
+for attempt in ("ensure", "models"):
+    try:
+        lavis_ext.ensure_registered() if attempt == "ensure" else lavis_ext.models
+    except lavis_ext.RegistrationError as error:
+        report[attempt] = [str(error), type(error.__cause__).__name__]
+print(json.dumps(report))
+"""
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert len(report["warned"]) == 1 and "1.0.2 only" in report["warned"][0]
+    assert report["exp_blip"] is False
+    for attempt in ("ensure", "models"):
+        message, cause = report[attempt]
+        assert "salesforce-lavis 1.0.3 is installed" in message and "1.0.2" in message
+        assert cause == "UnsupportedLavisVersion"
+    assert lavis_ext.ensure_registered() is None  # this process: LAVIS 1.0.2, registered

@@ -73,6 +73,7 @@ def test_logger_sync_on_a_gloo_group(single_rank_env: None) -> None:
             stock(logger.meters["loss"])
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_ranks_train(tmp_path: Path) -> None:
     cfg = compat_toy.write_run_config(tmp_path, run={"max_epoch": 2})
     proc = subprocess.run(

@@ -53,7 +53,7 @@ def test_prefetch_still_used_for_cuda_runs(monkeypatch: pytest.MonkeyPatch) -> N
         def __init__(self, loader: object) -> None:
             made.append(loader)
 
-    factory = loaders._make_prefetch_factory(RecordingPrefetch)
+    factory = loaders.patch_prefetch_loader(RecordingPrefetch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     token = loaders._RUN_DEVICE.set(torch.device("cuda"))
     try:
