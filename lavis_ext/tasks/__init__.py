@@ -4,4 +4,4 @@
 - ``probe``: linear probe / full fine-tuning on encoder or Q-Former features (Tables 3-4).
 """
 from lavis_ext.tasks.facial_captioning import FacialCaptioningTask  # noqa: F401
-from lavis_ext.tasks.probe import ProbeTask, ProbeModel, run_probe  # noqa: F401
+from lavis_ext.tasks.probe import ProbeModel, ProbeTask  # noqa: F401

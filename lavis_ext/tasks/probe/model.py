@@ -1,0 +1,74 @@
+"""The model a probe run trains: an encoder's pooled features, standardised, then one linear layer."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+MODES = ("linear", "finetune")
+SOURCES = ("vision", "qformer")
+
+
+class ProbeModel(nn.Module):
+    """``encoder.probe_features(image, source)`` -> BatchNorm (no affine) -> linear head.
+
+    Batches carry either ``features`` (linear mode: precomputed by the frozen encoder) or
+    ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
+    coded) the output has the loss the runner minimises.
+    """
+
+    def __init__(self, encoder: nn.Module, feature_dim: int, num_outputs: int, *,
+                 source: str, mode: str, target: str) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"run.probe.mode must be one of {MODES}, got {mode!r}")
+        if source not in SOURCES:
+            raise ValueError(f"run.probe.source must be one of {SOURCES}, got {source!r}")
+        self.encoder = encoder
+        # MAE's linear-probe recipe: standardise features (BatchNorm without affine) so one
+        # learning rate suits encoders whose feature scales differ by orders of magnitude.
+        self.norm = nn.BatchNorm1d(feature_dim, affine=False)
+        self.head = nn.Linear(feature_dim, num_outputs)
+        self.source, self.mode, self.target = source, mode, target
+        if mode == "linear":
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the head lives; LAVIS's runner compares it with the run device."""
+        return self.head.weight.device
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """Pooled features [B, D]; with gradients into the encoder in fine-tuning mode."""
+        method = self.encoder.probe_features
+        if self.mode == "linear" or not torch.is_grad_enabled():
+            with torch.no_grad():
+                return method(image, self.source).float()
+        # A probe_features decorated with @torch.no_grad() keeps the undecorated function in
+        # __wrapped__ (functools.wraps); fine-tuning needs that one.
+        inner = getattr(method, "__wrapped__", None)
+        features = (inner(self.encoder, image, self.source) if inner is not None
+                    else method(image, self.source)).float()
+        if not features.requires_grad:
+            raise RuntimeError("probe mode 'finetune' needs gradients through "
+                               f"{type(self.encoder).__name__}.probe_features, but it returned "
+                               "a tensor without grad (does it run under torch.no_grad?)")
+        return features
+
+    def forward(self, samples: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        features = samples["features"] if "features" in samples \
+            else self.features(samples["image"])
+        logits = self.head(self.norm(features.float().to(self.head.weight.device)))
+        out = {"logits": logits}
+        if "probe_target" in samples:
+            target = samples["probe_target"].to(logits.device)
+            if self.target == "au":
+                mask = samples["probe_mask"].to(logits.device).float()
+                losses = nn.functional.binary_cross_entropy_with_logits(
+                    logits.float(), target.float(), reduction="none")
+                out["loss"] = (losses * mask).sum() / mask.sum().clamp(min=1.0)
+            else:
+                out["loss"] = nn.functional.cross_entropy(logits.float(), target.long())
+        return out
