@@ -36,8 +36,10 @@ def emotion_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def fast_config(server: LocalLLMServer, **kw) -> ClientConfig:
-    """Tiny back-offs and a short timeout, so fault tests take a fraction of a second."""
+    """Tiny back-offs, so fault tests take a fraction of a second. The timeout is generous: a
+    healthy answer must never time out, even on a loaded 2-core machine; tests of timeouts
+    set their own, well below the injected stall."""
     options = dict(model="gpt-4o-mini", base_url=server.base_url, backoff_base=0.01,
-                   backoff_max=0.05, timeout=1.0, max_attempts=5)
+                   backoff_max=0.05, timeout=10.0, max_attempts=5)
     options.update(kw)
     return ClientConfig(**options)

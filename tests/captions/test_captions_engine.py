@@ -29,11 +29,11 @@ def test_au_llm_under_faults_every_record_captioned_or_failed(make_server, tmp_p
     srv = make_server(latency=0.01, faults={
         "rates": {"429": 0.08, "500": 0.08, "timeout": 0.04, "empty": 0.08, "malformed": 0.05,
                   "restricted": 0.1, "emotion": 0.1}, "seed": 3, "retry_after": 0.02,
-        "slow_seconds": 0.6})
+        "slow_seconds": 6.0})  # 4x the client's timeout; a healthy answer has 1.5 s under load
     records = au_records(40, neutral_every=10)
     saves = []
     summary = synthesize_records(records, "au-llm", client_config=fast_config(
-        srv, timeout=0.3, answer_attempts=2, max_attempts=3), cache_path=tmp_path / "c.sqlite",
+        srv, timeout=1.5, answer_attempts=2, max_attempts=3), cache_path=tmp_path / "c.sqlite",
         concurrency=6, progress=False, save=lambda recs: saves.append(len(recs)), save_every=5)
     _check_outcome(records, "au-llm")
     s = summary.stats
