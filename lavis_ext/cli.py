@@ -54,6 +54,21 @@ def _called_process(err: Any) -> str:
     return f"a subprocess failed with exit status {err.returncode}: {command}"
 
 
+PACKAGE_DIR = os.path.dirname(os.path.abspath(errors.__file__))
+
+
+class _RefusedByUs(Exception):
+    """Matches a ValueError or KeyError raised by lavis_ext's own code (see ``classify``)."""
+
+
+def _raised_by_us(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
+        PACKAGE_DIR + os.sep)
+
+
 # Ordered: the first entry whose class matches wins, so subclasses come before their bases.
 # A class is named as "module:Name" when importing its module here would make the CLI heavy;
 # it is looked up only if that module is already imported (otherwise nothing can raise it).
@@ -69,24 +84,9 @@ EXIT_CODES: list[tuple[type | str, int, Callable[[BaseException], str] | None]] 
     (IsADirectoryError, errors.EXIT_USAGE, lambda e: f"a folder, not a file: {e.filename}"),
     ("subprocess:CalledProcessError", errors.EXIT_FAILURE, _called_process),
     # lavis_ext raises ValueError (or KeyError) for a value it refuses: bad input, not a crash.
-    ("lavis_ext.cli:_RefusedByUs", errors.EXIT_USAGE, lambda e: str(e.args[0]) if e.args else ""),
+    (_RefusedByUs, errors.EXIT_USAGE, lambda e: str(e.args[0]) if e.args else ""),
     (Exception, errors.EXIT_FAILURE, lambda e: f"{type(e).__name__}: {e}"),
 ]
-
-
-PACKAGE_DIR = os.path.dirname(os.path.abspath(errors.__file__))
-
-
-class _RefusedByUs(Exception):
-    """Matches a ValueError or KeyError raised by lavis_ext's own code (see ``classify``)."""
-
-
-def _raised_by_us(err: BaseException) -> bool:
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
-        PACKAGE_DIR + os.sep)
 
 
 def _resolve(entry: type | str) -> type | None:

@@ -25,6 +25,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
                            "--variant", "no-such-variant"],
         "synthesize": ["synthesize", "--kind", "au-rule", "--ann", missing, "--out",
                        str(tmp / "out.json")],
+        "import-captions": ["import-captions", "--kind", "Not A Kind", "--from", missing,
+                            "--ann", missing, "--out", str(tmp / "o.json")],
         "evaluate": ["evaluate", "--pred", missing, "--ann", missing],
         "pseudo-caption": ["pseudo-caption", "--model", "exp_blip", "--ann", missing,
                            "--images", str(tmp / "no_such_dir"), "--out", str(tmp / "o.json")],

@@ -317,8 +317,13 @@ def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
         client = ClientConfig.from_mapping(dict(cfg.llm))
     except (TypeError, ValueError):
         return "unknown (pipeline.llm is invalid)"
+    import tempfile
+
     calls, cost = 0, 0.0
+    scratch = tempfile.TemporaryDirectory()  # no cache yet: an empty one, not in the workdir
     cache = cfg.workdir / "llm_cache.sqlite"
+    if not cache.exists():
+        cache = Path(scratch.name) / "llm_cache.sqlite"
     for name, source in cfg.sources(group).items():
         for split in SPLITS:
             path = captions_path(cfg.workdir, name, split)
@@ -326,7 +331,7 @@ def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
             if not records_file.is_file():
                 return "unknown (records missing)"
             summary = synthesize_records(load_records(records_file), kind, client_config=client,
-                                         cache_path=cache if cache.exists() else None,
+                                         cache_path=cache,
                                          dry_run=True, progress=False, prices=PriceTable.load(),
                                          echo=lambda _: None)
             calls += summary.planned_calls

@@ -1,0 +1,127 @@
+"""`expblip pipeline`: the preflight, --check, the shared step table, resumable steps."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from lavis_ext.pipeline.method import method_steps
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER = REPO / "projects" / "pipeline" / "paper.yaml"
+NO_LLM = {"OPENAI_API_KEY": "", "OPENAI_BASE_URL": "", "HF_HUB_OFFLINE": "1"}
+
+
+def _expblip(*args, cwd, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "lavis_ext.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, env={**os.environ, **NO_LLM, **(env or {})},
+                          timeout=timeout)
+
+
+def test_check_of_the_paper_config_without_data_lists_every_problem_at_once(tmp_path):
+    """Run from another directory: paths resolve against the project, one error, no work."""
+    workdir = REPO / "runs" / "paper"
+    existed = workdir.exists()
+    result = _expblip("pipeline", "--config", str(PAPER), "--check", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    err = result.stderr
+    assert err.startswith("expblip pipeline: error: ") and "Traceback" not in err
+    assert err.count("expblip pipeline: error:") == 1, "one error listing every problem"
+    assert "nothing was started" in err
+    for name in ("bp4d", "disfa", "gft", "rafau", "emotionet", "affectnet", "rafdb", "faceme"):
+        assert f"{name}: prepared records not found: train.json and test.json in " \
+               f"{REPO / 'data' / 'prepared' / name}" in err, name
+        assert f"{name}: images root not found" in err, name
+    assert "LAVIS_EXT_EVA_VIT_G" in err and "mix_blip stage 1" in err and "cat_blip stage 2" in err
+    assert "no API key" in err
+    assert "GPUs: pipeline.nproc_per_node is 4" in err or _gpus() >= 4
+    # the plan names every step of the shared table, none done
+    for step in method_steps(baselines=True):
+        assert f"[left] {step.name}" in result.stdout, step.name
+    assert workdir.exists() == existed, "--check starts nothing"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()
+
+
+def _gpus():
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _config(tmp_path, server_url):
+    """A pipeline config beside its data, with paths relative to its own folder."""
+    from lavis_ext.data.prepare import prepare_dataset
+    from lavis_ext.data.synthetic.writers import make_synthetic
+
+    for name in ("emotionet", "affectnet"):
+        make_synthetic(name, tmp_path / "data" / name, 12, seed=1, variant="csv")
+        prepare_dataset(name, tmp_path / "data" / name, tmp_path / "prepared" / name)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(json.dumps({"pipeline": {
+        "workdir": "work", "nproc_per_node": 1, "device": "cpu", "baselines": False,
+        "min_free_disk_gb": 0,
+        "au_datasets": {"emotionet": {"prepared": "prepared/emotionet",
+                                      "images": "data/emotionet"}},
+        "emotion_datasets": {"affectnet": {"prepared": "prepared/affectnet",
+                                           "images": "data/affectnet"}},
+        "llm": {"model": "gpt-4o-mini", "base_url": server_url}, "concurrency": 4,
+        "models": {m: {"stage1": str(REPO / "projects" / m / "stage1_tiny.yaml"),
+                       "stage2": str(REPO / "projects" / m / "stage2_tiny.yaml")}
+                   for m in ("au_blip", "emot_blip", "exp_blip")}}}))
+    return config
+
+
+def test_pipeline_checks_synthesizes_and_skips_finished_steps(tmp_path):
+    from tests.support.llm_server import FaultyLLMServer
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with FaultyLLMServer() as server:
+        config = _config(tmp_path, server.base_url)
+        check = _expblip("pipeline", "--config", str(config), "--check", "--until",
+                         "synthesize", cwd=elsewhere)
+        assert check.returncode == 0, check.stderr[-3000:]
+        assert "preflight: every input is in place" in check.stdout
+        assert "synthesize/au-llm:" in check.stdout and " calls, about " in check.stdout
+        assert server.chat_requests == 0 and not (tmp_path / "work").exists()
+
+        first = _expblip("pipeline", "--config", str(config), "--until", "synthesize",
+                         cwd=elsewhere)
+        assert first.returncode == 0, first.stderr[-3000:]
+        calls = server.chat_requests
+        assert calls > 0
+        second = _expblip("pipeline", "--config", str(config), "--until", "synthesize",
+                          cwd=elsewhere)
+        assert second.returncode == 0 and "[skip] synthesize" in second.stdout
+        assert server.chat_requests == calls, "a rerun pays for nothing twice"
+    records = json.loads((tmp_path / "work" / "captions" / "emotionet_train.json").read_text())
+    assert all(r["captions"].get("au-rule") or not any(v == 1 for v in r["aus"].values())
+               for r in records)
+    assert any(r["captions"].get("au-llm") for r in records)
+    emotions = json.loads((tmp_path / "work" / "captions" / "affectnet_test.json").read_text())
+    assert all(r["captions"].get("emotion-rule") for r in emotions)
+    assert not (elsewhere / "work").exists(), "paths resolve against the config, not the CWD"
+
+
+def test_missing_records_are_an_error_not_a_skip(tmp_path):
+    """The training steps' inputs are checked too: a removed images root stops the run."""
+    import shutil
+
+    from tests.support.llm_server import FaultyLLMServer
+
+    with FaultyLLMServer() as server:
+        config = _config(tmp_path, server.base_url)
+        shutil.rmtree(tmp_path / "data" / "affectnet")
+        (tmp_path / "prepared" / "emotionet" / "test.json").unlink()
+        result = _expblip("pipeline", "--config", str(config), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "emotionet: prepared records not found: test.json" in result.stderr
+    assert f"affectnet: images root not found: {tmp_path / 'data' / 'affectnet'}" in result.stderr
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_old_script_is_a_thin_wrapper(tmp_path):
+    result = subprocess.run([sys.executable, str(REPO / "run_scripts" / "pipeline.py"),
+                             "--config", str(tmp_path / "none.yaml")], capture_output=True,
+                            text=True, cwd=tmp_path, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("expblip pipeline: error:")
