@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 import lavis_ext  # noqa: F401
@@ -65,10 +66,14 @@ def synthetic(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
-def test_config_runs_one_step_on_tiny_models(path, synthetic, tmp_path, monkeypatch):
+@pytest.fixture
+def plain_process(monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
         monkeypatch.delenv(key, raising=False)
+
+
+def run_tiny(path: Path, synthetic, tmp_path: Path, *extra: str) -> Path:
+    """Train ``path`` for one epoch on the tiny model type and synthetic data; the job folder."""
     cfg = OmegaConf.load(path)
     (name,) = list(cfg.datasets)
     images, prepared = synthetic[DATASET_OF[name]]
@@ -89,8 +94,16 @@ def test_config_runs_one_step_on_tiny_models(path, synthetic, tmp_path, monkeypa
         f"run.output_dir={tmp_path / 'out'}", f"run.probe.table_dir={tmp_path / 'tables'}",
         f"run.probe.cache_dir={tmp_path / 'cache'}",
     ]
-    assert train_main(["--cfg-path", str(copy), "--options", *options]) == 0
+    assert train_main(["--cfg-path", str(copy), "--options", *options, *extra]) == 0
     (job,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    return job
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_runs_one_step_on_tiny_models(path, synthetic, tmp_path, plain_process):
+    cfg = OmegaConf.load(path)
+    (name,) = list(cfg.datasets)
+    job = run_tiny(path, synthetic, tmp_path)
     scores = json.loads((job / "result" / "probe_test_epoch0_scores.json").read_text())
     assert scores["row"] == cfg.run.probe.row_name and scores["n_scored"] > 0
     if cfg.run.probe.target == "au":
@@ -100,3 +113,20 @@ def test_config_runs_one_step_on_tiny_models(path, synthetic, tmp_path, monkeypa
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 2  # train and test features
     target = cfg.run.probe.target
     assert (tmp_path / "tables" / f"probe_{target}_{name}_test.md").is_file()
+
+
+def test_finetune_mode_trains_the_tiny_qformer_and_image_encoder(synthetic, tmp_path,
+                                                                 plain_process):
+    """Full fine-tuning (``run.probe.mode=finetune``) of a real Exp-BLIP Q-Former model: its
+    no-grad ``probe_features`` is called through ``__wrapped__`` and gradients reach it."""
+    job = run_tiny(PROBES / "table4_rafau_qformer_au.yaml", synthetic, tmp_path,
+                   "run.probe.mode=finetune", "model.freeze_vit=False")
+    saved = torch.load(job / "checkpoint_0.pth", map_location="cpu", weights_only=True)["model"]
+    assert "encoder.query_tokens" in saved and "head.weight" in saved
+    assert any(k.startswith("encoder.visual_encoder.") for k in saved)
+    # The Q-Former's text head never reaches the query features: frozen, so not saved. (Its
+    # decoder weights are tied to the word embeddings, which LAVIS saves as if buffers.)
+    assert "encoder.Qformer.cls.predictions.transform.dense.weight" not in saved
+    assert "encoder.Qformer.bert.encoder.layer.0.intermediate_query.dense.weight" in saved
+    scores = json.loads((job / "result" / "probe_test_epoch0_scores.json").read_text())
+    assert scores["mode"] == "finetune" and scores["n_scored"] > 0
