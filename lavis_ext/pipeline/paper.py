@@ -434,7 +434,8 @@ def run(args: argparse.Namespace) -> int:
         print("preflight: every input is in place")
         return 0
     if not todo:
-        print(format_plan(cfg, steps) + "\nnothing left to do")
+        print(format_plan(cfg, steps) + "\nnothing left to do"
+              + (f" up to {args.until}" if args.until else ""))
         return 0
     summary = run_steps(cfg, args.until, progress=not args.no_progress)
     print(json.dumps(summary, indent=1, default=str))

@@ -92,7 +92,9 @@ def test_pipeline_checks_synthesizes_and_skips_finished_steps(tmp_path):
         assert calls > 0
         second = _expblip("pipeline", "--config", str(config), "--until", "synthesize",
                           cwd=elsewhere)
-        assert second.returncode == 0 and "[skip] synthesize" in second.stdout
+        assert second.returncode == 0, second.stderr[-3000:]
+        assert "[done] synthesize" in second.stdout
+        assert "nothing left to do up to synthesize" in second.stdout
         assert server.chat_requests == calls, "a rerun pays for nothing twice"
     records = json.loads((tmp_path / "work" / "captions" / "emotionet_train.json").read_text())
     assert all(r["captions"].get("au-rule") or not any(v == 1 for v in r["aus"].values())
