@@ -42,10 +42,17 @@ CREATE TABLE IF NOT EXISTS batches (
 """
 
 
-def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of (model, messages, params)."""
-    blob = json.dumps({"model": model, "messages": messages, "params": params},
-                      sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+def cache_key(model: str, messages: list[dict[str, str]], params: dict[str, Any],
+              variant: int = 0) -> str:
+    """sha256 of the canonical JSON of (model, messages, params[, variant]).
+
+    Variant 0 is keyed as before variants existed, so older caches stay valid; variant
+    v > 0 (another answer to the same prompt) is its own entry even when no seed is sent.
+    """
+    body: dict[str, Any] = {"model": model, "messages": messages, "params": params}
+    if variant:
+        body["variant"] = int(variant)
+    blob = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 

@@ -24,6 +24,7 @@ from lavis_ext.captions.cost import PriceTable
 
 log = logging.getLogger(__name__)
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
+VARIANT_SEED_STRIDE = 1000  # variant v uses seeds seed + 1000 v + attempt
 
 
 class FatalLLMError(RuntimeError):
@@ -51,7 +52,16 @@ class ClientConfig:
     temperature: float | None = None  # None: the prompt file's value
     max_tokens: int | None = None
     max_tokens_param: str = "max_tokens"  # "max_completion_tokens" for newer OpenAI models
-    prompt_dir: str | None = None  # a copy of lavis_ext/captions/prompts to use instead
+    prompt_set: str = "paper"  # bundled LLM prompts: paper (Figs. 2 and 4) or concise
+    prompt_dir: str | None = None  # a folder with au_caption.yaml, fusion.yaml, rules.yaml
+    au_prompt: str | None = None  # one AU prompt file (wins over the two above)
+    fusion_prompt: str | None = None  # one fusion prompt file
+    variants: int = 1  # au-llm / fuse: up to K distinct answers per identical prompt
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.variants, int) or isinstance(self.variants, bool) \
+                or self.variants < 1:
+            raise ValueError(f"variants must be an integer >= 1, got {self.variants!r}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: str = "config") -> "ClientConfig":
@@ -77,8 +87,10 @@ class ClientConfig:
         raise FatalLLMError(f"no API key: set ${self.api_key_env} (or give --base-url for a "
                             f"local server that needs none)")
 
-    def request_params(self, prompt_params: dict[str, Any], attempt: int) -> dict[str, Any]:
-        """Parameters sent with a request; also part of its cache key."""
+    def request_params(self, prompt_params: dict[str, Any], attempt: int,
+                       variant: int = 0) -> dict[str, Any]:
+        """Parameters sent with a request; also part of its cache key. Variant ``v`` of a
+        prompt (``variants``) samples with its own seed, so it is its own request."""
         params = dict(prompt_params)
         if self.temperature is not None:
             params["temperature"] = self.temperature
@@ -87,7 +99,7 @@ class ClientConfig:
         if "max_tokens" in params and self.max_tokens_param != "max_tokens":
             params[self.max_tokens_param] = params.pop("max_tokens")
         if self.seed is not None:
-            params["seed"] = int(self.seed) + attempt
+            params["seed"] = int(self.seed) + attempt + VARIANT_SEED_STRIDE * variant
         return params
 
 
@@ -162,13 +174,16 @@ class LLMClient:
             await self._client.close()
             self._client = None
 
-    def key(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
-        return cache_key(self.config.model, messages, params)
+    def key(self, messages: list[dict[str, str]], params: dict[str, Any],
+            variant: int = 0) -> str:
+        return cache_key(self.config.model, messages, params, variant)
 
-    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any]) -> Answer:
+    async def complete(self, messages: list[dict[str, str]], params: dict[str, Any],
+                       variant: int = 0) -> Answer:
         """The answer to a request: from the cache, from an identical request in flight, or
-        from the server (then cached before it is returned)."""
-        key = self.key(messages, params)
+        from the server (then cached before it is returned). ``variant`` > 0 names another
+        answer to the same request (its own cache entry)."""
+        key = self.key(messages, params, variant)
         hit = self.cache.get(key)
         if hit is not None:
             self.stats.cache_hits += 1

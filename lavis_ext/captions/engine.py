@@ -8,6 +8,8 @@ LLM answers go through the SQLite cache first, so a rerun pays only for what is 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -44,9 +46,34 @@ PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion"}
 
 @dataclass
 class Job:
-    """One LLM caption to make for one record."""
+    """One LLM caption to make for one record; ``variant`` picks one of up to K answers to
+    the same messages (``ClientConfig.variants``)."""
     record: Record
     messages: list[dict[str, str]]
+    variant: int = 0
+
+
+def _image_rank(image_id: Any) -> str:
+    return hashlib.sha256(str(image_id).encode("utf-8")).hexdigest()
+
+
+def assign_variants(jobs: list[Job], variants: int) -> int:
+    """Spread records with identical messages over up to ``variants`` answers.
+
+    Within each group of identical prompts, records are ordered by a hash of their image id
+    and take variants 0, 1, ..., K-1, 0, 1, ... in turn: a group of n records gets min(n, K)
+    distinct requests, and the same records always get the same variant. Returns the number
+    of distinct prompts.
+    """
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        text = json.dumps(job.messages, sort_keys=True, ensure_ascii=False)
+        groups.setdefault(text, []).append(job)
+    for group in groups.values():
+        group.sort(key=lambda j: _image_rank(j.record.get("image_id")))
+        for rank, job in enumerate(group):
+            job.variant = rank % max(1, variants)
+    return len(groups)
 
 
 @dataclass
@@ -60,6 +87,8 @@ class SynthesisSummary:
     interrupted: bool = False
     dry_run: bool = False
     planned_calls: int = 0  # dry run: calls that would be made (cache hits excluded)
+    variants: int = 1  # K: answers per identical prompt
+    distinct_prompts: int = 0
     estimated_prompt_tokens: int = 0
     estimated_completion_tokens: int = 0
     estimated_cost_usd: float | None = None
@@ -74,6 +103,8 @@ class SynthesisSummary:
         if self.dry_run:
             rows += [("dry run", "nothing was called or written"),
                      ("calls needed", f"{self.planned_calls} (cache hits excluded)"),
+                     ("variants", f"K={self.variants} over {self.distinct_prompts} distinct "
+                                  f"prompts"),
                      ("tokens (estimate)", f"in ~{self.estimated_prompt_tokens:,} / out "
                                            f"~{self.estimated_completion_tokens:,}"),
                      ("cost (estimate)", f"{format_usd(self.estimated_cost_usd)} "
@@ -178,20 +209,26 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
     raise ValueError(f"unknown rule kind {kind!r}")
 
 
+def prompt_choice(config: ClientConfig) -> prompts.PromptChoice:
+    """Where a run's LLM prompts come from (set, folder or files of the client config)."""
+    return prompts.PromptChoice(config.prompt_set, config.prompt_dir, config.au_prompt,
+                                config.fusion_prompt)
+
+
 def _plan_llm(record: Record, kind: str, au_kinds: tuple[str, ...],
-              emotion_kinds: tuple[str, ...], prompt_dir: str | None
-              ) -> list[dict[str, str]] | str | None | Exception:
+              emotion_kinds: tuple[str, ...], choice: prompts.PromptChoice,
+              prompt_dir: str | None) -> list[dict[str, str]] | str | None | Exception:
     """Messages to send, a fixed caption (no call needed), None (not applicable) or an error."""
     if kind == "au-llm":
         if not _coded(record):
             return None
         aus = present_aus(record)
-        return prompts.au_messages(aus, prompt_dir) if aus else rules.neutral_au_caption(
+        return prompts.au_messages(aus, choice) if aus else rules.neutral_au_caption(
             prompt_dir)
     pair = _caption_pair(record, au_kinds, emotion_kinds, " to fuse")
     if isinstance(pair, ValueError):
         return pair
-    return prompts.fusion_messages(*pair, prompt_dir)
+    return prompts.fusion_messages(*pair, choice)
 
 
 def synthesize_records(records: list[Record], kind: str, *,
@@ -280,8 +317,9 @@ async def _run_llm(records: list[Record], kind: str, config: ClientConfig, cache
                    emotion_kinds: tuple[str, ...], batch: bool, batch_poll: float,
                    batch_max_requests: int, echo: Callable[[str], None]) -> None:
     prompt_name = PROMPT_OF_KIND[kind]
-    prompt = prompts.load_prompt(prompt_name, config.prompt_dir)
-    prompt_params = prompts.prompt_params(prompt_name, config.prompt_dir)
+    choice = prompt_choice(config)
+    prompt = prompts.load_prompt(prompt_name, choice)
+    prompt_params = prompts.prompt_params(prompt_name, choice)
     bounds = {"min_chars": int(prompt.get("min_chars", 20)),
               "max_chars": int(prompt.get("max_chars", 1200))}
     jobs: list[Job] = []
@@ -289,7 +327,7 @@ async def _run_llm(records: list[Record], kind: str, config: ClientConfig, cache
         if (record.get("captions") or {}).get(kind):
             summary.already_done += 1
             continue
-        plan = _plan_llm(record, kind, au_kinds, emotion_kinds, config.prompt_dir)
+        plan = _plan_llm(record, kind, au_kinds, emotion_kinds, choice, config.prompt_dir)
         if plan is None:
             summary.not_applicable += 1
         elif isinstance(plan, Exception):
@@ -303,6 +341,8 @@ async def _run_llm(records: list[Record], kind: str, config: ClientConfig, cache
         else:
             jobs.append(Job(record, plan))
 
+    summary.distinct_prompts = assign_variants(jobs, config.variants)
+    summary.variants = config.variants
     cache = AnswerCache(cache_path) if not dry_run or cache_path.exists() else None
     try:
         if dry_run:
@@ -314,8 +354,9 @@ async def _run_llm(records: list[Record], kind: str, config: ClientConfig, cache
             if batch and jobs:
                 requests = {}
                 for job in jobs:
-                    params = config.request_params(prompt_params, 0)
-                    requests[client.key(job.messages, params)] = (job.messages, params)
+                    params = config.request_params(prompt_params, 0, job.variant)
+                    requests[client.key(job.messages, params, job.variant)] = (job.messages,
+                                                                               params)
                 await run_batches(client, requests, poll_interval=batch_poll,
                                   max_requests=batch_max_requests, echo=echo)
             await _run_jobs(jobs, kind, client, config, prompt_params, bounds, concurrency,
@@ -333,7 +374,9 @@ def _dry_run(jobs: list[Job], config: ClientConfig, cache: AnswerCache | None,
     params = config.request_params(prompt_params, 0)
     keys: dict[str, Job] = {}
     for job in jobs:
-        keys.setdefault(cache_key(config.model, job.messages, params), job)
+        keys.setdefault(cache_key(config.model, job.messages,
+                                  config.request_params(prompt_params, 0, job.variant),
+                                  job.variant), job)
     cached = cache.contains(keys) if cache is not None else set()
     todo = [job for key, job in keys.items() if key not in cached]
     summary.planned_calls = len(todo)
@@ -346,6 +389,9 @@ def _dry_run(jobs: list[Job], config: ClientConfig, cache: AnswerCache | None,
     echo(f"dry run: {len(todo)} calls to {config.model} at "
          f"{config.resolved_base_url() or 'https://api.openai.com/v1'} with {params}; "
          f"{len(cached)} answered by the cache, {len(jobs) - len(keys)} duplicates")
+    echo(f"variants K={config.variants}: {len(jobs)} records, {summary.distinct_prompts} "
+         f"distinct prompts, {len(keys)} requests "
+         f"({len(keys) / max(1, summary.distinct_prompts):.2f} distinct answers per prompt)")
     for i, job in enumerate(todo[:3]):
         echo(f"--- call {i + 1}/{len(todo)} for {job.record.get('image_id')} ---")
         for message in job.messages:
@@ -366,9 +412,9 @@ async def _run_jobs(jobs: list[Job], kind: str, client: LLMClient, config: Clien
     async def caption(job: Job) -> None:
         reasons = []
         for attempt in range(max(1, config.answer_attempts)):
-            params = config.request_params(prompt_params, attempt)
+            params = config.request_params(prompt_params, attempt, job.variant)
             try:
-                answer = await client.complete(job.messages, params)
+                answer = await client.complete(job.messages, params, job.variant)
             except RequestFailed as err:
                 summary.failed += 1
                 _fail(job.record, kind, f"request failed: {err}")

@@ -16,6 +16,7 @@ import yaml
 
 from lavis_ext.captions.client import ClientConfig
 from lavis_ext.captions.cost import PriceTable, parse_price
+from lavis_ext.captions.prompts import DEFAULT_PROMPT_SET, PROMPT_SETS
 from lavis_ext.captions.engine import (CONCAT_AU_KINDS, DEFAULT_AU_KINDS, DEFAULT_EMOTION_KINDS,
                                        KINDS, LLM_KINDS, SynthesisSummary, synthesize_records)
 from lavis_ext.data.records import RecordError, load_records, save_records
@@ -58,7 +59,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     llm.add_argument("--answer-attempts", type=int,
                      help="answers tried per caption before a rejection is final")
     llm.add_argument("--backoff-base", type=float, help="first retry back-off, seconds")
-    llm.add_argument("--prompt-dir", help="folder with edited copies of the prompt YAMLs")
+    llm.add_argument("--variants", type=int, metavar="K",
+                     help="up to K distinct answers per identical prompt (records spread over "
+                          "them by image id; each cached on its own); default 1: one answer "
+                          "per AU set / caption pair")
+    llm.add_argument("--prompt-set", choices=PROMPT_SETS,
+                     help=f"bundled LLM prompts (default {DEFAULT_PROMPT_SET}: the paper's "
+                          f"design; concise: two or three sentences)")
+    llm.add_argument("--prompt-dir", help="folder with edited copies of the prompt YAMLs "
+                                          "(au_caption.yaml, fusion.yaml, rules.yaml)")
+    llm.add_argument("--au-prompt", help="your own AU prompt YAML (same keys as "
+                                         "lavis_ext/captions/prompts/paper/au_caption.yaml)")
+    llm.add_argument("--fusion-prompt", help="your own fusion prompt YAML")
     parser.add_argument("--au-kinds",
                         help="where fuse/concat find AU captions, in order (default: "
                              f"{','.join(DEFAULT_AU_KINDS)} for fuse, "
@@ -86,7 +98,9 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
     flags = {"model": args.llm_model, "base_url": args.base_url,
              "api_key_env": args.api_key_env, "timeout": args.timeout,
              "max_attempts": args.max_attempts, "answer_attempts": args.answer_attempts,
-             "backoff_base": args.backoff_base, "prompt_dir": args.prompt_dir}
+             "backoff_base": args.backoff_base, "prompt_dir": args.prompt_dir,
+             "prompt_set": args.prompt_set, "au_prompt": args.au_prompt,
+             "fusion_prompt": args.fusion_prompt, "variants": args.variants}
     data.update({k: v for k, v in flags.items() if v is not None})
     return ClientConfig.from_mapping(data, str(args.config or "command line"))
 
