@@ -8,19 +8,31 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from lavis_ext import facs
-from lavis_ext.data.records import RecordError, atomic_write_text, load_records
-from lavis_ext.metrics.captioning import MeteorScorer, normalize_caption, score_captions
+from lavis_ext.data.records import RecordError, load_records
+from lavis_ext.errors import InputError, UsageError
+from lavis_ext.flags import add_base_url
+from lavis_ext.io import atomic_write_text
+from lavis_ext.metrics.captioning import (PROTOCOLS, MeteorScorer, check_protocol,
+                                          normalize_caption, score_captions,
+                                          score_captions_coco)
 from lavis_ext.metrics.embeddings import TextEncoder, build_encoder
 from lavis_ext.metrics.recognition import parse_caption, recognition_scores
 
-ROUGE_L_DEFINITION = ("ROUGE-L = LCS F-measure with beta 1.2 (pycocoevalcap definition), "
-                      "best over an image's references")
+ROUGE_L_DEFINITION = "ROUGE-L = LCS F-measure with beta 1.2 (pycocoevalcap definition)"
+PROTOCOL_DEFINITIONS = {
+    "coco": ("COCO caption evaluation (pycocoevalcap): PTB tokenizer; METEOR 1.5 against all "
+             "references at once, corpus-level score; ROUGE-L with the best precision and the "
+             "best recall over references, mean over images; embedding similarity: best "
+             "reference, mean over images"),
+    "best": ("each reference scored on its own and the best kept, mean over images; texts "
+             "lowercased with punctuation removed"),
+}
 CAPTION_METRICS = ("meteor", "rouge_l", "embedding_sim")
+REPORT_BY = (None, "dataset", "split")
 
 
 class EvaluationError(ValueError):
@@ -50,18 +62,47 @@ def _predictions_by_id(predictions: Sequence[Mapping[str, Any]], where: str) -> 
     return by_id
 
 
+def reference_captions(record: Mapping[str, Any], ref_kinds: Sequence[str] | None) -> list[str]:
+    """The references of a record: its ``caption`` list, or only the captions of the named
+    synthesis kinds (``captions[kind]``, in the order given)."""
+    if not ref_kinds:
+        return list(record.get("caption") or [])
+    by_kind = record.get("captions") or {}
+    texts: list[str] = []
+    for kind in ref_kinds:
+        texts.extend(t for t in by_kind.get(kind) or [] if t not in texts)
+    return texts
+
+
+def _group_key(record: Mapping[str, Any], report_by: str | None) -> str | None:
+    if report_by is None:
+        return None
+    value = record.get(report_by)
+    return "unknown" if value is None else str(value)
+
+
 def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
                       records: Sequence[Mapping[str, Any]], *,
                       encoder: TextEncoder | None = None, meteor: bool | MeteorScorer = True,
                       skip_missing: bool = False, au_subset: Iterable[int] | None = None,
-                      where: str = "predictions") -> dict[str, Any]:
+                      where: str = "predictions", ref_kinds: Sequence[str] | None = None,
+                      report_by: str | None = None, protocol: str = "coco") -> dict[str, Any]:
     """Score ``[{"image_id", "caption"}]`` against records (``caption`` = references).
 
     Ids absent from the records raise ``EvaluationError`` unless ``skip_missing`` (then they
-    are counted). Records without a non-empty reference are left out of the caption metrics
-    (counted) but still count for recognition. ``meteor`` may be an open ``MeteorScorer`` to
-    reuse, True to start (and close) one here, or False to skip METEOR.
+    are counted). ``ref_kinds`` keeps only the references of those synthesis kinds
+    (``captions[kind]``; the paper's Table 2 uses ``au-rule`` and ``au-llm``). Records
+    without a non-empty reference are left out of the caption metrics (counted) but still
+    count for recognition. ``report_by`` (``"dataset"``) adds one result per value of that
+    record field in ``groups``, each scored as if evaluated alone; the top level is the
+    pooled result. ``protocol``: ``coco`` or ``best`` (see ``metrics.captioning``).
+    ``meteor`` may be an open ``MeteorScorer`` to reuse, True to start (and close) one here,
+    or False to skip METEOR.
     """
+    check_protocol(protocol)
+    if report_by not in REPORT_BY:
+        raise EvaluationError(f"report_by: expected one of {REPORT_BY}, got {report_by!r}")
+    ref_kinds = list(ref_kinds) if ref_kinds else None
     by_id = _predictions_by_id(predictions, where)
     record_by_id: dict[str, Mapping[str, Any]] = {}
     for record in records:
@@ -74,45 +115,78 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
     matched = [i for i in by_id if i in record_by_id]
     if not matched:
         raise EvaluationError(f"{where}: no prediction matches a ground-truth image id")
-    with_refs = [i for i in matched
-                 if any(normalize_caption(r) for r in record_by_id[i].get("caption") or [])]
-    result: dict[str, Any] = {
-        "n_predictions": len(by_id),
-        "n_scored": len(matched),
-        "n_skipped_missing_in_ground_truth": len(missing),
-        "n_without_reference": len(matched) - len(with_refs),
-        "n_ground_truth_not_predicted": sum(1 for i in record_by_id if i not in by_id),
-        "rouge_l_definition": ROUGE_L_DEFINITION,
-        "embedding_encoder": getattr(encoder, "name", None),
-    }
-    caption_scores: dict[str, Any] = {"per_sample": {}, "mean": {}, "n_empty_predictions": 0}
+    refs_of = {i: [r for r in reference_captions(record_by_id[i], ref_kinds)
+                   if normalize_caption(r)] for i in matched}
+    with_refs = [i for i in matched if refs_of[i]]
+    if ref_kinds and not with_refs:
+        found = sorted({k for i in matched for k in (record_by_id[i].get("captions") or {})})
+        raise EvaluationError(f"{where}: none of the {len(matched)} scored records has a "
+                              f"reference of kinds {ref_kinds} (captions[kind]); kinds found: "
+                              f"{found or 'none (no captions provenance)'}")
+    group_of = {i: _group_key(record_by_id[i], report_by) for i in matched}
+    group_names = sorted({g for g in group_of.values() if g is not None})
+    position = {i: k for k, i in enumerate(with_refs)}
+    groups = {g: [position[i] for i in with_refs if group_of[i] == g] for g in group_names}
+    caption_scores: dict[str, Any] = {"per_sample": {}, "mean": {}, "group_mean": {}}
     if with_refs:
-        refs = [list(record_by_id[i]["caption"]) for i in with_refs]
+        refs = [refs_of[i] for i in with_refs]
         preds = [by_id[i] for i in with_refs]
+        score = score_captions_coco if protocol == "coco" else score_captions
+
+        def run(scorer: MeteorScorer | None) -> dict[str, Any]:
+            return score(preds, refs, meteor=scorer, encoder=encoder, groups=groups)
+
         if isinstance(meteor, MeteorScorer):
-            caption_scores = score_captions(preds, refs, meteor=meteor, encoder=encoder)
+            caption_scores = run(meteor)
         elif meteor:
             with MeteorScorer() as scorer:
-                caption_scores = score_captions(preds, refs, meteor=scorer, encoder=encoder)
+                caption_scores = run(scorer)
         else:
-            caption_scores = score_captions(preds, refs, meteor=None, encoder=encoder)
-    result["n_empty_predictions"] = sum(1 for i in matched if not normalize_caption(by_id[i]))
-    recognition = recognition_scores([by_id[i] for i in matched],
-                                     [record_by_id[i] for i in matched], au_subset)
-    result["metrics"] = {
-        **{name: caption_scores["mean"].get(name) for name in CAPTION_METRICS
-           if name in caption_scores["mean"]},
-        "au_f1_macro": recognition["au_f1_macro"],
-        "emotion_accuracy": recognition["emotion_accuracy"],
+            caption_scores = run(None)
+
+    def summary(ids: list[str], means: Mapping[str, Any]) -> dict[str, Any]:
+        scored = [i for i in ids if i in position]
+        recognition = recognition_scores([by_id[i] for i in ids],
+                                         [record_by_id[i] for i in ids], au_subset)
+        return {
+            "n_scored": len(ids),
+            "n_without_reference": len(ids) - len(scored),
+            "n_empty_predictions": sum(1 for i in ids if not normalize_caption(by_id[i])),
+            "metrics": {**{name: means.get(name) for name in CAPTION_METRICS if name in means},
+                        "au_f1_macro": recognition["au_f1_macro"],
+                        "emotion_accuracy": recognition["emotion_accuracy"]},
+            "recognition": recognition,
+        }
+
+    pooled = summary(matched, caption_scores["mean"])
+    result: dict[str, Any] = {
+        "n_predictions": len(by_id),
+        "n_scored": pooled["n_scored"],
+        "n_skipped_missing_in_ground_truth": len(missing),
+        "n_without_reference": pooled["n_without_reference"],
+        "n_ground_truth_not_predicted": sum(1 for i in record_by_id if i not in by_id),
+        "n_empty_predictions": pooled["n_empty_predictions"],
+        "protocol": protocol,
+        "protocol_definition": PROTOCOL_DEFINITIONS[protocol],
+        "rouge_l_definition": ROUGE_L_DEFINITION,
+        "ref_kinds": ref_kinds,
+        "report_by": report_by,
+        "embedding_encoder": getattr(encoder, "name", None),
+        "metrics": pooled["metrics"],
+        "recognition": pooled["recognition"],
     }
-    result["recognition"] = recognition
-    position = {i: k for k, i in enumerate(with_refs)}
+    if report_by is not None:
+        result["groups"] = {g: summary([i for i in matched if group_of[i] == g],
+                                       caption_scores["group_mean"].get(g, {}))
+                            for g in group_names}
     samples = []
     for i in matched:
         parsed = parse_caption(by_id[i])
         sample: dict[str, Any] = {"image_id": i, "caption": by_id[i],
                                   "aus_mentioned": sorted(parsed.aus),
                                   "emotions_mentioned": sorted(parsed.emotions)}
+        if report_by is not None:
+            sample[report_by] = group_of[i]
         if i in position:
             for name, values in caption_scores["per_sample"].items():
                 sample[name] = values[position[i]]
@@ -125,43 +199,64 @@ def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
 
 
+PAPER_EMBEDDING_MODEL = "text-embedding-ada-002"
+
+
+def similarity_title(encoder: str | None) -> str:
+    """Column title that says which embedding model produced the similarity."""
+    if not encoder:
+        return "Sim(%)"
+    if encoder == PAPER_EMBEDDING_MODEL:
+        return f"Ada-sim(%) [{encoder}: the paper's setting]"
+    return f"Sim(%) [{encoder}: stand-in, not comparable with the paper's Ada-sim]"
+
+
+def _rows(results: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """(model, data, result) rows: one per group of a grouped result, then its pooled row."""
+    rows = []
+    for name, r in results.items():
+        for group, part in (r.get("groups") or {}).items():
+            rows.append((name, group, part))
+        rows.append((name, "all" if r.get("groups") is not None else "", r))
+    return rows
+
+
 def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown in the layout of the paper's Table 2, plus recognition-from-text columns."""
+    """Markdown in the layout of the paper's Table 2, plus recognition-from-text columns;
+    results scored with ``report_by`` get one row per dataset and a pooled ``all`` row."""
     encoder = next((r.get("embedding_encoder") for r in results.values()
                     if r.get("embedding_encoder")), None)
-    sim_title = f"Sim(%) [{encoder}]" if encoder else "Sim(%)"
-    lines = [f"| model | METEOR | ROUGE-L | {sim_title} | AU F1 (text) | Emotion acc (text) | n |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in results.items():
+    grouped = any(r.get("groups") is not None for r in results.values())
+    rows = _rows(results)
+    label = (lambda name, data: f"| {name} | {data} |") if grouped else \
+        (lambda name, data: f"| {name} |")
+    head = "| model | data |" if grouped else "| model |"
+    lines = [f"{head} METEOR | ROUGE-L | {similarity_title(encoder)} | AU F1 (text) | "
+             f"Emotion acc (text) | n |",
+             "|---|" + ("---|" if grouped else "") + "---|---|---|---|---|---|"]
+    for name, data, r in rows:
         m = r["metrics"]
-        lines.append(f"| {name} | {_fmt(m.get('meteor'))} | {_fmt(m.get('rouge_l'))} | "
+        lines.append(f"{label(name, data)} {_fmt(m.get('meteor'))} | {_fmt(m.get('rouge_l'))} | "
                      f"{_fmt(m.get('embedding_sim'), 100, 2)} | "
                      f"{_fmt(m.get('au_f1_macro'), 100, 1)} | "
                      f"{_fmt(m.get('emotion_accuracy'), 100, 1)} | {r['n_scored']} |")
     # Rows without AU labels (emotion-only test sets) would be all dashes: left out.
-    per_au = {name: r["recognition"]["au_f1"] for name, r in results.items()
-              if r["recognition"]["au_f1"]}
-    aus = sorted({int(a) for scores in per_au.values() for a in scores})
+    per_au = [(name, data, r["recognition"]) for name, data, r in rows
+              if r["recognition"]["au_f1"]]
+    aus = sorted({int(a) for _, _, rec in per_au for a in rec["au_f1"]})
     if aus:
         lines += ["", "AU F1 (%) read from the captions:", "",
-                  "| model | " + " | ".join(f"AU{a}" for a in aus) + " | avg |",
-                  "|---|" + "---|" * (len(aus) + 1)]
-        for name, scores in per_au.items():
-            cells = [_fmt(scores.get(str(a)), 100, 1) for a in aus]
-            avg = results[name]["recognition"]["au_f1_macro"]
-            lines.append(f"| {name} | " + " | ".join(cells) + f" | {_fmt(avg, 100, 1)} |")
+                  head + " " + " | ".join(f"AU{a}" for a in aus) + " | avg |",
+                  "|---|" + ("---|" if grouped else "") + "---|" * (len(aus) + 1)]
+        for name, data, rec in per_au:
+            cells = [_fmt(rec["au_f1"].get(str(a)), 100, 1) for a in aus]
+            lines.append(f"{label(name, data)} " + " | ".join(cells)
+                         + f" | {_fmt(rec['au_f1_macro'], 100, 1)} |")
     return "\n".join(lines)
 
 
 def _au_subset(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    if text.lower() in facs.AU_SUBSETS:
-        return facs.AU_SUBSETS[text.lower()]
-    try:
-        return tuple(facs.au_name(part).number for part in text.split(",") if part.strip())
-    except KeyError as err:
-        raise SystemExit(f"--au-subset: {err.args[0]}; or use one of {sorted(facs.AU_SUBSETS)}")
+    return facs.parse_au_subset(text, "--au-subset")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--encoder", default="minilm",
                         help="embedding encoder: minilm (offline, default), openai, "
                              "openai:<model>, or none")
-    parser.add_argument("--openai-base-url", help="base_url for the OpenAI client")
+    add_base_url(parser, "the openai encoder", "$OPENAI_BASE_URL, else OpenAI")
     parser.add_argument("--embedding-cache",
                         help="JSONL cache for OpenAI embeddings (default: next to --out)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (no Java)")
@@ -182,47 +277,65 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="count and skip predicted ids that the records lack")
     parser.add_argument("--au-subset", help="AUs to score: a facs.AU_SUBSETS name "
                                             "(bp4d, gft, ...) or a comma list")
+    parser.add_argument("--ref-kinds", metavar="KIND[,KIND]",
+                        help="score only against captions of these synthesis kinds "
+                             "(captions[kind]), e.g. au-rule,au-llm for the paper's Table 2; "
+                             "default: every caption of a record")
+    parser.add_argument("--by", choices=[b for b in REPORT_BY if b], dest="report_by",
+                        help="one row per value of this record field, plus the pooled row")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="coco",
+                        help="coco: pycocoevalcap's pipeline (PTB tokenizer, multi-reference "
+                             "METEOR and ROUGE-L; needs Java; default); best: each reference "
+                             "scored alone, the best kept")
 
 
 def run(args: argparse.Namespace) -> int:
     pred_path = Path(args.pred)
     if not pred_path.is_file():
-        raise SystemExit(f"--pred: file not found: {pred_path}")
+        raise InputError(f"--pred: file not found: {pred_path}")
     try:
         predictions = json.loads(pred_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
-        raise SystemExit(f"{pred_path}: not valid JSON ({err})")
+        raise InputError(f"--pred: {pred_path}: not valid JSON ({err})") from None
     if not isinstance(predictions, list):
-        raise SystemExit(f"{pred_path}: expected a JSON list of {{image_id, caption}}")
+        raise InputError(f"--pred: {pred_path}: expected a JSON list of {{image_id, caption}}")
     try:
         records = load_records(args.ann)
     except (RecordError, FileNotFoundError) as err:
-        print(f"error: --ann: {err}", file=sys.stderr)
-        return 2
+        raise InputError(f"--ann: {err}") from err
     if args.split:
         records = [r for r in records if r["split"] == args.split]
     out = Path(args.out) if args.out else pred_path.with_suffix(".scores.json")
     try:
         encoder = _encoder_from_args(args, out)
     except (RuntimeError, ImportError, ValueError) as err:
-        print(f"error: --encoder {args.encoder}: {err}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--encoder {args.encoder}: {err}") from err
     try:
         result = evaluate_captions(predictions, records, encoder=encoder,
                                    meteor=not args.no_meteor, skip_missing=args.skip_missing,
-                                   au_subset=_au_subset(args.au_subset), where=str(pred_path))
+                                   au_subset=_au_subset(args.au_subset), where=str(pred_path),
+                                   ref_kinds=_ref_kinds(args.ref_kinds),
+                                   report_by=args.report_by, protocol=args.protocol)
     except (EvaluationError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise InputError(str(err)) from err
     name = args.name or pred_path.stem
     atomic_write_text(out, json.dumps({name: result}, indent=1) + "\n")
     print(format_table({name: result}))
     print(f"\n{result['n_scored']} captions scored; skipped: "
           f"{result['n_skipped_missing_in_ground_truth']} ids not in {args.ann}, "
           f"{result['n_without_reference']} without a reference; "
-          f"{result['n_empty_predictions']} empty predictions (scored 0). {ROUGE_L_DEFINITION}.")
+          f"{result['n_empty_predictions']} empty predictions (scored 0).\n"
+          f"References: {', '.join(result['ref_kinds'] or ['every caption'])}. Protocol "
+          f"{result['protocol']}: {result['protocol_definition']}.")
     print(f"wrote {out}")
     return 0
+
+
+def _ref_kinds(text: str | None) -> list[str] | None:
+    kinds = [k.strip() for k in (text or "").split(",") if k.strip()]
+    if text is not None and not kinds:
+        raise UsageError("--ref-kinds: give one or more caption kinds, e.g. au-rule,au-llm")
+    return kinds or None
 
 
 def _encoder_from_args(args: argparse.Namespace, out: Path) -> TextEncoder | None:
@@ -232,7 +345,7 @@ def _encoder_from_args(args: argparse.Namespace, out: Path) -> TextEncoder | Non
         if args.encoder.partition(":")[2]:
             spec["model"] = args.encoder.partition(":")[2]
         if spec["name"].lower() == "openai":
-            spec["base_url"] = args.openai_base_url
+            spec["base_url"] = args.base_url
             spec["cache_path"] = args.embedding_cache or str(out.with_suffix(".embeddings.jsonl"))
         encoder = build_encoder(spec)
     return encoder

@@ -13,7 +13,11 @@ run_cfg keys read here (all optional except what generation needs):
 set); ``select_metric`` (default ``meteor``); ``embedding_encoder`` (``minilm``, ``none``,
 ``openai[:model]`` or a mapping, see ``lavis_ext.metrics.embeddings.build_encoder``);
 ``meteor`` (default true); ``au_subset`` (list of AU numbers or a ``facs.AU_SUBSETS`` name);
-``report_metric`` (default true).
+``report_metric`` (default true); ``ref_kinds`` (score only against these caption kinds,
+e.g. ``[au-rule, au-llm]`` for the paper's Table 2; default every caption); ``report_by``
+(``dataset``: one result per dataset besides the pooled one); ``score_protocol`` (``coco``,
+default, or ``best``; see ``lavis_ext.metrics.captioning``). ``select_metric`` reads the
+pooled result.
 """
 from __future__ import annotations
 
@@ -33,7 +37,9 @@ from tqdm import tqdm
 from lavis_ext import facs
 from lavis_ext.data.records import atomic_write_text
 from lavis_ext.metrics.embeddings import build_encoder
-from lavis_ext.metrics.evaluate import CAPTION_METRICS, ROUGE_L_DEFINITION, evaluate_captions
+from lavis_ext.metrics.captioning import check_protocol
+from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY, ROUGE_L_DEFINITION,
+                                        evaluate_captions, format_table)
 from lavis_ext.tasks.references import annotation_storage, records_for_dataset
 
 # run_cfg key -> keyword of ``generate``.
@@ -59,14 +65,7 @@ def ids_as_strings(image_ids: Any) -> list[str]:
 
 
 def _au_subset(value: Any) -> tuple[int, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        if value.lower() not in facs.AU_SUBSETS:
-            raise ValueError(f"run_cfg.au_subset: {value!r} is not one of "
-                             f"{sorted(facs.AU_SUBSETS)} (or give a list of AU numbers)")
-        return facs.AU_SUBSETS[value.lower()]
-    return tuple(facs.au_name(a).number for a in value)
+    return facs.parse_au_subset(value, "run_cfg.au_subset")
 
 
 @registry.register_task("facial_captioning")
@@ -74,8 +73,16 @@ class FacialCaptioningTask(BaseTask):
     def __init__(self, generate_kwargs: Mapping[str, Any], *, select_metric: str = "meteor",
                  embedding_encoder: Any = "minilm", meteor: bool = True,
                  report_metric: bool = True, au_subset: Any = None,
-                 result_dir: str | None = None) -> None:
+                 result_dir: str | None = None, ref_kinds: Any = None,
+                 report_by: str | None = None, score_protocol: str = "coco") -> None:
         super().__init__()
+        if isinstance(ref_kinds, str):
+            ref_kinds = [k.strip() for k in ref_kinds.split(",") if k.strip()]
+        self.ref_kinds = [str(k) for k in ref_kinds] if ref_kinds else None
+        if report_by not in REPORT_BY:
+            raise ValueError(f"run_cfg.report_by must be one of {REPORT_BY}, got {report_by!r}")
+        self.report_by = report_by
+        self.score_protocol = check_protocol(score_protocol, "run_cfg.score_protocol")
         if select_metric not in SELECTABLE_METRICS:
             raise ValueError(f"run_cfg.select_metric must be one of {SELECTABLE_METRICS}, "
                              f"got {select_metric!r}")
@@ -104,10 +111,15 @@ class FacialCaptioningTask(BaseTask):
         au_subset = run_cfg.get("au_subset")
         if au_subset is not None and not isinstance(au_subset, str):
             au_subset = list(au_subset)
+        ref_kinds = run_cfg.get("ref_kinds")
+        if ref_kinds is not None and not isinstance(ref_kinds, str):
+            ref_kinds = list(ref_kinds)
         return cls(generate_kwargs, select_metric=run_cfg.get("select_metric", "meteor"),
                    embedding_encoder=encoder, meteor=run_cfg.get("meteor", True),
                    report_metric=run_cfg.get("report_metric", True), au_subset=au_subset,
-                   result_dir=run_cfg.get("result_dir"))
+                   result_dir=run_cfg.get("result_dir"), ref_kinds=ref_kinds,
+                   report_by=run_cfg.get("report_by"),
+                   score_protocol=run_cfg.get("score_protocol", "coco"))
 
     # --- data ------------------------------------------------------------------------------
     def build_datasets(self, cfg: Any) -> dict[str, Any]:
@@ -181,7 +193,8 @@ class FacialCaptioningTask(BaseTask):
         """Score predictions against the current split's records and write the results JSON."""
         scores = evaluate_captions(predictions, list(self._records.values()),
                                    encoder=self.encoder(), meteor=self.use_meteor,
-                                   au_subset=self.au_subset,
+                                   au_subset=self.au_subset, ref_kinds=self.ref_kinds,
+                                   report_by=self.report_by, protocol=self.score_protocol,
                                    where=f"{split_name} predictions (epoch {epoch})")
         metrics = {k: v for k, v in scores["metrics"].items() if v is not None}
         selected = metrics.get(self.select_metric)
@@ -193,9 +206,14 @@ class FacialCaptioningTask(BaseTask):
                   "rouge_l_definition": ROUGE_L_DEFINITION, **scores}
         scores_file = os.path.join(result_dir, f"{split_name}_epoch{epoch}_scores.json")
         atomic_write_text(scores_file, json.dumps(report, indent=1) + "\n")
+        line: dict[str, Any] = {split_name: metrics, "epoch": epoch}
+        if scores.get("groups"):
+            line[self.report_by] = {g: {k: v for k, v in part["metrics"].items() if v is not None}
+                                    for g, part in scores["groups"].items()}
         output_dir = registry.get_path("output_dir")
         if output_dir:
             with open(os.path.join(output_dir, "evaluate.txt"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({split_name: metrics, "epoch": epoch}) + "\n")
-        logging.info("%s epoch %s: %s (scores in %s)", split_name, epoch, metrics, scores_file)
+                f.write(json.dumps(line) + "\n")
+        logging.info("%s epoch %s: %s (scores in %s)\n%s", split_name, epoch, metrics,
+                     scores_file, format_table({f"{split_name} epoch {epoch}": scores}))
         return metrics

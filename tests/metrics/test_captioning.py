@@ -74,8 +74,15 @@ def test_meteor_matches_direct_pycocoevalcap_calls(minilm):
     with MeteorScorer(direct) as scorer:  # batched pairs, then the per-sample maximum
         got = scorer.score_pairs(hyps, refs)
         multi = score_captions([PAIRS[0][0]], [[PAIRS[2][1], PAIRS[0][1]]], meteor=scorer)
-        full = evaluate_captions(predictions, records, meteor=scorer, encoder=minilm)
+        full = evaluate_captions(predictions, records, meteor=scorer, encoder=minilm,
+                                 protocol="best")
+        coco = evaluate_captions(predictions, records, meteor=scorer, encoder=None)
+        corpus = direct.compute_score({str(i): [r] for i, r in enumerate(refs)},
+                                      {str(i): [h] for i, h in enumerate(hyps)})[0]
     assert direct.meteor_p.poll() is not None  # closed with the scorer
+    # coco protocol: the jar's corpus-level score, not the mean of the segment scores
+    assert coco["metrics"]["meteor"] == pytest.approx(corpus, abs=1e-12)
+    assert corpus != pytest.approx(np.mean(expected))
     assert got == pytest.approx(expected, abs=1e-9)
     assert expected[0] != pytest.approx(cross)
     assert multi["per_sample"]["meteor"][0] == pytest.approx(max(expected[0], cross), abs=1e-9)

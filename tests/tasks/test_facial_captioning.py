@@ -82,6 +82,27 @@ def test_evaluation_scores_writes_json_and_selects_metric(tmp_path):
     assert "pycocoevalcap" in saved["rouge_l_definition"]
 
 
+def test_ref_kinds_and_report_by_from_the_run_config(tmp_path):
+    records = [dict(r, dataset=d, captions={"au-rule": r["caption"][:1],
+                                            "fuse": [OUTPUTS[r["image_id"]]]})
+               for r, d in zip(RECORDS, ("rafau", "gft"))]
+    task = make_task(result_dir=str(tmp_path), select_metric="rouge_l",
+                     ref_kinds=["au-rule"], report_by="dataset", score_protocol="best")
+    assert task.ref_kinds == ["au-rule"] and task.report_by == "dataset"
+    task.before_evaluation(model=FakeCaptioner(), dataset=CaptionSet(records))
+    predictions = [{"image_id": i, "caption": c} for i, c in OUTPUTS.items()]
+    metrics = task.after_evaluation(val_result=predictions, split_name="test", epoch=0)
+    saved = json.loads((tmp_path / "test_epoch0_scores.json").read_text())
+    assert saved["ref_kinds"] == ["au-rule"] and set(saved["groups"]) == {"rafau", "gft"}
+    # the fused references equal the predictions; scored against au-rule only, ROUGE < 1
+    assert metrics["rouge_l"] < 0.9
+    assert saved["groups"]["gft"]["n_scored"] == 1
+    for bad, match in (({"report_by": "subject"}, "report_by"),
+                       ({"score_protocol": "bleu"}, "score_protocol")):
+        with pytest.raises(ValueError, match=match):
+            make_task(**bad)
+
+
 def test_prediction_for_unknown_id_is_a_clear_error(tmp_path):
     task = make_task(result_dir=str(tmp_path))
     task.before_evaluation(model=FakeCaptioner(), dataset=CaptionSet(RECORDS[:1]))
