@@ -31,9 +31,6 @@ from lavis_ext.pipeline.method import SPLITS, MethodStep, Source, captions_path,
 
 MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
 DEFAULT_MIN_FREE_GB = 100.0
-# Environment variables the model code reads when a weight key is empty (lavis_ext.models).
-VIT_WEIGHT_ENVS = {"eva_clip_g": "LAVIS_EXT_EVA_VIT_G", "vit_b_mae": "LAVIS_EXT_VIT_B_MAE"}
-BERT_ENV = "LAVIS_EXT_BERT_PATH"
 MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
 
 
@@ -168,42 +165,54 @@ def _model_config(path: Path) -> dict[str, Any]:
     return {**defaults, **{k: v for k, v in model.items() if v is not None}}
 
 
-def _hub_cached(repo_id: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+VIT_PARTS = {"eva_clip_g": "eva_vit_g", "vit_b_mae": "vit_b_mae"}
 
 
-def _check_weights(model: dict[str, Any], problems: list[str]) -> None:
+def _weight_requests(model: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(part name in lavis_ext.models.weights, config value) for what a model loads."""
+    from lavis_ext.models.weights import HUB_PARTS
+
+    requests: list[tuple[str, str | None]] = []
     vit = model.get("vit_model", "eva_clip_g")
-    if vit in VIT_WEIGHT_ENVS and not model.get("vit_weights_optional"):
-        env = VIT_WEIGHT_ENVS[vit]
-        value = model.get("vit_weights") or os.environ.get(env)
-        if not value:
-            problems.append(f"no {vit} weights: set model.vit_weights or ${env}")
-        elif not resolve_path(value).is_file():
-            problems.append(f"{vit} weights not found: {resolve_path(value)} "
-                            f"(model.vit_weights or ${env})")
-    bert = model.get("bert_path") or os.environ.get(BERT_ENV)
-    if bert and not (resolve_path(bert) / "vocab.txt").is_file():
-        problems.append(f"model.bert_path (or ${BERT_ENV}) is not a BERT folder with "
-                        f"vocab.txt: {resolve_path(bert)}")
+    if vit in VIT_PARTS and not model.get("vit_weights_optional"):
+        requests.append((VIT_PARTS[vit], model.get("vit_weights")))
+    if model.get("bert_path"):  # unset: the cache or the wheel's vocabulary, never an error
+        requests.append(("bert-base-uncased", model["bert_path"]))
     llm = model.get("opt_model")
     if llm and llm != "tiny":
-        local = resolve_path(llm)
-        if local.is_dir():
-            return
-        looks_local = str(llm).startswith(("/", ".", "~")) or str(llm).count("/") != 1
-        if looks_local:
-            problems.append(f"model.opt_model folder not found: {local}")
-        elif os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") and not _hub_cached(llm):
-            problems.append(f"model.opt_model {llm} is not in the Hugging Face cache "
-                            "and HF_HUB_OFFLINE is set: download it first or give a local folder")
+        part = HUB_PARTS.get(str(llm))
+        requests.append((part.name, None) if part else ("opt-6.7b", str(llm)))
+    return requests
 
 
-def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str]) -> None:
+def _check_weights(model: dict[str, Any], problems: list[str], notes: list[str]) -> None:
+    """Ask the weight resolver without letting it download: a part that is neither
+    configured nor cached is a problem offline, and a note (it will be downloaded) online."""
+    from lavis_ext.models import weights
+
+    really_offline = weights.offline()
+    saved = os.environ.get("LAVIS_EXT_OFFLINE")
+    os.environ["LAVIS_EXT_OFFLINE"] = "1"
+    try:
+        for name, value in _weight_requests(model):
+            part = weights.PARTS[name]
+            try:
+                weights.resolve(name, value)
+            except weights.WeightsUnavailableError as err:
+                published = (part.url or part.hub_id) and weights._is_default(part, value)
+                if published and not really_offline:
+                    notes.append(f"{part.what} will be downloaded ({part.approx_size})")
+                else:
+                    problems.append(str(err))
+    finally:
+        if saved is None:
+            os.environ.pop("LAVIS_EXT_OFFLINE", None)
+        else:
+            os.environ["LAVIS_EXT_OFFLINE"] = saved
+
+
+def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str],
+                  notes: list[str]) -> None:
     checked: set[Path] = set()
     weights: dict[str, list[str]] = {}  # one line per missing weight, naming every config
     for step in todo:
@@ -223,7 +232,7 @@ def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[st
                 problems.append(f"{path}: not a readable YAML file ({err})")
                 continue
             found: list[str] = []
-            _check_weights(model, found)
+            _check_weights(model, found, notes)
             for problem in found:
                 weights.setdefault(problem, []).append(f"{step.model} stage {stage}")
     problems += [f"{problem} (needed by {', '.join(users)})" for problem, users in weights.items()]
@@ -272,11 +281,14 @@ def _check_hardware(cfg: PipelineConfig, todo: list[MethodStep], problems: list[
                             f"about {cfg.min_free_gb:.0f} GB (pipeline.min_free_disk_gb)")
 
 
-def preflight(cfg: PipelineConfig, todo: list[MethodStep]) -> list[str]:
-    """Every problem that would stop one of the ``todo`` steps, found before any work."""
+def preflight(cfg: PipelineConfig, todo: list[MethodStep],
+              notes: list[str] | None = None) -> list[str]:
+    """Every problem that would stop one of the ``todo`` steps, found before any work;
+    ``notes`` collects what will happen but is no problem (downloads)."""
     problems: list[str] = []
+    notes = [] if notes is None else notes
     _check_records(cfg, todo, problems)
-    _check_models(cfg, todo, problems)
+    _check_models(cfg, todo, problems, notes)
     _check_llm(cfg, todo, problems)
     _check_hardware(cfg, todo, problems)
     return problems
@@ -421,9 +433,12 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--until {args.until}: not a step of this pipeline "
                              f"({', '.join(names)}; baselines: {cfg.baselines})")
         todo = [s for s in todo if names.index(s.name) <= names.index(args.until)]
-    problems += preflight(cfg, todo)
+    notes: list[str] = []
+    problems += preflight(cfg, todo, notes)
     if args.check:
         print(format_plan(cfg, steps))
+        for note in dict.fromkeys(notes):
+            print(f"note: {note}")
         estimate = llm_estimate(cfg, todo) if not problems else []
         if estimate:
             print("LLM calls still to make:\n" + "\n".join(estimate))
