@@ -235,6 +235,8 @@ def test_bad_probe_settings_name_the_key(tmp_path, plain_process):
         run_probe(tmp_path, {"target": "au", "source": "pixels"})
     with pytest.raises(ValueError, match="run.probe: unknown key"):
         run_probe(tmp_path, {"target": "au", "epochs": 3})
+    with pytest.raises(ValueError, match=r"run.probe: unknown key\(s\) \['key'\]"):
+        run_probe(tmp_path, {"target": "au", "key": 3})  # a local name of __init__, not a key
     with pytest.raises(ValueError, match="run.probe.aus"):
         run_probe(tmp_path, {"target": "au", "aus": "bp4d_typo"})
     with pytest.raises(ValueError, match="no item has a usable emotion label"):

@@ -22,6 +22,7 @@ default: AUs with a positive label in train), ``emotions`` (default: those in tr
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -98,7 +99,7 @@ class ProbeTask(BaseTask):
         probe.setdefault("feature_batch_size", run_cfg.get("batch_size_eval", 64))
         probe.setdefault("num_workers", run_cfg.get("num_workers", 0))
         probe.setdefault("device", run_cfg.get("device"))
-        unknown = set(probe) - set(cls.__init__.__code__.co_varnames[1:])
+        unknown = set(probe) - set(inspect.signature(cls.__init__).parameters) - {"self"}
         if unknown:
             raise ValueError(f"run.probe: unknown key(s) {sorted(unknown)}")
         return cls(**probe)
