@@ -79,8 +79,10 @@ def run_tiny(path: Path, synthetic, tmp_path: Path, *extra: str) -> Path:
     images, prepared = synthetic[DATASET_OF[name]]
     data = f"datasets.{name}"
     # LAVIS picks the model's default config from the YAML's model_type before it merges
-    # --options, so the tiny type goes into a copy of the config; the rest are overrides.
-    tiny = OmegaConf.merge(cfg, {"model": {"model_type": "tiny"}})
+    # --options, so the tiny type goes into a copy of the config (the same arch, without the
+    # weight paths of the full-size type); the rest are overrides.
+    tiny = cfg.copy()
+    tiny.model = {"arch": cfg.model.arch, "model_type": "tiny"}
     copy = tmp_path / path.name
     copy.write_text(OmegaConf.to_yaml(tiny))
     options = [
