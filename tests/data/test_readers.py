@@ -181,7 +181,7 @@ def test_emotionet_csv_quotes_and_999(tmp_path):
 
 
 def test_emotionet_xlsx_and_challenge_list(tmp_path):
-    openpyxl = pytest.importorskip("openpyxl")
+    import openpyxl  # a declared dependency (setup.py): missing means a broken install
     book = openpyxl.Workbook()
     for row in EMOTIONET_ROWS:
         book.active.append([int(c) if c.isdigit() else c for c in row])
