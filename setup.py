@@ -30,6 +30,7 @@ setup(
         "openpyxl",
         "matplotlib",
         "decord",
+        "wrapt",  # the post-import hook on lavis (lavis_ext/__init__.py)
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={"console_scripts": ["expblip=lavis_ext.cli:main"]},
