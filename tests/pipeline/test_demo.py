@@ -1,25 +1,38 @@
-"""A reduced end-to-end run of the whole method: few images, one epoch per stage."""
+"""A reduced end-to-end run of the whole method (`expblip demo --quick`), then a tiny config
+run on what it wrote, as the docs tell a new user to do."""
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
+
+from lavis_ext.pipeline.method import method_steps
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}
 
 
-def _demo(workdir, *extra):
-    env = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}
-    return subprocess.run([sys.executable, "-m", "lavis_ext", "demo", "--quick", "--workdir",
-                           str(workdir), *extra], capture_output=True, text=True, env=env,
-                          timeout=900)
+def _demo(cwd, *extra):
+    return subprocess.run([sys.executable, "-m", "lavis_ext", "demo", "--quick", *extra],
+                          capture_output=True, text=True, env=ENV, timeout=1200, cwd=cwd)
 
 
-def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
-    work = tmp_path / "demo"
-    first = _demo(work)
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_quick_demo_runs_every_step_resumes_and_feeds_the_tiny_configs(tmp_path):
+    work = tmp_path / "demo_output"  # the default --workdir, which the tiny configs read
+    first = _demo(tmp_path)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert "STAND-IN" in first.stdout, "the demo says plainly that the LLM is a stand-in"
-    for step in ("data", "synthesize", "train-au-blip", "train-emot-blip", "pseudo-au",
-                 "pseudo-emotion", "fuse", "train-exp-blip", "evaluate"):
+    steps = ["data"] + [s.name for s in method_steps()]  # the pipeline's own table
+    assert "concat" in steps and "train-mix-blip" not in steps
+    for step in steps:
         assert (work / ".steps" / f"{step}.json").exists(), step
+    # LAVIS's config dumps go to the log file, not to the console
+    assert "Running Parameters" not in first.stdout
+    assert "Running Parameters" in (work / "demo.log").read_text()
     results = json.loads((work / "results.json").read_text())
     assert set(results) == {"AU-BLIP on emotionet test", "Emot-BLIP on affectnet test",
                             "Exp-BLIP on emotionet test", "Exp-BLIP on affectnet test"}
@@ -28,14 +41,23 @@ def test_quick_demo_runs_every_stage_and_resumes(tmp_path):
                                             for s in result["per_sample"])
         assert "au_f1_macro" in result["shuffled"]
     fused = json.loads((work / "captions" / "affectnet_train.json").read_text())
-    assert all(r["captions"].get("fuse") and r["captions"].get("au-pseudo") for r in fused)
+    assert all(r["captions"].get("fuse") and r["captions"].get("au-pseudo")
+               and r["captions"].get("concat") for r in fused)
     assert "AU F1" in first.stdout and "vs shuffled" in first.stdout
 
-    again = _demo(work)
+    again = _demo(tmp_path)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("[skip]") == 9 and "[step]" not in again.stdout
+    assert again.stdout.count("[skip]") == len(steps) and "[step]" not in again.stdout
 
     # Other settings in the same workdir would show stale models: refused, --fresh named.
-    other = _demo(work, "--seed", "1")
-    assert other.returncode == 2 and "--fresh" in other.stderr, other.stderr[-2000:]
+    other = _demo(tmp_path, "--seed", "1")
+    assert other.returncode == 2, other.stderr[-2000:]
+    assert other.stderr.startswith("expblip demo: error: --workdir") and "--fresh" in other.stderr
     assert "[skip]" not in other.stdout
+
+    # A tiny config runs right after the demo, from the same folder.
+    tiny = subprocess.run([sys.executable, str(REPO / "train.py"), "--cfg-path",
+                           str(REPO / "projects" / "au_blip" / "stage1_tiny.yaml")],
+                          capture_output=True, text=True, env=ENV, timeout=900, cwd=tmp_path)
+    assert tiny.returncode == 0, tiny.stdout[-3000:] + tiny.stderr[-3000:]
+    assert list((work / "runs" / "au_blip" / "stage1").glob("*/checkpoint_0.pth"))
