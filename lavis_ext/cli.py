@@ -113,7 +113,9 @@ def classify(err: BaseException) -> tuple[int, str]:
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expblip", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="expblip",
+                                     description="Exp-BLIP: facial-expression captioning with "
+                                                 "LAVIS (data, captions, training, evaluation)",
                                      epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     debug_help = "show the traceback of an error (also EXPBLIP_DEBUG=1)"
