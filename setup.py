@@ -31,6 +31,9 @@ setup(
         "matplotlib",
         "decord",
         "wrapt",  # the post-import hook on lavis (lavis_ext/__init__.py)
+        "fastapi",
+        "uvicorn",
+        "python-multipart",
     ],
     extras_require={"test": ["pytest", "pytest-timeout"]},
     entry_points={"console_scripts": ["expblip=lavis_ext.cli:main"]},

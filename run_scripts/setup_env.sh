@@ -16,4 +16,7 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q
      -c requirements/constraints.txt)
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 "${pip[@]}" -e ".[test]"
+# MTCNN face detection for `expblip describe`/`serve` (weights inside the wheel). Its metadata
+# pins torch < 2.3, but it runs on this torch, so it goes in without its dependencies.
+"${pip[@]}" --no-deps facenet-pytorch==2.6.0
 echo "$want" > "$stamp"
