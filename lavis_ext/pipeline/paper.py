@@ -309,8 +309,6 @@ def llm_estimate(cfg: PipelineConfig, todo: list[MethodStep]) -> list[str]:
 
 def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
     from lavis_ext.captions.client import ClientConfig
-    from lavis_ext.captions.cost import PriceTable, format_usd
-    from lavis_ext.captions.engine import synthesize_records
     from lavis_ext.data.records import load_records
 
     if kind == "fuse":
@@ -331,11 +329,18 @@ def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
         return "unknown (pipeline.llm is invalid)"
     import tempfile
 
+    with tempfile.TemporaryDirectory() as scratch:  # no cache yet: an empty one elsewhere
+        cache = cfg.workdir / "llm_cache.sqlite"
+        return _dry_run(cfg, group, kind, client,
+                        cache if cache.exists() else Path(scratch) / "llm_cache.sqlite")
+
+
+def _dry_run(cfg: PipelineConfig, group: str, kind: str, client: Any, cache: Path) -> str:
+    from lavis_ext.captions.cost import PriceTable, format_usd
+    from lavis_ext.captions.engine import synthesize_records
+    from lavis_ext.data.records import load_records
+
     calls, cost = 0, 0.0
-    scratch = tempfile.TemporaryDirectory()  # no cache yet: an empty one, not in the workdir
-    cache = cfg.workdir / "llm_cache.sqlite"
-    if not cache.exists():
-        cache = Path(scratch.name) / "llm_cache.sqlite"
     for name, source in cfg.sources(group).items():
         for split in SPLITS:
             path = captions_path(cfg.workdir, name, split)
@@ -343,9 +348,8 @@ def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
             if not records_file.is_file():
                 return "unknown (records missing)"
             summary = synthesize_records(load_records(records_file), kind, client_config=client,
-                                         cache_path=cache,
-                                         dry_run=True, progress=False, prices=PriceTable.load(),
-                                         echo=lambda _: None)
+                                         cache_path=cache, dry_run=True, progress=False,
+                                         prices=PriceTable.load(), echo=lambda _: None)
             calls += summary.planned_calls
             if summary.estimated_cost_usd is None:
                 return f"{calls}+ calls; no price known for model {client.model}"
@@ -407,7 +411,7 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
             steps.run(step.name, lambda: "all models evaluated")
         if until == step.name:
             break
-    return {"checkpoints": checkpoints, "timings": steps.timings}
+    return {"checkpoints": checkpoints, "results": results, "timings": steps.timings}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
