@@ -72,7 +72,7 @@ def _config(tmp_path, server_url):
 
 
 def test_pipeline_checks_synthesizes_and_skips_finished_steps(tmp_path):
-    from tests.support.llm_server import FaultyLLMServer
+    from support.llm_server import FaultyLLMServer
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -109,7 +109,7 @@ def test_missing_records_are_an_error_not_a_skip(tmp_path):
     """The training steps' inputs are checked too: a removed images root stops the run."""
     import shutil
 
-    from tests.support.llm_server import FaultyLLMServer
+    from support.llm_server import FaultyLLMServer
 
     with FaultyLLMServer() as server:
         config = _config(tmp_path, server.base_url)
