@@ -35,6 +35,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "serve": ["serve", "--port", "70000"],
         "pipeline": ["pipeline", "--config", str(tmp / "no_such_config.yaml")],
         "demo": ["demo", "--quick", "--workdir", str(settings.parent)],
+        "export-hf": ["export-hf", "--model", str(tmp / "m.pth"), "--out", str(tmp / "hf"),
+                      "--max-shard-size", "0GB"],
     }
 
 
