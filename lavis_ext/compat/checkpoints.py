@@ -28,10 +28,7 @@ Fixes in LAVIS 1.0.2:
 from __future__ import annotations
 
 import logging
-import glob
 import os
-import pickle
-import tempfile
 from typing import Any
 
 import torch
@@ -41,19 +38,11 @@ from lavis_ext.compat._patch import Overlay
 from lavis_ext.io import atomic_save_torch
 
 def safe_load(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
-    """``torch.load`` restricted to tensors and plain containers (``weights_only=True``)."""
-    kwargs.pop("weights_only", None)
-    kwargs.pop("pickle_module", None)
-    try:
-        return torch.load(f, map_location=map_location, weights_only=True, **kwargs)
-    except pickle.UnpicklingError as error:
-        name = os.fspath(f) if isinstance(f, (str, os.PathLike)) else repr(f)
-        raise pickle.UnpicklingError(
-            f"{name}: refused to load, the checkpoint holds pickled Python objects besides tensors "
-            "and plain containers. If you trust its source, re-save only its weights once: "
-            "ckpt = torch.load(path, weights_only=False); torch.save({'model': ckpt['model']}, new_path). "
-            f"torch said: {error}"
-        ) from error
+    """``torch.load`` through the package's one weights-only loader (imported when first
+    called: ``lavis_ext.models`` registers with LAVIS, which runs these fixes)."""
+    from lavis_ext.models.checkpoint import load_weights_only
+
+    return load_weights_only(f, map_location=map_location, **kwargs)
 
 
 # The one atomic torch writer (lavis_ext.io); the name stays for the overlay below.
@@ -62,24 +51,23 @@ atomic_save = atomic_save_torch
 
 def resolve_checkpoint(url_or_filename: Any, key: str) -> str:
     """A local file for ``url_or_filename`` (downloaded if a URL); errors name ``key``."""
-    from lavis.common.dist_utils import download_cached_file
-    from lavis.common.utils import is_url
+    from lavis_ext.models.checkpoint import newest_checkpoint
+    from lavis_ext.models.weights import fetch_url, is_url
 
     if url_or_filename is None or str(url_or_filename).strip() == "":
         raise ValueError(f"{key} is not set: give a checkpoint file path or URL")
     value = str(url_or_filename)
     if is_url(value):
-        return download_cached_file(value, check_hash=False, progress=True)
+        return fetch_url(value, "checkpoint", key.split(" ", 1)[0])
     path = os.path.expanduser(value)
     if os.path.isdir(path):
         # A run's output folder: LAVIS writes into <output_dir>/<job id>/, so a config can
         # name the folder and get its newest checkpoint.
-        found = sorted(glob.glob(os.path.join(path, "**", "checkpoint_*.pth"), recursive=True),
-                       key=os.path.getmtime)
-        if not found:
+        found = newest_checkpoint(path)
+        if found is None:
             raise FileNotFoundError(f"{key}: no checkpoint_*.pth under {os.path.abspath(path)}")
-        logging.info("%s: using the newest checkpoint in %s: %s", key, path, found[-1])
-        return found[-1]
+        logging.info("%s: using the newest checkpoint in %s: %s", key, path, found)
+        return found
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{key}: checkpoint file not found: {os.path.abspath(path)}")
     return path

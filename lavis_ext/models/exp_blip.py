@@ -3,12 +3,15 @@
 The classes subclass LAVIS's ``Blip2Qformer`` and ``Blip2OPT`` and keep their attribute
 names (``visual_encoder``, ``ln_vision``, ``Qformer``, ``query_tokens``, ``opt_proj``,
 ``opt_model``), so LAVIS's forward passes and the official ``blip2_opt``-style checkpoints
-work unchanged. What differs is construction: every part comes from local files or is
-built locally (see paths.py, bert.py, vision.py, llm.py), the LLM's dtype follows the
-device, and generation takes the controls long descriptions need.
+work unchanged. What differs is construction: every pretrained part goes through one weight
+resolver (weights.py: config key, environment variable, cache, download), all of them before
+anything is built, so a missing part fails in seconds with one error; random weights only
+where the config says ``random``; checkpoints that lack trained parts are refused; the LLM's
+dtype is honoured on any device; and generation takes the controls long descriptions need.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
@@ -22,11 +25,11 @@ from lavis.models.blip2_models.blip2 import disabled_train
 from lavis.models.blip2_models.blip2_opt import Blip2OPT
 from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 
-from lavis_ext.models.bert import qformer_config, qformer_tokenizer
+from lavis_ext.models.bert import qformer_config, qformer_tokenizer, reshaped
 from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_file
-from lavis_ext.models.llm import load_llm, resolve_llm_dtype
-from lavis_ext.models.paths import MissingModelFileError
-from lavis_ext.models.vision import build_vision_encoder
+from lavis_ext.models.llm import estimate_parameters, llm_config, load_llm, resolve_llm_dtype
+from lavis_ext.models.vision import VIT_PARTS, build_vision_encoder, vit_weights_source
+from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_all
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 STAGE1_TYPES = ("vitg", "vitb", "tiny")
@@ -42,17 +45,21 @@ def _config_dict(prefix: str, types: tuple[str, ...], base: str) -> dict[str, st
 
 
 def build_qformer(num_query_token: int, vision_width: int, cross_attention_freq: int = 2,
-                  bert_path: str | None = None, overrides: dict[str, Any] | None = None
+                  weights: str | None = None, overrides: dict[str, Any] | None = None
                   ) -> tuple[nn.Module, nn.Parameter]:
-    """LAVIS's Q-Former (BertLMHeadModel with cross-attention) and its query tokens."""
+    """LAVIS's Q-Former (BertLMHeadModel with cross-attention) and its query tokens.
+
+    ``weights``: a bert-base-uncased folder to start from; ``random`` or None (a checkpoint
+    loaded next supplies the Q-Former) start from random weights.
+    """
     from lavis.models.blip2_models.Qformer import BertLMHeadModel
 
-    config, weights = qformer_config(bert_path, **(overrides or {}))
+    config = qformer_config(weights, **(overrides or {}))
     config.encoder_width = vision_width
     config.add_cross_attention = True
     config.cross_attention_freq = cross_attention_freq
     config.query_length = num_query_token
-    if weights is not None:
+    if weights not in (None, RANDOM):
         qformer = BertLMHeadModel.from_pretrained(str(weights), config=config)
     else:
         qformer = BertLMHeadModel(config)
@@ -64,14 +71,25 @@ def build_qformer(num_query_token: int, vision_width: int, cross_attention_freq:
 class ExpBlipParts:
     """Construction and loading shared by both stages (a mixin before the LAVIS class)."""
 
+    # Modules a checkpoint loaded for inference must hold (nothing else supplies them).
+    TRAINED_PARTS: tuple[str, ...] = ("Qformer", "query_tokens")
+    _vit_from_checkpoint = False
+
     def _build_encoders(self, vit_model: str, img_size: int, drop_path_rate: float,
                         use_grad_checkpoint: bool, vit_precision: str, freeze_vit: bool,
                         vit_weights: str | None, vit_weights_optional: bool,
                         vision: dict[str, Any] | None, num_query_token: int,
                         cross_attention_freq: int, bert_path: str | None,
-                        qformer: dict[str, Any] | None) -> None:
-        """Tokenizer, image encoder (+ ln_vision) and Q-Former, under BLIP-2's names."""
+                        qformer: dict[str, Any] | None,
+                        qformer_weights: str | None = None) -> None:
+        """Tokenizer, image encoder (+ ln_vision) and Q-Former, under BLIP-2's names.
+
+        ``qformer_weights``: a bert-base-uncased folder, ``random``, or None when a
+        checkpoint supplies the Q-Former (see ``resolve_weights``).
+        """
         self.tokenizer = qformer_tokenizer(bert_path)
+        self._vit_from_checkpoint = (vit_weights_optional and vit_model in VIT_PARTS and
+                                     vit_weights_source(vit_model, vit_weights, True) == RANDOM)
         self.visual_encoder, self.ln_vision = build_vision_encoder(
             vit_model, img_size, drop_path_rate=drop_path_rate,
             use_grad_checkpoint=use_grad_checkpoint, precision=vit_precision,
@@ -84,17 +102,32 @@ class ExpBlipParts:
             logging.info("freeze vision encoder")
         self.Qformer, self.query_tokens = build_qformer(
             num_query_token, self.visual_encoder.num_features, cross_attention_freq,
-            bert_path, qformer)
+            qformer_weights, qformer)
+
+    def _required_from_checkpoint(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        vit = ("visual_encoder", "ln_vision") if self._vit_from_checkpoint else ()
+        return parts + vit
 
     def load_checkpoint(self, url_or_filename: str) -> dict[str, Any]:
-        """Load a finetuned checkpoint (weights only) and keep the key report."""
-        self.load_report = load_state_dict_report(self, load_weights_file(url_or_filename),
-                                                  str(url_or_filename))
+        """Load a trained checkpoint for inference (weights only) and keep the key report.
+
+        Strict where it matters: every trained part (``TRAINED_PARTS``, and the image encoder
+        when no weight file supplied it) must be in the file, or this raises with the report;
+        unexpected keys are listed at WARNING.
+        """
+        self.load_report = load_state_dict_report(
+            self, load_weights_file(url_or_filename), str(url_or_filename),
+            required=self._required_from_checkpoint(self.TRAINED_PARTS),
+            unexpected_level=logging.WARNING)
         return self.load_report
 
     def load_from_pretrained(self, url_or_filename: str, **_: Any) -> dict[str, Any]:
-        """Load a pre-trained (e.g. stage-1) checkpoint; keys of other stages are reported."""
-        return self.load_checkpoint(url_or_filename)
+        """Load a training start point (BLIP-2's or a stage-1 checkpoint): the Q-Former and
+        its queries must be in it; keys of other stages are reported at INFO."""
+        self.load_report = load_state_dict_report(
+            self, load_weights_file(url_or_filename), str(url_or_filename),
+            required=self._required_from_checkpoint(("Qformer", "query_tokens")))
+        return self.load_report
 
     @torch.no_grad()
     def probe_features(self, image: torch.Tensor, source: str = "qformer") -> torch.Tensor:
@@ -138,24 +171,58 @@ class ExpBlipParts:
 
     @classmethod
     def from_config(cls, cfg: Any) -> "ExpBlipParts":
-        cfg = _resolve_checkpoint_env(cls, cfg)
-        model = cls(**cls._common_args(cfg), **cls._stage_args(cfg))
+        # A copy: resolved cache paths must not end up in the config that runners save.
+        cfg = copy.deepcopy(cfg)
+        qformer_weights = cls.resolve_weights(cfg)
+        model = cls(**cls._common_args(cfg), **cls._stage_args(cfg),
+                    qformer_weights=qformer_weights)
         model.load_checkpoint_from_config(cfg)
         return model
 
+    @classmethod
+    def resolve_weights(cls, cfg: Any) -> str | None:
+        """Find (or fetch) every pretrained part ``cfg`` needs, before anything is built.
 
-def _resolve_checkpoint_env(cls: type, cfg: Any) -> Any:
-    """Fill ``finetuned`` from ``$LAVIS_EXT_<NAME>_CKPT`` when the YAML leaves it empty."""
-    if not cfg.get("load_finetuned", False) or cfg.get("finetuned"):
-        return cfg
-    env = f"LAVIS_EXT_{cls.CHECKPOINT_NAME.upper()}_CKPT"
-    if os.environ.get(env):
-        cfg.finetuned = os.environ[env]
-        return cfg
-    raise MissingModelFileError(
-        f"This {cls.CHECKPOINT_NAME} model type loads a trained checkpoint: set model.finetuned "
-        f"to the .pth file (e.g. the released {cls.CHECKPOINT_NAME} *_trimmed.pth) or the "
-        f"environment variable {env}; or set model.load_finetuned: False to start untrained.")
+        Resolved files are written into ``cfg`` (``finetuned``, ``pretrained``,
+        ``vit_weights``); every missing part is reported in one ``WeightsUnavailableError``.
+        Returns the Q-Former's start: a bert-base-uncased folder, ``random``, or None when a
+        checkpoint supplies it.
+        """
+        finetuned = bool(cfg.get("load_finetuned", False))
+        pretrained = not finetuned and bool(cfg.get("load_pretrained", False))
+        requests: list[tuple[str, str, Any]] = []  # (config key, manifest part, value)
+        if finetuned:
+            requests.append(("finetuned", cls.CHECKPOINT_NAME, cfg.get("finetuned")))
+        if pretrained:
+            value = cfg.get("pretrained")
+            if value in (None, "", "blip2_pretrained", PARTS["blip2_pretrained"].url):
+                requests.append(("pretrained", "blip2_pretrained", value))
+            elif not is_url(str(value)) and not os.path.exists(os.path.expanduser(str(value))):
+                raise FileNotFoundError(
+                    f"model.pretrained (model.load_pretrained is True): '{value}' does not "
+                    "exist; give a checkpoint file, a run folder, or blip2_pretrained")
+        vit_model, vit_value = cfg.get("vit_model", "eva_clip_g"), cfg.get("vit_weights")
+        if vit_model in VIT_PARTS and (
+                not finetuned or vit_weights_source(vit_model, vit_value, True) != RANDOM):
+            requests.append(("vit_weights", VIT_PARTS[vit_model], vit_value))
+        bert_path, qformer_start = cfg.get("bert_path"), None
+        if bert_path == RANDOM:
+            qformer_start = RANDOM
+        elif not (finetuned or pretrained):
+            if reshaped(cfg.get("qformer")):
+                raise ValueError("model.qformer changes the Q-Former's shape, so "
+                                 "bert-base-uncased's weights cannot initialise it: set "
+                                 "model.bert_path: random (or load a checkpoint)")
+            requests.append(("bert_path", "bert-base-uncased", bert_path))
+        if cfg.get("opt_model") in HUB_PARTS:  # found (or fetched) now; loaded by hub name
+            requests.append(("opt_model", HUB_PARTS[cfg.opt_model].name, cfg.opt_model))
+        paths = resolve_all((part, value) for _, part, value in requests)
+        for (key, _, _), path in zip(requests, paths):
+            if key == "bert_path":
+                qformer_start = path
+            elif key != "opt_model":
+                cfg[key] = path
+        return qformer_start
 
 
 @registry.register_model("exp_blip_qformer")
@@ -164,6 +231,8 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
 
     PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip_qformer", STAGE1_TYPES, "vitg")
     CHECKPOINT_NAME = "exp_blip_qformer"
+    TRAINED_PARTS = ("Qformer", "query_tokens", "vision_proj", "text_proj", "itm_head", "temp",
+                     "ln_vision")
 
     def __init__(self, vit_model: str = "eva_clip_g", img_size: int = 224,
                  drop_path_rate: float = 0, use_grad_checkpoint: bool = False,
@@ -171,11 +240,12 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
                  cross_attention_freq: int = 2, embed_dim: int = 256, max_txt_len: int = 32,
                  vit_weights: str | None = None, vit_weights_optional: bool = False,
                  bert_path: str | None = None, qformer: dict[str, Any] | None = None,
-                 vision: dict[str, Any] | None = None):
+                 vision: dict[str, Any] | None = None, qformer_weights: str | None = None):
         BaseModel.__init__(self)
         self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
                              vit_precision, freeze_vit, vit_weights, vit_weights_optional,
-                             vision, num_query_token, cross_attention_freq, bert_path, qformer)
+                             vision, num_query_token, cross_attention_freq, bert_path, qformer,
+                             qformer_weights)
         self.Qformer.resize_token_embeddings(len(self.tokenizer))
         # The query branch starts as a copy of the text branch, as BLIP-2 initialises it.
         state = self.Qformer.state_dict()
@@ -200,6 +270,7 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
 
     PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
     CHECKPOINT_NAME = "exp_blip"
+    TRAINED_PARTS = ("Qformer", "query_tokens", "opt_proj", "ln_vision")
 
     def __init__(self, vit_model: str = "eva_clip_g", img_size: int = 224,
                  drop_path_rate: float = 0, use_grad_checkpoint: bool = False,
@@ -210,11 +281,16 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  vision: dict[str, Any] | None = None, opt_model: str = "facebook/opt-2.7b",
                  prompt: str = "", llm_dtype: str = "auto",
                  tiny_lm: dict[str, Any] | None = None,
-                 generation: dict[str, Any] | None = None):
+                 generation: dict[str, Any] | None = None, qformer_weights: str | None = None):
         BaseModel.__init__(self)
+        # The LLM's config and dtype first: a bad opt_model fails before the encoders build.
+        llm_cfg = llm_config(opt_model, tiny_lm) if opt_model else None
+        self.llm_dtype = resolve_llm_dtype(
+            llm_dtype, parameters=estimate_parameters(llm_cfg) if llm_cfg else None)
         self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
                              vit_precision, freeze_vit, vit_weights, vit_weights_optional,
-                             vision, num_query_token, cross_attention_freq, bert_path, qformer)
+                             vision, num_query_token, cross_attention_freq, bert_path, qformer,
+                             qformer_weights)
         # Stage 2 uses only the query branch: drop the text-side parts, as BLIP-2 does.
         self.Qformer.cls = None
         self.Qformer.bert.embeddings.word_embeddings = None
@@ -223,8 +299,8 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             layer.output = None
             layer.intermediate = None
 
-        self.llm_dtype = resolve_llm_dtype(llm_dtype)
-        self.opt_tokenizer, self.opt_model = load_llm(opt_model, self.llm_dtype, tiny_lm)
+        self.opt_tokenizer, self.opt_model = load_llm(opt_model, self.llm_dtype, tiny_lm,
+                                                      llm_cfg)
         for param in self.opt_model.parameters():
             param.requires_grad = False
         self.eos_token_id = self.opt_tokenizer("\n", add_special_tokens=False).input_ids[0]
@@ -244,21 +320,25 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                     generation=dict(cfg.get("generation")) if cfg.get("generation") else None)
 
     def maybe_autocast(self, dtype: torch.dtype | None = None):
-        """Autocast in the LLM's half dtype on GPU; nothing on CPU."""
+        """Autocast in the LLM's dtype: on GPU as LAVIS does; on CPU whenever the LLM is
+        half precision (its layers then meet the fp32 query embeddings and LayerNorms), and
+        not at all for a float32 LLM on CPU."""
         if dtype is None:
             dtype = self.llm_dtype if self.llm_dtype != torch.float32 else torch.float16
+        if self._half_llm_on_cpu():
+            return torch.autocast("cpu", dtype=self.llm_dtype)
         return super().maybe_autocast(dtype)
 
-    def _match_llm_precision(self) -> None:
-        """Half-precision OPT weights cannot run on CPU: cast them to fp32 when found there."""
-        param = next(self.opt_model.parameters())
-        if param.device.type == "cpu" and param.dtype in (torch.float16, torch.bfloat16):
-            logging.warning("LLM weights are %s on CPU; casting them to float32", param.dtype)
-            self.opt_model.float()
-            self.llm_dtype = torch.float32
+    def _half_llm_on_cpu(self) -> bool:
+        return self.llm_dtype != torch.float32 and self.opt_proj.weight.device.type == "cpu"
 
     def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
-        self._match_llm_precision()
+        """LAVIS's forward; on CPU with a half-precision LLM, all of it under autocast (LAVIS
+        autocasts only the image encoder and the LLM, and the Q-Former between them would
+        receive half-precision image features)."""
+        if self._half_llm_on_cpu():
+            with self.maybe_autocast():
+                return super().forward(samples)
         return super().forward(samples)
 
     def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:
@@ -291,7 +371,6 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         ``no_repeat_ngram_size`` and ``repetition_penalty`` curb the repeated sentences the
         paper reports for long descriptions; nucleus sampling gives several captions each.
         """
-        self._match_llm_precision()
         image = samples["image"]
         batch = image.shape[0]
         prompt = samples.get("prompt", self.prompt)

@@ -1,9 +1,10 @@
-"""The frozen LLM (OPT) and its tokenizer: from a local folder, the HF cache, the tiny LM, or
-a random-init full-size architecture for timing.
+"""The frozen LLM (OPT) and its tokenizer: from a local folder, the HF cache or the hub (through
+the weight resolver), the tiny LM, or a random-init full-size architecture for timing.
 
-``opt_model`` values: a local folder; a hub name (``facebook/opt-2.7b``; used from the HF
-cache, downloaded only when the hub is reachable and offline mode is off); ``tiny`` (built
-locally, see tiny_lm.py); ``random:opt-2.7b`` / ``random:opt-6.7b`` (no weights).
+``opt_model`` values: a local folder; a hub name (``facebook/opt-2.7b`` and ``facebook/opt-6.7b``
+are manifest parts: ``$LAVIS_EXT_OPT_2_7B`` / ``$LAVIS_EXT_OPT_6_7B``, the HF cache, then a
+download unless offline); ``tiny`` (built locally, see tiny_lm.py); ``random:opt-2.7b`` /
+``random:opt-6.7b`` (no weights).
 """
 from __future__ import annotations
 
@@ -21,12 +22,24 @@ OPT_SHAPES: dict[str, dict[str, int]] = {
     "opt-6.7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
                      ffn_dim=16384, word_embed_proj_dim=4096),
 }
+OPT_VOCAB = 50272
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+# From this size on, ``auto`` keeps an LLM in bf16 on CPU: in fp32, OPT-6.7B alone needs 27 GB.
+CPU_BF16_FROM_PARAMS = 1_000_000_000
 
 
-def resolve_llm_dtype(name: str | None = "auto", device: str | None = None) -> torch.dtype:
-    """``auto``: float32 on CPU (CPU kernels need it), bf16 on GPUs that have it, else fp16."""
+def estimate_parameters(config: Any) -> int:
+    """Parameters of an OPT config (embeddings + decoder blocks), without building it."""
+    d, ffn, layers = config.hidden_size, config.ffn_dim, config.num_hidden_layers
+    embed = config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * d
+    return embed + layers * (4 * d * d + 2 * d * ffn)
+
+
+def resolve_llm_dtype(name: str | None = "auto", device: str | None = None,
+                      parameters: int | None = None) -> torch.dtype:
+    """An explicit dtype as given, on any device. ``auto``: bf16 on GPUs that have it (else
+    fp16); on CPU bf16 for LLMs of ``CPU_BF16_FROM_PARAMS`` or more, float32 below."""
     name = (name or "auto").lower()
     if name != "auto":
         if name not in DTYPES:
@@ -34,61 +47,128 @@ def resolve_llm_dtype(name: str | None = "auto", device: str | None = None) -> t
                              f"got {name!r}")
         return DTYPES[name]
     on_gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    if not on_gpu:
-        return torch.float32
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if on_gpu:
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if parameters is not None and parameters >= CPU_BF16_FROM_PARAMS:
+        return torch.bfloat16
+    return torch.float32
 
 
-def _offline() -> bool:
-    return any(os.environ.get(v, "") not in ("", "0") for v in
-               ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+def llm_source(opt_model: str | None) -> str:
+    """A local folder for a hub name or folder (manifest parts through the resolver)."""
+    from lavis_ext.models.weights import HUB_PARTS, resolve
+
+    if not opt_model:
+        raise MissingModelFileError("model.opt_model is not set: give a local OPT folder, a "
+                                    "hub name, 'tiny' or 'random:opt-2.7b'.")
+    if opt_model in HUB_PARTS:
+        return resolve(HUB_PARTS[opt_model].name, opt_model)
+    if os.path.isdir(os.path.expanduser(opt_model)):
+        return os.path.expanduser(opt_model)
+    if opt_model.startswith((".", "/", "~")) or opt_model.count("/") > 1:
+        raise MissingModelFileError(f"LLM folder '{opt_model}' does not exist. Set "
+                                    "model.opt_model to a local OPT folder (config.json, "
+                                    "weights, tokenizer).")
+    return opt_model  # another hub name: transformers' own cache and download
 
 
-def _load_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
+def llm_config(opt_model: str, tiny_lm: dict[str, Any] | None = None) -> Any:
+    """The OPT config that ``load_llm`` will build, read without loading weights."""
+    from lavis.models.blip2_models.modeling_opt import OPTConfig
+
+    from lavis_ext.models.tiny_lm import tiny_lm_dir
+
+    if opt_model == "tiny":
+        return OPTConfig.from_pretrained(str(tiny_lm_dir(**(tiny_lm or {}))))
+    if opt_model.startswith("random:"):
+        shape = opt_model.split(":", 1)[1]
+        if shape not in OPT_SHAPES:
+            raise ValueError(f"model.opt_model: unknown architecture {shape!r}; known: "
+                             f"{sorted(OPT_SHAPES)}")
+        return OPTConfig(vocab_size=OPT_VOCAB, max_position_embeddings=2048, pad_token_id=1,
+                         bos_token_id=2, eos_token_id=2, **OPT_SHAPES[shape])
+    return _from_pretrained(OPTConfig, llm_source(opt_model))
+
+
+def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
     """from_pretrained on a folder, or a hub name from the cache first; clear error if absent."""
-    hint = "Set model.opt_model to a local OPT folder (config.json, weights, tokenizer)."
+    from lavis_ext.models.weights import offline
+
     if os.path.isdir(name):
         return cls.from_pretrained(name, **kwargs)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise MissingModelFileError(f"LLM folder '{name}' does not exist. {hint}")
     try:
         return cls.from_pretrained(name, local_files_only=True, **kwargs)
     except (OSError, ValueError):
-        if _offline():
-            raise MissingModelFileError(f"LLM '{name}' is not in the Hugging Face cache and "
-                                        f"the hub is off (offline mode). {hint}") from None
+        if offline():
+            raise MissingModelFileError(
+                f"LLM '{name}' is not in the Hugging Face cache and the hub is off (offline "
+                "mode). Set model.opt_model to a local OPT folder.") from None
     try:
         return cls.from_pretrained(name, **kwargs)
     except OSError as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise MissingModelFileError(f"LLM '{name}' could not be loaded ({first}). {hint}"
-                                    ) from None
+        raise MissingModelFileError(f"LLM '{name}' could not be loaded ({first}). Set "
+                                    "model.opt_model to a local OPT folder.") from None
 
 
-def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None = None
-             ) -> tuple[Any, torch.nn.Module]:
+def cover_vocabulary(tokenizer: Any, vocab_size: int) -> Any:
+    """Give a byte-level BPE tokenizer an entry for every id below ``vocab_size``.
+
+    A random-init LLM emits any id of its vocabulary; ids its tokenizer lacks decode to None
+    and crash ``batch_decode``. The filler entries (``<unused_N>``) are never produced by
+    tokenizing, only by decoding such ids.
+    """
+    if not hasattr(tokenizer, "encoder") or not hasattr(tokenizer, "decoder"):
+        raise TypeError(f"cannot extend {type(tokenizer).__name__}: a slow byte-level BPE "
+                        "tokenizer (GPT2Tokenizer) is needed")
+    for index in range(vocab_size):
+        if index not in tokenizer.decoder and index not in tokenizer.added_tokens_decoder:
+            token = f"<unused_{index}>"
+            tokenizer.encoder[token] = index
+            tokenizer.decoder[index] = token
+    return tokenizer
+
+
+def _random_llm_tokenizer(config: Any, tiny_lm: dict[str, Any] | None) -> Any:
+    """The real OPT tokenizer when the HF cache has one, else the tiny LM's; either extended
+    to the model's vocabulary."""
+    from transformers import AutoTokenizer
+
+    from lavis_ext.models.tiny_lm import tiny_lm_dir
+
+    tokenizer = None
+    for hub_id in ("facebook/opt-2.7b", "facebook/opt-6.7b"):
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(hub_id, use_fast=False,
+                                                      local_files_only=True)
+            break
+        except (OSError, ValueError):
+            continue
+    if tokenizer is None:
+        folder = str(tiny_lm_dir(**{**(tiny_lm or {}), "pretrain_steps": 0}))
+        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False)
+        logging.info("random LLM: the tiny LM's tokenizer (%d tokens), extended to the model's "
+                     "%d ids", len(tokenizer), config.vocab_size)
+    return cover_vocabulary(tokenizer, config.vocab_size)
+
+
+def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None = None,
+             config: Any = None) -> tuple[Any, torch.nn.Module]:
     """Return (tokenizer, OPTForCausalLM) with LAVIS's OPT class (it accepts query_embeds)."""
-    from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
+    from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
     from transformers import AutoTokenizer
 
     from lavis_ext.models.tiny_lm import tiny_lm_dir
 
     if not opt_model:
-        raise MissingModelFileError("model.opt_model is not set: give a local OPT folder, a "
-                                    "hub name, 'tiny' or 'random:opt-2.7b'.")
+        llm_source(opt_model)  # raises the error naming the key
     if opt_model == "tiny":
         folder = str(tiny_lm_dir(**(tiny_lm or {})))
         tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False)
         model = OPTForCausalLM.from_pretrained(folder, torch_dtype=dtype)
     elif opt_model.startswith("random:"):
-        shape = opt_model.split(":", 1)[1]
-        if shape not in OPT_SHAPES:
-            raise ValueError(f"model.opt_model: unknown architecture {shape!r}; known: "
-                             f"{sorted(OPT_SHAPES)}")
-        folder = str(tiny_lm_dir(**{**(tiny_lm or {}), "pretrain_steps": 0}))
-        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False)
-        config = OPTConfig(vocab_size=50272, max_position_embeddings=2048, pad_token_id=1,
-                           bos_token_id=2, eos_token_id=2, **OPT_SHAPES[shape])
+        config = config or llm_config(opt_model, tiny_lm)
+        tokenizer = _random_llm_tokenizer(config, tiny_lm)
         default = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
@@ -96,8 +176,9 @@ def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None 
         finally:
             torch.set_default_dtype(default)
     else:
-        tokenizer = _load_pretrained(AutoTokenizer, opt_model, use_fast=False)
-        model = _load_pretrained(OPTForCausalLM, opt_model, torch_dtype=dtype)
+        source = llm_source(opt_model)
+        tokenizer = _from_pretrained(AutoTokenizer, source, use_fast=False)
+        model = _from_pretrained(OPTForCausalLM, source, torch_dtype=dtype)
     if not getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is None:
         logging.warning("LLM tokenizer adds no BOS token: an empty prompt would give empty "
                         "input ids; lavis_ext's generate inserts BOS itself.")

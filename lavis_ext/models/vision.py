@@ -1,13 +1,15 @@
 """Vision encoders for the Q-Former: EVA ViT-G, ViT-B/16 (MAE), and a tiny conv-stem ViT.
 
 Each encoder maps images [B, 3, H, W] to tokens [B, N, C] and exposes ``num_features`` = C,
-which is what LAVIS's BLIP-2 code expects of ``visual_encoder``. Weights come only from local
-files: EVA from ``vit_weights`` / ``$LAVIS_EXT_EVA_VIT_G``, MAE from ``vit_weights`` /
-``$LAVIS_EXT_VIT_B_MAE``.
+which is what LAVIS's BLIP-2 code expects of ``visual_encoder``. Weights go through the
+weight resolver (weights.py): EVA from ``vit_weights`` / ``$LAVIS_EXT_EVA_VIT_G`` / LAVIS's
+cache / a download of ``eva_vit_g.pth``, MAE from ``vit_weights`` / ``$LAVIS_EXT_VIT_B_MAE``
+(never published).
 """
 from __future__ import annotations
 
 import logging
+import os
 from functools import partial
 from typing import Any
 
@@ -15,11 +17,23 @@ import torch
 from torch import nn
 
 from lavis_ext.models.checkpoint import load_weights_file
-from lavis_ext.models.paths import configured_path, require_file
+from lavis_ext.models.weights import PARTS, RANDOM, resolve
 
 ENCODERS = ("eva_clip_g", "vit_b_mae", "tiny")
-WEIGHT_ENVS = {"eva_clip_g": "LAVIS_EXT_EVA_VIT_G", "vit_b_mae": "LAVIS_EXT_VIT_B_MAE"}
-RANDOM = "random"  # ``vit_weights: random``: no weights (architecture timing, tests)
+VIT_PARTS = {"eva_clip_g": "eva_vit_g", "vit_b_mae": "vit_b_mae"}  # weight manifest names
+WEIGHT_ENVS = {name: PARTS[part].env for name, part in VIT_PARTS.items()}
+
+
+def vit_weights_source(name: str, weights: str | None, optional: bool = False) -> str:
+    """A weight file for encoder ``name``, or ``random`` (only when configured so).
+
+    ``optional``: a finetuned checkpoint will supply the encoder, so nothing is looked up or
+    downloaded unless configured; loading that checkpoint then requires the encoder's keys.
+    """
+    part = VIT_PARTS[name]
+    if optional and weights in (None, "") and not os.environ.get(PARTS[part].env):
+        return RANDOM
+    return resolve(part, weights)
 
 
 class TinyVisionEncoder(nn.Module):
@@ -166,8 +180,8 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
                          options: dict[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
     """Build ``visual_encoder`` and its ``ln_vision`` LayerNorm, as BLIP-2 names them.
 
-    ``weights_optional``: a finetuned checkpoint will overwrite the encoder, so a missing
-    weight file is not an error then.
+    ``weights_optional``: a finetuned checkpoint will overwrite the encoder (see
+    ``vit_weights_source``).
     """
     from lavis.models.blip2_models.blip2 import LayerNorm
 
@@ -177,13 +191,7 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
     if name == "tiny":
         encoder: nn.Module = TinyVisionEncoder(img_size=img_size, **options)
     else:
-        env = WEIGHT_ENVS[name]
-        path = configured_path(weights, env)
-        if path is None and weights_optional:
-            path = RANDOM
-        if path != RANDOM:
-            path = str(require_file(path, what=f"{name} weights", key="model.vit_weights",
-                                    env=env))
+        path = vit_weights_source(name, weights, weights_optional)
         if name == "eva_clip_g":
             encoder = build_eva_vit_g(img_size, drop_path_rate, use_grad_checkpoint, path)
         else:

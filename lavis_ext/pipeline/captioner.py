@@ -1,7 +1,9 @@
 """Load a trained captioner for inference: from a training checkpoint or a registered name.
 
 A LAVIS training checkpoint (``checkpoint_best.pth``) carries the run's config, so the model
-is rebuilt from it with nothing else to pass. A name such as ``exp_blip:tiny`` (or
+is rebuilt from it with nothing else to pass. Either way loading is strict: a checkpoint
+without the Q-Former, its queries or the LLM projection (or the image encoder, when no weight
+file supplies it) is refused with the key report, and unexpected keys are logged as warnings. A name such as ``exp_blip:tiny`` (or
 ``exp_blip``, i.e. its ``base`` type) goes through ``load_model_and_preprocess``.
 """
 from __future__ import annotations
@@ -49,24 +51,25 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
     from lavis.common.registry import registry
     from lavis.processors import load_processor
 
-    from lavis_ext.models.checkpoint import load_state_dict_report, read_checkpoint
+    from lavis_ext.models.checkpoint import read_checkpoint
 
     if os.path.isfile(model):
-        checkpoint = read_checkpoint(model)
+        checkpoint = read_checkpoint(model)  # memory-mapped: only the config is read here
         config = (checkpoint.get("config") or {}).get("model") if isinstance(
             checkpoint, dict) else None
+        del checkpoint
         if not config or "arch" not in config:
             raise ValueError(f"{model}: the checkpoint holds no model config (LAVIS training "
                              "checkpoints do); load it with --model ARCH:TYPE and set "
                              "model.finetuned instead")
         cfg = OmegaConf.create(config)
-        cfg.load_finetuned, cfg.load_pretrained = False, False
+        # Loaded as the model's finetuned weights: strictly (trained parts must be there),
+        # and the image encoder needs no weight file when the checkpoint holds it.
+        cfg.load_finetuned, cfg.load_pretrained, cfg.finetuned = True, False, model
         cls = registry.get_model_class(cfg.arch)
         if cls is None:
             raise ValueError(f"{model}: model architecture {cfg.arch!r} is not registered")
         net = cls.from_config(cfg)
-        state = checkpoint.get("model", checkpoint)
-        net.load_report = load_state_dict_report(net, state, model)
         preprocess = OmegaConf.load(cls.default_config_path(cfg.get("model_type", "base"))
                                     ).preprocess
         processor_cfg = preprocess.vis_processor.eval

@@ -155,8 +155,11 @@ def test_missing_weight_files_give_clear_errors(tmp_path, monkeypatch):
     _, cfg = _tiny_cfg("exp_blip", opt_model=str(tmp_path / "opt-2.7b"))
     with pytest.raises(MissingModelFileError, match="model.opt_model"):
         ExpBlip.from_config(cfg)
-    _, cfg = _tiny_cfg("exp_blip", bert_path=str(tmp_path / "bert"))
+    _, cfg = _tiny_cfg("exp_blip", bert_path=str(tmp_path / "bert"), qformer=None)
     with pytest.raises(MissingModelFileError, match="model.bert_path.*LAVIS_EXT_BERT_PATH"):
+        ExpBlip.from_config(cfg)
+    _, cfg = _tiny_cfg("exp_blip", bert_path=None)  # a resized Q-Former needs `random`
+    with pytest.raises(ValueError, match="model.bert_path: random"):
         ExpBlip.from_config(cfg)
 
 

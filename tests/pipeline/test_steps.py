@@ -1,6 +1,5 @@
 import json
 
-from lavis_ext.pipeline import steps as steps_module
 from lavis_ext.pipeline.steps import Steps, train_stage
 
 
@@ -26,7 +25,9 @@ def test_crashed_training_resumes_from_its_newest_checkpoint(tmp_path, monkeypat
     assert not any("resume_ckpt_path" in a for a in seen[0])
     (out / "2026").mkdir(parents=True)
     (out / "2026" / "checkpoint_0.pth").write_bytes(b"x")
-    assert steps_module.newest_checkpoint(out).endswith("checkpoint_0.pth")
+    from lavis_ext.models.checkpoint import newest_checkpoint
+
+    assert newest_checkpoint(out).endswith("checkpoint_0.pth")
     train_stage(cfg)
     assert any(a.startswith("run.resume_ckpt_path=") and a.endswith("checkpoint_0.pth")
                for a in seen[1])
