@@ -4,7 +4,9 @@ Each request puts its item and a future on a bounded queue and awaits the future
 background task takes the first waiting item, gathers more until the batch holds
 ``max_batch`` items or ``max_wait_ms`` has passed, drops items whose callers have gone (timed
 out or disconnected), and runs the batch function in the single model thread, off the event
-loop. The function maps a list to a list of the same length; a mismatch or an exception fails
+loop. A lone client does not pay the wait (TorchServe's pitfall #1301): the wait applies
+only after a batch of more than one, that is, while requests are arriving together. The
+function maps a list to a list of the same length; a mismatch or an exception fails
 that batch only. The loop itself catches everything else, so it never dies while the server
 looks healthy (the failure mode of Ray Serve #66140). A full queue is refused at once (the
 caller answers 503), as Triton's ``max_queue_size`` does.
@@ -66,6 +68,7 @@ class DynamicBatcher(Generic[T, R]):
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
         self.batches = self.items = self.failed_batches = self.dropped = 0
+        self.last_size = 0
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -117,7 +120,8 @@ class DynamicBatcher(Generic[T, R]):
     async def _gather(self) -> list[_Job]:
         assert self.queue is not None
         batch = [await self.queue.get()]
-        deadline = time.perf_counter() + self.max_wait
+        wait = self.max_wait if self.last_size > 1 else 0.0
+        deadline = time.perf_counter() + wait
         while len(batch) < self.max_batch:
             try:
                 batch.append(self.queue.get_nowait())
@@ -133,6 +137,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _one_batch(self) -> None:
         batch = await self._gather()
+        self.last_size = len(batch)
         live = [job for job in batch if not job.future.done()]
         self.dropped += len(batch) - len(live)
         if not live:

@@ -107,3 +107,29 @@ def test_bad_settings():
         DynamicBatcher(list, max_queue=0)
     with pytest.raises(ValueError):
         DynamicBatcher(list, max_wait_ms=-1)
+
+
+def test_a_lone_request_does_not_wait_but_concurrent_ones_do():
+    sizes = []
+
+    def echo(items):
+        sizes.append(len(items))
+        return items
+
+    async def main():
+        batcher = DynamicBatcher(echo, max_batch=8, max_wait_ms=400)
+        batcher.start()
+        began = time.perf_counter()
+        await batcher.submit("alone", 5)
+        lone = time.perf_counter() - began
+        await asyncio.gather(*(batcher.submit(i, 5) for i in range(3)))  # a batch of 3
+        # After a batch of several, the first arrival waits for company.
+        late = asyncio.ensure_future(batcher.submit("first", 5))
+        await asyncio.sleep(0.1)
+        other = await batcher.submit("second", 5)
+        await late
+        await batcher.stop()
+        return lone, other.batch_size
+
+    lone, together = run(main())
+    assert lone < 0.3 and together == 2 and sizes[:2] == [1, 3]

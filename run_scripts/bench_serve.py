@@ -1,0 +1,80 @@
+"""`expblip serve` under load: --max-batch 1 against --max-batch 16, at 1, 4 and 16 clients.
+
+Both servers run at once (same model and settings) and are measured in turn at each client
+count, so load from other processes falls on both alike. Each client posts the same photo
+(raw bytes) over one keep-alive connection. Prints requests/s, p50/p95 latency, the mean
+batch the server formed, and failures.
+
+    .venv/bin/python run_scripts/bench_serve.py [--model exp_blip:tiny] [--clients 1 4 16]
+        [--requests 4] [--photo face|astronaut] [-- extra serve flags]
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing
+
+from lavis_ext.serve.load import ServerProcess, load  # noqa: E402
+
+
+def photo(kind: str) -> bytes:
+    from PIL import Image
+    from skimage import data
+
+    image = Image.fromarray(data.astronaut())
+    if kind == "face":  # a tight face crop: detection is cheap, captioning dominates
+        image = image.crop((155, 35, 295, 200)).resize((128, 128))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="exp_blip:tiny")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--requests", type=int, default=4, help="requests per client")
+    parser.add_argument("--photo", choices=("face", "astronaut"), default="face")
+    parser.add_argument("--threads", default="1", help="OMP_NUM_THREADS of each server")
+    parser.add_argument("serve_args", nargs="*",
+                        help="more `expblip serve` flags, after --, e.g. -- --num-beams 4")
+    args = parser.parse_args()
+    common = ["--model", args.model, "--max-wait-ms", "20", "--request-timeout", "120",
+              *args.serve_args]
+    if args.photo == "face" and "--min-face" not in common:
+        common += ["--min-face", "72"]  # the crop's face is ~80 px: a short pyramid
+    body = photo(args.photo)
+    env = {"OMP_NUM_THREADS": args.threads}
+    print(f"serve {' '.join(common)}; photo {args.photo} ({len(body)} bytes), "
+          f"{args.requests} requests per client, OMP_NUM_THREADS={args.threads}")
+    with ServerProcess(common + ["--max-batch", "1"], env) as single, \
+            ServerProcess(common + ["--max-batch", "16"], env) as batched:
+        single.wait_ready(600)
+        batched.wait_ready(600)
+        servers = {1: single, 16: batched}
+        for server in servers.values():
+            load(server.url, body, 4, 2)  # warm up
+        print(f"{'max-batch':>9} {'clients':>7} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'batch':>5} {'failures':>8}")
+        for clients in args.clients:
+            rates = {}
+            for max_batch in (1, 16):
+                stats = load(servers[max_batch].url, body, clients, args.requests)
+                rates[max_batch] = stats.rps
+                mean_batch = (sum(stats.batch_sizes) / len(stats.batch_sizes)
+                              if stats.batch_sizes else float("nan"))
+                print(f"{max_batch:>9} {clients:>7} {stats.rps:>7.2f} "
+                      f"{stats.percentile(50):>8.1f} {stats.percentile(95):>8.1f} "
+                      f"{mean_batch:>5.1f} {len(stats.failures):>8}")
+                for failure in stats.failures[:3]:
+                    print(f"          failure: {failure}")
+            print(f"{'':>9} {clients:>7} ratio 16/1: {rates[16] / rates[1]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
