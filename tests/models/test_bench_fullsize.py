@@ -48,3 +48,17 @@ def test_tiny_runner_iterations_in_a_child_process(tmp_path):
     [result] = json.loads(out.read_text())
     assert result["runner_iters"] == 5 and result["samples_per_s"] > 0
     assert "samples/s" in done.stdout
+
+
+def test_gpu_check_script_is_valid_and_refuses_cpu_only_machines(tmp_path):
+    import os
+
+    import torch
+
+    script = REPO / "run_scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run the script itself")
+    done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)})
+    assert done.returncode == 2 and "needs a GPU" in done.stderr
