@@ -35,6 +35,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("lavis_ext.pipeline.paper",
                  "the paper's three stages on prepared datasets, from one YAML file"),
     "demo": ("lavis_ext.pipeline.demo", "run the whole method on synthetic faces, on CPU"),
+    "export-hf": ("lavis_ext.export.cli",
+                  "write a trained captioner as a transformers BLIP-2 folder (vLLM-servable)"),
 }
 
 EPILOG = f"""exit codes: {errors.EXIT_OK} done; {errors.EXIT_FAILURE} runtime failure; \

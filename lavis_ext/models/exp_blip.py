@@ -33,7 +33,8 @@ from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_a
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 STAGE1_TYPES = ("vitg", "vitb", "tiny")
-STAGE2_TYPES = ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b", "tiny")
+STAGE2_TYPES = ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b", "tiny",
+                "tiny_eva")
 
 
 def _config_dict(prefix: str, types: tuple[str, ...], base: str) -> dict[str, str]:

@@ -134,7 +134,10 @@ def build_tiny_lm(out_dir: str | os.PathLike, **settings: Any) -> Path:
     train_tokenizer(corpus, cfg["vocab_size"], out)
     tokenizer = AutoTokenizer.from_pretrained(str(out), use_fast=False)
     torch.manual_seed(cfg["seed"])
-    config = OPTConfig(vocab_size=len(tokenizer), hidden_size=cfg["hidden_size"],
+    # ``spare_ids``: unused embedding rows past the tokenizer, as OPT has (50,272 rows for
+    # 50,265 tokens); transformers' BLIP-2 puts its ``<image>`` token there (export-hf).
+    config = OPTConfig(vocab_size=len(tokenizer) + int(cfg.get("spare_ids") or 0),
+                       hidden_size=cfg["hidden_size"],
                        num_hidden_layers=cfg["num_layers"], ffn_dim=cfg["ffn_dim"],
                        num_attention_heads=cfg["num_heads"],
                        max_position_embeddings=cfg["max_positions"],

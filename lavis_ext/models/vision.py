@@ -19,7 +19,7 @@ from torch import nn
 from lavis_ext.models.checkpoint import load_weights_file
 from lavis_ext.models.weights import PARTS, RANDOM, resolve
 
-ENCODERS = ("eva_clip_g", "vit_b_mae", "tiny")
+ENCODERS = ("eva_clip_g", "vit_b_mae", "tiny", "tiny_eva")
 VIT_PARTS = {"eva_clip_g": "eva_vit_g", "vit_b_mae": "vit_b_mae"}  # weight manifest names
 WEIGHT_ENVS = {name: PARTS[part].env for name, part in VIT_PARTS.items()}
 
@@ -174,6 +174,22 @@ def build_eva_vit_g(img_size: int, drop_path_rate: float, use_grad_checkpoint: b
     return model
 
 
+def build_tiny_eva(img_size: int, drop_path_rate: float = 0.0, patch_size: int = 14,
+                   width: int = 64, depth: int = 2, num_heads: int = 4,
+                   mlp_ratio: float = 4.0) -> nn.Module:
+    """LAVIS's EVA ViT (the ViT-G class) at toy width and depth, random weights: what
+    ``expblip export-hf`` is tested on (the conv-stem ``tiny`` has no transformers twin)."""
+    from lavis.models.eva_vit import VisionTransformer
+
+    if width % num_heads or (width * mlp_ratio) != int(width * mlp_ratio):
+        raise ValueError(f"model.vision: width {width} must divide by num_heads {num_heads} "
+                         f"and width * mlp_ratio ({width * mlp_ratio}) be a whole number")
+    return VisionTransformer(img_size=img_size, patch_size=patch_size, use_mean_pooling=False,
+                             embed_dim=width, depth=depth, num_heads=num_heads,
+                             mlp_ratio=mlp_ratio, qkv_bias=True, drop_path_rate=drop_path_rate,
+                             norm_layer=partial(nn.LayerNorm, eps=1e-6))
+
+
 def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.0,
                          use_grad_checkpoint: bool = False, precision: str = "fp32",
                          weights: str | None = None, weights_optional: bool = False,
@@ -190,6 +206,8 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
         raise ValueError(f"model.vit_model must be one of {ENCODERS}, got {name!r}")
     if name == "tiny":
         encoder: nn.Module = TinyVisionEncoder(img_size=img_size, **options)
+    elif name == "tiny_eva":
+        encoder = build_tiny_eva(img_size, drop_path_rate, **options)
     else:
         path = vit_weights_source(name, weights, weights_optional)
         if name == "eva_clip_g":
