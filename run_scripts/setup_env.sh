@@ -8,7 +8,19 @@ venv="${1:-.venv}"
 python="${PYTHON:-python3}"
 stamp="$venv/.lavis_ext-installed"
 want="$(cat setup.py requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
+# A current transformers beside the LAVIS stack, for `expblip export-hf`'s equivalence test
+# (requirements/hf-current.txt; put first on PYTHONPATH, torch and numpy still from the venv).
+hf_current() {
+  local dir=.cache/hf-current want_hf
+  want_hf="$(sha256sum requirements/hf-current.txt | cut -d' ' -f1)"
+  [ -f "$dir/.installed" ] && [ "$(cat "$dir/.installed")" = "$want_hf" ] && return 0
+  rm -rf "$dir"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps \
+    --target "$dir" -r requirements/hf-current.txt
+  echo "$want_hf" > "$dir/.installed"
+}
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  hf_current
   exit 0
 fi
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
@@ -20,3 +32,4 @@ pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q
 # pins torch < 2.3, but it runs on this torch, so it goes in without its dependencies.
 "${pip[@]}" --no-deps facenet-pytorch==2.6.0
 echo "$want" > "$stamp"
+hf_current
