@@ -25,7 +25,8 @@ WEIGHT_ENVS = {name: PARTS[part].env for name, part in VIT_PARTS.items()}
 
 
 def vit_weights_source(name: str, weights: str | None, optional: bool = False) -> str:
-    """A weight file for encoder ``name``, or ``random`` (only when configured so).
+    """A weight file for encoder ``name``, or ``random`` (when configured so, or when a
+    finetuned checkpoint supplies the encoder).
 
     ``optional``: a finetuned checkpoint will supply the encoder, so nothing is looked up or
     downloaded unless configured; loading that checkpoint then requires the encoder's keys.
