@@ -8,8 +8,10 @@ download unless offline); ``tiny`` (built locally, see tiny_lm.py); ``random:opt
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -111,6 +113,71 @@ def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
                                     "model.opt_model to a local OPT folder.") from None
 
 
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The weight files of a Hugging Face model folder (sharded or not; safetensors first)."""
+    folder = Path(folder)
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (folder / index).is_file():
+            names = json.loads((folder / index).read_text())["weight_map"].values()
+            return [folder / name for name in sorted(set(names))]
+        if (folder / single).is_file():
+            return [folder / single]
+    raise MissingModelFileError(f"LLM folder '{folder}' holds no weights (model.safetensors or "
+                                "pytorch_model.bin, or their sharded index)")
+
+
+def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.Module:
+    """OPT from a local folder, with peak memory about the model's own size in ``dtype``.
+
+    transformers 4.26 first initialises the whole model randomly and then reads each shard
+    fully into memory (OPT-6.7B's first shard is ~10 GB) beside it: 13.4 GB of bf16 weights +
+    10 GB cannot sit beside ViT-G on a 24 GB machine. Here the model is created on the meta
+    device (no random init), allocated once in ``dtype``, and each weight file is
+    memory-mapped through the weights-only loader and copied in, tensor by tensor.
+    """
+    from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
+
+    from lavis_ext.models.checkpoint import load_weights_file
+
+    config = OPTConfig.from_pretrained(str(folder))
+    files = weight_files(folder)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device("meta"):
+            model = OPTForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    model = model.to_empty(device="cpu")
+    own = model.state_dict()
+    filled: set[str] = set()
+    unexpected: list[str] = []
+    with torch.no_grad():
+        for file in files:
+            for key, value in load_weights_file(file).items():
+                name = key if key in own else f"model.{key}"  # hub files omit "model."
+                if name not in own:
+                    unexpected.append(key)
+                    continue
+                if own[name].shape != value.shape:
+                    raise ValueError(f"{file}: {key} has shape {tuple(value.shape)}, the model "
+                                     f"{tuple(own[name].shape)}")
+                own[name].copy_(value)
+                filled.add(name)
+    model.tie_weights()
+    tied = {"lm_head.weight"} if model.lm_head.weight is \
+        model.model.decoder.embed_tokens.weight else set()
+    missing = [k for k in own if k not in filled and k not in tied]
+    if missing:
+        raise MissingModelFileError(f"LLM folder '{folder}': weights missing for {len(missing)} "
+                                    f"tensors, e.g. {missing[:5]}")
+    if unexpected:
+        logging.info("LLM folder %s: %d tensors not used: %s", folder, len(unexpected),
+                     unexpected[:5])
+    return model.eval()
+
+
 def cover_vocabulary(tokenizer: Any, vocab_size: int) -> Any:
     """Give a byte-level BPE tokenizer an entry for every id below ``vocab_size``.
 
@@ -178,7 +245,10 @@ def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None 
     else:
         source = llm_source(opt_model)
         tokenizer = _from_pretrained(AutoTokenizer, source, use_fast=False)
-        model = _from_pretrained(OPTForCausalLM, source, torch_dtype=dtype)
+        if os.path.isdir(source):
+            model = load_llm_weights(source, dtype)
+        else:  # a hub name outside the manifest: transformers' own cache and download
+            model = _from_pretrained(OPTForCausalLM, source, torch_dtype=dtype)
     if not getattr(tokenizer, "add_bos_token", True) and tokenizer.bos_token_id is None:
         logging.warning("LLM tokenizer adds no BOS token: an empty prompt would give empty "
                         "input ids; lavis_ext's generate inserts BOS itself.")

@@ -88,3 +88,36 @@ def test_tiny_lm_reads_its_context(tmp_path):
         gaps[share] = _caption_loss(folder, text, noise) - _caption_loss(folder, text, words)
     assert gaps[0.9] > 0.3, gaps
     assert gaps[0.0] < 0.1, gaps
+
+
+@pytest.mark.parametrize("layout", ["sharded", "hub"])
+def test_llm_folder_loads_without_random_init_and_matches_transformers(tmp_path, layout):
+    """load_llm_weights: meta-device build + memory-mapped weights; the same model as
+    transformers' from_pretrained, for sharded folders and hub-style keys without "model."."""
+    import lavis  # noqa: F401
+    from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
+
+    from lavis_ext.models.llm import load_llm_weights
+
+    torch.manual_seed(0)
+    config = OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                       ffn_dim=32, word_embed_proj_dim=16, max_position_embeddings=32)
+    reference = OPTForCausalLM(config).eval()
+    folder = tmp_path / layout
+    if layout == "sharded":
+        reference.save_pretrained(str(folder), max_shard_size="10KB")
+        assert (folder / "pytorch_model.bin.index.json").exists()
+    else:
+        folder.mkdir()
+        config.save_pretrained(str(folder))
+        torch.save(reference.model.state_dict(), folder / "pytorch_model.bin")  # "decoder.*"
+    model = load_llm_weights(folder, torch.bfloat16)
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    assert model.lm_head.weight is model.model.decoder.embed_tokens.weight
+    ids = torch.tensor([[2, 5, 9, 11]])
+    expected = reference.to(torch.bfloat16)(input_ids=ids).logits
+    assert torch.equal(model(input_ids=ids).logits, expected)
+    (folder / ("pytorch_model.bin" if layout == "hub" else "pytorch_model.bin.index.json")
+     ).unlink()
+    with pytest.raises(Exception, match="holds no weights"):
+        load_llm_weights(folder, torch.bfloat16)
