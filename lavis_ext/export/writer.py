@@ -219,6 +219,12 @@ def export_hf(model: str, out: str | os.PathLike, *, dtype: str = "float32",
         if extra:
             raise ExportKeyError(f"{model}: {len(extra)} key(s) not mapped to "
                                  f"Blip2ForConditionalGeneration: {', '.join(extra[:10])}")
+    report = getattr(net, "load_report", None) or {}  # the finetuned file, however named
+    leftover = sorted(report.get("unexpected") or []) + [
+        f"{item} (shape mismatch)" for item in report.get("mismatched") or []]
+    if leftover:
+        raise ExportKeyError(f"{report.get('source', model)}: {len(leftover)} key(s) not mapped "
+                             f"to Blip2ForConditionalGeneration: {', '.join(leftover[:10])}")
     state = hf_blip2.convert(net.state_dict(), arch, DTYPES[dtype], source=model)
     prompt_len = 1 + len(net.opt_tokenizer(net.prompt, add_special_tokens=False).input_ids)
     if net.prompt:
