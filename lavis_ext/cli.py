@@ -37,6 +37,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("lavis_ext.pipeline.demo", "run the whole method on synthetic faces, on CPU"),
     "export-hf": ("lavis_ext.export.cli",
                   "write a trained captioner as a transformers BLIP-2 folder (vLLM-servable)"),
+    "weights": ("lavis_ext.models.weights",
+                "show where each pretrained part (EVA ViT-G, BLIP-2, BERT, OPT, ...) is found; "
+                "--fetch downloads the missing ones"),
 }
 
 EPILOG = f"""exit codes: {errors.EXIT_OK} done; {errors.EXIT_FAILURE} runtime failure; \

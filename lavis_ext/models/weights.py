@@ -30,7 +30,7 @@ import urllib.request
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 from lavis_ext.models.paths import MissingModelFileError
 
@@ -127,8 +127,9 @@ def _unavailable(part: Part, reason: str, url: str | None = None) -> WeightsUnav
         return WeightsUnavailableError(
             f"{part.what} [{part.name}] is not available: {reason}. Set `{part.key}` in the "
             f"model config{env} to a local copy, or download {where} ({part.approx_size}) "
-            f"with downloads allowed (unset LAVIS_EXT_OFFLINE / HF_HUB_OFFLINE; mirrors: "
-            f"{BASE_URL_ENV} or HF_ENDPOINT).")
+            f"with downloads allowed (`expblip weights --fetch {part.name}`, with "
+            f"LAVIS_EXT_OFFLINE / HF_HUB_OFFLINE unset; mirrors: {BASE_URL_ENV} or "
+            "HF_ENDPOINT).")
     return WeightsUnavailableError(
         f"{part.what} [{part.name}] is not available: {reason}, and {part.elsewhere} "
         f"({part.approx_size}). Set `{part.key}` in the model config{env} to a local copy.")
@@ -239,7 +240,7 @@ def download_file(url: str, dest: Path, part: Part | None = None, progress: bool
     return dest
 
 
-def _file_part(part: Part, url: str | None) -> str:
+def _file_part(part: Part, url: str | None, download: bool = True) -> str:
     """Cache, then download (rank 0 only when a process group is running)."""
     url = url or part.source_url()
     name = url.rsplit("/", 1)[-1] if url else part.filename
@@ -249,8 +250,9 @@ def _file_part(part: Part, url: str | None) -> str:
         return str(found)
     if url is None:
         raise _unavailable(part, "no local copy is configured and it is not published")
-    if offline():
-        raise _unavailable(part, f"offline mode is on and {dest} is not cached", url)
+    if offline() or not download:
+        why = "offline mode is on" if download else "downloads were not asked for"
+        raise _unavailable(part, f"{why} and {dest} is not cached", url)
     try:
         return str(_on_rank_zero_first(lambda: download_file(url, dest, part), dest, part))
     except (OSError, urllib.error.URLError, RuntimeError) as err:
@@ -296,14 +298,15 @@ def cached_hub_snapshot(hub_id: str) -> str | None:
         return None
 
 
-def _hub_part(part: Part) -> str:
+def _hub_part(part: Part, download: bool = True) -> str:
     cached = cached_hub_snapshot(part.hub_id)
     if cached:
         return cached
     url = f"{os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}/{part.hub_id}"
-    if offline():
-        raise _unavailable(part, "offline mode is on and the Hugging Face cache has no "
-                                 "complete snapshot", url)
+    if offline() or not download:
+        why = "offline mode is on" if download else "downloads were not asked for"
+        raise _unavailable(part, f"{why} and the Hugging Face cache has no complete "
+                                 "snapshot", url)
     try:
         return _hub_snapshot(part, local_only=False)
     except Exception as err:  # noqa: BLE001 - hub errors are many; all mean "not available"
@@ -318,7 +321,8 @@ def _is_default(part: Part, value: str | None) -> bool:
     return value in (None, "", part.name, part.url, part.hub_id)
 
 
-def resolve(part_name: str, value: str | os.PathLike | None = None) -> str:
+def resolve(part_name: str, value: str | os.PathLike | None = None, download: bool = True
+            ) -> str:
     """A local path (file or folder) for a part, or ``"random"`` when the config says so.
 
     ``value`` is the config key's value: ``random``, a path (must exist), a URL (fetched into
@@ -331,16 +335,43 @@ def resolve(part_name: str, value: str | os.PathLike | None = None) -> str:
         return RANDOM
     if not _is_default(part, value):
         if is_url(value):
-            return _file_part(part, value)
+            return _file_part(part, value, download)
         return str(_existing(value, part, part.key))
     from_env = os.environ.get(part.env, "").strip()
     if from_env:
         return str(_existing(from_env, part, f"${part.env}"))
     if part.hub_id:
-        return _hub_part(part)
+        return _hub_part(part, download)
     if part.url:
-        return _file_part(part, None)
+        return _file_part(part, None, download)
     raise _unavailable(part, "no local copy is configured")
+
+
+# --- `expblip weights` --------------------------------------------------------------------
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("parts", nargs="*", metavar="PART",
+                        help=f"parts to look up (default: all): {', '.join(PARTS)}")
+    parser.add_argument("--fetch", action="store_true",
+                        help="download the parts that are not found (unless offline), e.g. "
+                             "before going offline or onto a cluster node without network")
+
+
+def run(args: Any) -> int:
+    """Where each part resolves (variable, then cache); with --fetch, download what is missing.
+    Exit 0 when every part was found, 1 otherwise."""
+    unknown = [p for p in args.parts if p not in PARTS]
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; known: {', '.join(PARTS)}")
+    found = 0
+    names = args.parts or list(PARTS)
+    for name in names:
+        try:
+            print(f"{name}: {resolve(name, download=args.fetch)}", flush=True)
+            found += 1
+        except WeightsUnavailableError as err:
+            print(f"{name}: missing. {err}", flush=True)
+    return 0 if found == len(names) else 1
 
 
 def fetch_url(url: str, what: str = "checkpoint", key: str = "model.finetuned") -> str:

@@ -145,3 +145,16 @@ def test_several_missing_parts_make_one_error(online, monkeypatch):
         weights.resolve_all([("eva_vit_g", None), ("blip2_pretrained", None)])
     assert "2 pretrained parts are missing" in str(info.value)
     assert "eva_vit_g.pth" in str(info.value) and "blip2_pretrained.pth" in str(info.value)
+
+
+def test_expblip_weights_lists_and_fetches(online, server, monkeypatch, capsys):
+    from lavis_ext.cli import main
+
+    _serve(monkeypatch, server)
+    assert main(["weights", "eva_vit_g"]) == 1, "not cached, and no --fetch"
+    assert "eva_vit_g: missing" in capsys.readouterr().out
+    assert main(["weights", "--fetch", "eva_vit_g", "blip2_pretrained"]) == 0
+    out = capsys.readouterr().out
+    assert f"eva_vit_g: {online / 'eva_vit_g.pth'}" in out
+    assert main(["weights", "eva_vit_g"]) == 0, "cached now"
+    assert main(["weights", "nonsense"]) == 2
