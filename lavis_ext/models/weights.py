@@ -209,7 +209,7 @@ def _cached_file(path: Path, part: Part | None) -> Path | None:
         return path
     logging.warning("Refusing the cached file %s (%s); deleting it so that it is fetched "
                     "again.", path, problem)
-    path.unlink()
+    path.unlink(missing_ok=True)  # several ranks may refuse the same file
     _sidecar(path).unlink(missing_ok=True)
     return None
 
