@@ -60,6 +60,8 @@ def _launch(args, work):
     return done
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1300)  # two launches, each allowed 600 s below
 def test_two_gloo_ranks_train_stage1_then_stage2(workdir):
     from lavis_ext.models.checkpoint import load_weights_file
     from lavis_ext.pipeline.captioner import load_captioner
@@ -97,6 +99,7 @@ def test_two_gloo_ranks_train_stage1_then_stage2(workdir):
     assert len(texts) == 2 and all(isinstance(t, str) and t.strip() for t in texts)
 
 
+@pytest.mark.slow
 def test_single_process_stage2_loss_goes_down(workdir):
     import lavis_ext.entry as entry
 

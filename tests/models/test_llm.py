@@ -33,6 +33,7 @@ def test_half_llm_on_cpu_runs_as_given():
     assert next(model.opt_model.parameters()).dtype == torch.float16
 
 
+@pytest.mark.slow
 def test_tiny_lm_is_deterministic(tmp_path):
     settings = dict(pretrain_steps=3, corpus_size=50, vocab_size=300, seed=7)
     a = build_tiny_lm(tmp_path / "a", **settings)
@@ -59,6 +60,8 @@ def _caption_loss(folder, text: str, prefix: list[int]) -> float:
         return model(input_ids=input_ids, labels=labels).loss.item()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # trains a model; 600 s is not enough on a loaded 2-core machine
 def test_tiny_lm_reads_its_context(tmp_path):
     """The stand-in LLM must say what its prefix names (as a real LLM reads its context):
     pre-trained with content prefixes, a shuffled bag of a caption's tokens makes the caption

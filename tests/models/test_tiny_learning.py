@@ -7,6 +7,7 @@ equals the shuffled-label control.
 """
 import random
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -30,6 +31,8 @@ def _faces(n: int, seed: int) -> tuple[list, list[dict]]:
     return images, records
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # trains a model; 600 s is not enough on a loaded 2-core machine
 def test_tiny_captioner_names_the_aus_it_sees(tmp_path, monkeypatch):
     import lavis_ext  # noqa: F401
     from lavis.processors import load_processor
