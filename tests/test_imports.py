@@ -144,3 +144,14 @@ print(json.dumps(shown))
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout.strip().splitlines()[-1])
     assert shown == [[2, 3, 4]] * len(lavis_ext.KNOWN_THIRD_PARTY_WARNINGS)
+
+
+def test_pytest_ini_filters_the_same_warnings() -> None:
+    import configparser
+    import re
+
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(REPO_ROOT / "pytest.ini")
+    lines = [x for x in config["pytest"]["filterwarnings"].splitlines() if x.strip()]
+    assert lines == [f"ignore:{re.escape(message)}\\Z:FutureWarning:{re.escape(module)}\\Z"
+                     for module, message in lavis_ext.KNOWN_THIRD_PARTY_WARNINGS]
