@@ -78,6 +78,16 @@ def test_conv_stem_tiny_is_refused_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
+def test_bad_flags_fail_before_anything_is_built(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    code, out = _export(["--model", "exp_blip:tiny_eva", "--out", tmp_path / "full"], capsys)
+    assert code == 2 and "not empty" in out.err and "--force" in out.err
+    code, out = _export(["--model", "exp_blip:tiny_eva", "--out", tmp_path / "o",
+                         "--max-shard-size", "lots"], capsys)
+    assert code == 2 and "expblip export-hf: error:" in out.err and "5GB" in out.err
+
+
 @pytest.mark.slow  # the trained fixture: ~60 s on 2 busy cores
 def test_checkpoint_with_an_extra_or_missing_key_fails_naming_it(trained, tmp_path, capsys):
     extra = dict(trained["state"], **{"Qformer.bert.pooler.dense.weight": torch.zeros(2, 2)})
