@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="training checkpoint (.pth) or ARCH[:MODEL_TYPE]")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to bind (default: this machine only)")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     parser.add_argument("--max-batch", type=positive_int, default=16,
                         help="most requests (and faces) in one model call")
     parser.add_argument("--max-wait-ms", type=float, default=10.0,
@@ -42,15 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(X-API-Key or Authorization: Bearer)")
     parser.add_argument("--detector", choices=DETECTORS, default="auto",
                         help="auto: MTCNN if facenet-pytorch is installed, else Haar")
-    parser.add_argument("--min-confidence", type=float, default=0.9)
-    parser.add_argument("--min-face", type=positive_int, default=20)
-    parser.add_argument("--align-size", type=int, default=224)
-    parser.add_argument("--align-margin", type=float, default=0.2)
+    parser.add_argument("--min-confidence", type=float, default=0.9,
+                        help="drop MTCNN faces below this probability (the cascade has none)")
+    parser.add_argument("--min-face", type=positive_int, default=20,
+                        help="drop faces whose box is smaller than this many pixels")
+    parser.add_argument("--align-size", type=int, default=224,
+                        help="side of the aligned face crop, in pixels")
+    parser.add_argument("--align-margin", type=float, default=0.2,
+                        help="space around the template face, as a fraction of its size")
     parser.add_argument("--max-faces", type=positive_int, default=5, help="largest N faces per image")
     parser.add_argument("--num-beams", type=positive_int, help="override the model's beam count")
     parser.add_argument("--max-length", type=positive_int, help="override the model's caption length")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--log-level", default="warning",
+    parser.add_argument("--device", default="cpu",
+                        help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    parser.add_argument("--log-level", default="warning", help="server log level",
                         choices=("critical", "error", "warning", "info", "debug"))
 
 
