@@ -255,8 +255,9 @@ class FaceDescriber:
     def detect(self, images: Sequence[Image.Image]) -> list[list[Face]]:
         return [faces[:self.max_faces] for faces in self.detector.detect(images)]
 
-    def crop(self, image: Image.Image, face: Face) -> Image.Image:
-        if self.detector.name == WholeImage.name:
+    def crop(self, image: Image.Image, face: Face | None) -> Image.Image:
+        """The aligned face; ``None`` (or ``--no-detect``): the image is already a crop."""
+        if face is None or self.detector.name == WholeImage.name:
             return image.convert("RGB")
         return align(image, face, self.size, self.margin)
 
@@ -272,10 +273,23 @@ class FaceDescriber:
             captions.extend(out)
         return captions
 
-    def describe(self, images: Sequence[Image.Image]) -> list[list[DescribedFace]]:
-        """Every face of every image, described; the whole list shares model batches."""
-        found = self.detect(images)
-        crops = [self.crop(image, face) for image, faces in zip(images, found)
-                 for face in faces]
+    def describe(self, images: Sequence[Image.Image],
+                 aligned: Sequence[bool] | None = None) -> list[list[DescribedFace]]:
+        """Every face of every image, described; the whole list shares model batches.
+
+        ``aligned[i]``: image i is already an aligned face crop (no detection; one face).
+        """
+        aligned = list(aligned or [False] * len(images))
+        to_detect = [i for i, done in enumerate(aligned) if not done]
+        detected = iter(self.detect([images[i] for i in to_detect]) if to_detect else [])
+        found: list[list[Face]] = []
+        crops = []
+        for image, whole in zip(images, aligned):
+            if whole:
+                found.append([WholeImage().detect([image])[0][0]])
+                crops.append(self.crop(image, None))
+            else:
+                found.append(next(detected))
+                crops.extend(self.crop(image, face) for face in found[-1])
         captions = iter(self.caption(crops))
         return [[read_caption(next(captions), face) for face in faces] for faces in found]

@@ -4,6 +4,7 @@ Every limit answers with a status and a JSON ``{"error": message}`` while the se
 serving: 401 (API key), 408 (the body was not sent in time), 413 (body or pixel count too
 large), 415 (not an image upload), 422 (not a readable image), 503 (queue full or request
 timed out; with ``Retry-After``), 500/507 (the batch failed / ran out of memory).
+``?aligned=1`` says the upload is already an aligned face crop: no detection, one face.
 """
 from __future__ import annotations
 
@@ -104,10 +105,13 @@ def _decode(data: bytes, max_pixels: int) -> Any:
                            f"{err})") from None
 
 
+TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no", "")
+
+
 def create_app(describe_batch: Callable[[list[Any]], Sequence[list[dict[str, Any]]]], *,
                model: str, detector: str, limits: Limits,
                api_key: str | None = None) -> FastAPI:
-    """``describe_batch`` maps a list of PIL images to one list of face dicts per image."""
+    """``describe_batch`` maps (PIL image, aligned) pairs to one list of face dicts each."""
     batcher: DynamicBatcher = DynamicBatcher(describe_batch, max_batch=limits.max_batch,
                                              max_wait_ms=limits.max_wait_ms,
                                              max_queue=limits.max_queue)
@@ -154,18 +158,24 @@ def create_app(describe_batch: Callable[[list[Any]], Sequence[list[dict[str, Any
         if not authorised(request):
             return _error(401, "missing or wrong API key (send X-API-Key or Authorization: "
                                "Bearer)", {"WWW-Authenticate": "Bearer"})
+        flag = request.query_params.get("aligned", "").lower()
+        if flag not in TRUE + FALSE:
+            return _error(422, f"aligned={flag!r}: expected 1/true/yes or 0/false/no")
+        aligned = flag in TRUE or detector == "none"
         try:
-            try:
-                body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes),
-                                              limits.request_timeout_s)
-            except asyncio.TimeoutError:
-                raise Refused(408, f"the body did not arrive within "
-                                   f"{limits.request_timeout_s:g} s") from None
-            data = await _image_bytes(request, body)
-            image = await run_in_threadpool(_decode, data, limits.max_pixels)
+            with batcher.arriving():
+                try:
+                    body = await asyncio.wait_for(_read_body(request, limits.max_body_bytes),
+                                                  limits.request_timeout_s)
+                except asyncio.TimeoutError:
+                    raise Refused(408, f"the body did not arrive within "
+                                       f"{limits.request_timeout_s:g} s") from None
+                data = await _image_bytes(request, body)
+                image = await run_in_threadpool(_decode, data, limits.max_pixels)
             decoded = time.perf_counter()
             try:
-                result = await batcher.submit(image, max(0.001, deadline - time.perf_counter()))
+                result = await batcher.submit((image, aligned),
+                                              max(0.001, deadline - time.perf_counter()))
             except QueueFull as err:
                 raise Refused(503, f"the server is busy: {err}; retry shortly",
                               {"Retry-After": "1"}) from None
@@ -179,7 +189,8 @@ def create_app(describe_batch: Callable[[list[Any]], Sequence[list[dict[str, Any
             return _error(err.status, err.message, err.headers)
         done = time.perf_counter()
         return JSONResponse({
-            "faces": result.value, "model": model, "detector": detector,
+            "faces": result.value, "model": model,
+            "detector": "none" if aligned else detector,
             "image": {"width": image.width, "height": image.height},
             "batch_size": result.batch_size,
             "timing_ms": {"decode": round((decoded - begin) * 1000, 1),

@@ -4,8 +4,9 @@ Each request puts its item and a future on a bounded queue and awaits the future
 background task takes the first waiting item, gathers more until the batch holds
 ``max_batch`` items or ``max_wait_ms`` has passed, drops items whose callers have gone (timed
 out or disconnected), and runs the batch function in the single model thread, off the event
-loop. A lone client does not pay the wait (TorchServe's pitfall #1301): the wait applies
-only after a batch of more than one, that is, while requests are arriving together. The
+loop. The wait ends early once the batch is as large as the largest of the last few batches
+and no request is still being read: a lone client does not pay the wait (TorchServe's
+pitfall #1301), and concurrent clients are not split into a full batch and stragglers. The
 function maps a list to a list of the same length; a mismatch or an exception fails
 that batch only. The loop itself catches everything else, so it never dies while the server
 looks healthy (the failure mode of Ray Serve #66140). A full queue is refused at once (the
@@ -16,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -68,7 +71,8 @@ class DynamicBatcher(Generic[T, R]):
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
         self.batches = self.items = self.failed_batches = self.dropped = 0
-        self.last_size = 0
+        self.recent_sizes: deque[int] = deque(maxlen=8)
+        self.incoming = 0  # requests being read or decoded: about to be submitted
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +98,15 @@ class DynamicBatcher(Generic[T, R]):
         return self.queue.qsize() if self.queue is not None else 0
 
     # -- requests -----------------------------------------------------------------------------
+    @contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Mark a request as on its way (body being read), so a forming batch waits for it."""
+        self.incoming += 1
+        try:
+            yield
+        finally:
+            self.incoming -= 1
+
     async def submit(self, item: T, timeout: float | None = None) -> Result[R]:
         """Queue ``item``; raises ``QueueFull``, ``asyncio.TimeoutError`` or ``BatchFailed``."""
         if not self.alive or self.queue is None:
@@ -120,14 +133,16 @@ class DynamicBatcher(Generic[T, R]):
     async def _gather(self) -> list[_Job]:
         assert self.queue is not None
         batch = [await self.queue.get()]
-        wait = self.max_wait if self.last_size > 1 else 0.0
-        deadline = time.perf_counter() + wait
+        expected = max(self.recent_sizes, default=1)
+        deadline = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
             try:
                 batch.append(self.queue.get_nowait())
                 continue
             except asyncio.QueueEmpty:
                 pass
+            if len(batch) >= expected and not self.incoming:
+                break  # everyone recent traffic suggests is here, and nobody is on the way
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -137,7 +152,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _one_batch(self) -> None:
         batch = await self._gather()
-        self.last_size = len(batch)
+        self.recent_sizes.append(len(batch))
         live = [job for job in batch if not job.future.done()]
         self.dropped += len(batch) - len(live)
         if not live:

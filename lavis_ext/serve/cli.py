@@ -42,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(X-API-Key or Authorization: Bearer)")
     parser.add_argument("--detector", choices=DETECTORS, default="auto",
                         help="auto: MTCNN if facenet-pytorch is installed, else Haar")
+    parser.add_argument("--no-detect", action="store_true",
+                        help="treat every upload as one aligned face crop (as ?aligned=1 does "
+                             "per request)")
     parser.add_argument("--min-confidence", type=float, default=0.9,
                         help="drop MTCNN faces below this probability (the cascade has none)")
     parser.add_argument("--min-face", type=positive_int, default=20,
@@ -87,9 +90,11 @@ def _loopback(host: str) -> bool:
 
 
 def build_batch_fn(describer: Any):
-    """Images -> one list of JSON-ready face dicts per image (runs in the model thread)."""
-    def describe_batch(images: list[Any]) -> list[list[dict[str, Any]]]:
-        return [[face.to_json() for face in faces] for faces in describer.describe(images)]
+    """(image, aligned) pairs -> one list of JSON-ready face dicts per image (model thread)."""
+    def describe_batch(items: list[tuple[Any, bool]]) -> list[list[dict[str, Any]]]:
+        described = describer.describe([image for image, _ in items],
+                                       [aligned for _, aligned in items])
+        return [[face.to_json() for face in faces] for faces in described]
 
     return describe_batch
 

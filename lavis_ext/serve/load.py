@@ -96,8 +96,9 @@ class LoadStats:
 
 
 def load(url: str, body: bytes, clients: int, per_client: int,
-         content_type: str = "image/png", timeout: float = 60.0) -> LoadStats:
-    """``clients`` threads each post ``body`` ``per_client`` times to ``url``/v1/describe."""
+         content_type: str = "image/png", timeout: float = 60.0,
+         path: str = "/v1/describe") -> LoadStats:
+    """``clients`` threads each post ``body`` ``per_client`` times to ``url`` + ``path``."""
     host, port = url.split("//", 1)[1].split(":")
     stats = LoadStats(clients, clients * per_client, 0.0)
     lock = threading.Lock()
@@ -109,7 +110,7 @@ def load(url: str, body: bytes, clients: int, per_client: int,
         for _ in range(per_client):
             began = time.perf_counter()
             try:
-                connection.request("POST", "/v1/describe", body,
+                connection.request("POST", path, body,
                                    {"Content-Type": content_type})
                 reply = connection.getresponse()
                 data = reply.read()

@@ -1,10 +1,11 @@
 """`expblip serve` as a real process on 127.0.0.1: the API, its limits, batching, the page.
 
 Two servers run side by side with the tiny captioner: one with ``--max-batch 16`` (the one
-the API and page tests use) and one with ``--max-batch 1``. Their settings make per-call
-overhead dominate (beam search over a small, tightly cropped face; a detector pyramid of few
-scales; one torch thread), which is where dynamic batching pays, so the throughput ratio
-holds on two loaded cores.
+the API and page tests use) and one with ``--max-batch 1``. The throughput comparison posts
+an aligned face crop (``?aligned=1``: no detection) and captions greedily with one torch
+thread: per-call overhead then dominates, which is where dynamic batching pays, so the ratio
+holds on two loaded cores. (MTCNN's per-image work batches less well; bench_serve.py
+measures that path too, see docs/describe.md.)
 """
 import base64
 import http.client
@@ -12,6 +13,7 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import time
 import urllib.request
@@ -25,9 +27,9 @@ from lavis_ext.serve.load import ServerProcess, load
 
 ASTRONAUT_FACE = (181, 62, 268 - 181, 172 - 62)
 REPO = Path(__file__).resolve().parents[2]
-COMMON = ["--model", "exp_blip:tiny", "--num-beams", "4", "--min-face", "72",
-          "--max-faces", "1", "--max-wait-ms", "20", "--max-body-mb", "1",
-          "--max-pixels", "4000000", "--request-timeout", "60"]
+COMMON = ["--model", "exp_blip:tiny", "--num-beams", "1", "--max-length", "20",
+          "--max-wait-ms", "50", "--max-body-mb", "1", "--max-pixels", "4000000",
+          "--request-timeout", "60"]
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +149,10 @@ def test_limits_answer_413_and_the_server_keeps_serving(server):
 
 
 def _face_jpeg():
-    """A tight 128 px crop of the astronaut's face: little detector work, one face."""
+    """The astronaut's face, cropped and sized as an aligned crop (the model's 112 px)."""
     from skimage import data
 
-    crop = Image.fromarray(data.astronaut()).crop((155, 35, 295, 200)).resize((128, 128))
+    crop = Image.fromarray(data.astronaut()).crop((160, 45, 290, 185)).resize((112, 112))
     buffer = io.BytesIO()
     crop.save(buffer, "JPEG", quality=92)
     return buffer.getvalue()
@@ -160,24 +162,38 @@ def _face_jpeg():
 def test_16_clients_all_succeed_and_batching_doubles_throughput(servers):
     batched, single = servers
     body = _face_jpeg()
+    path = "/v1/describe?aligned=1"
     for server in servers:  # warm up both (first calls are slower)
-        warm = load(server.url, body, 4, 2)
+        warm = load(server.url, body, 4, 2, path=path)
         assert not warm.failures, warm.failures[:3]
-    # Interleaved A-B-B-A, so load from other processes hits both alike.
+    # Short rounds in alternating pairs (A-B, B-A, ...): a burst of load from other processes
+    # hits one pair, and the median pair ratio sets it aside.
     runs = {"batched": [], "single": []}
-    for name in ("single", "batched", "batched", "single"):
-        stats = load((batched if name == "batched" else single).url, body, 16, 4)
-        assert stats.failures == [], stats.failures[:3]
-        assert len(stats.latencies_ms) == 64
-        runs[name].append(stats)
-        print(f"--max-batch {16 if name == 'batched' else 1:>2}: {stats.line()}")
-    rate = {name: sum(len(s.latencies_ms) for s in r) / sum(s.seconds for s in r)
-            for name, r in runs.items()}
-    print(f"16 clients: --max-batch 16 {rate['batched']:.2f} req/s, --max-batch 1 "
-          f"{rate['single']:.2f} req/s, ratio {rate['batched'] / rate['single']:.2f}")
+    ratios = []
+    for pair in range(8):
+        order = ("single", "batched") if pair % 2 == 0 else ("batched", "single")
+        rates = {}
+        for name in order:
+            stats = load((batched if name == "batched" else single).url, body, 16, 4,
+                         path=path)
+            assert stats.failures == [], stats.failures[:3]
+            assert len(stats.latencies_ms) == 64  # 16 clients x 4 requests, all succeeded
+            runs[name].append(stats)
+            rates[name] = stats.rps
+        ratios.append(rates["batched"] / rates["single"])
+        print(f"pair {pair}: --max-batch 16 {rates['batched']:6.2f} req/s, --max-batch 1 "
+              f"{rates['single']:6.2f} req/s, ratio {ratios[-1]:.2f}")
+    for name, max_batch in (("single", 1), ("batched", 16)):
+        stats = runs[name][len(runs[name]) // 2]
+        print(f"--max-batch {max_batch:>2} (a middle round): {stats.line()}")
+    pooled = {name: sum(len(s.latencies_ms) for s in r) / sum(s.seconds for s in r)
+              for name, r in runs.items()}
+    median = statistics.median(ratios)
+    print(f"16 clients: --max-batch 16 {pooled['batched']:.2f} req/s, --max-batch 1 "
+          f"{pooled['single']:.2f} req/s (pooled), median pair ratio {median:.2f}")
     assert max(b for s in runs["batched"] for b in s.batch_sizes) > 1
     assert all(b == 1 for s in runs["single"] for b in s.batch_sizes)
-    assert rate["batched"] >= 2.0 * rate["single"]
+    assert median >= 2.0
 
 
 # -- the page, in headless Chromium ---------------------------------------------------------

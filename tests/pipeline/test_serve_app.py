@@ -21,16 +21,16 @@ class FakeModel:
         self.fail_next = False
         self.batches = []
 
-    def __call__(self, images):
+    def __call__(self, items):
         self.entered.set()
         self.gate.wait(10)
-        self.batches.append(len(images))
+        self.batches.append([aligned for _, aligned in items])
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("the model broke")
         return [[{"box": [0, 0, im.width, im.height], "landmarks": None, "confidence": None,
                   "caption": f"a face of {im.width}x{im.height}", "aus": [], "emotions": []}]
-                for im in images]
+                for im, _ in items]
 
 
 def png(size=(40, 30)):
@@ -40,7 +40,7 @@ def png(size=(40, 30)):
 
 
 def client_for(model, api_key=None, **limits):
-    app = create_app(model, model="fake", detector="none",
+    app = create_app(model, model="fake", detector="none-test",
                      limits=Limits(**{"max_wait_ms": 1, **limits}), api_key=api_key)
     return TestClient(app)
 
@@ -58,6 +58,20 @@ def test_describe_page_and_health():
         state = client.get("/health").json()
         assert state["status"] == "ok" and state["requests_done"] == 1
         assert state["auth"] is False and state["limits"]["max_batch"] == 16
+
+
+def test_aligned_uploads_skip_detection():
+    model = FakeModel()
+    with client_for(model) as client:
+        for flag, expected in (("1", True), ("true", True), ("0", False)):
+            reply = client.post(f"/v1/describe?aligned={flag}", content=png(),
+                                headers={"Content-Type": "image/png"})
+            assert reply.status_code == 200
+            assert reply.json()["detector"] == ("none" if expected else "none-test")
+            assert model.batches[-1] == [expected]
+        bad = client.post("/v1/describe?aligned=maybe", content=png(),
+                          headers={"Content-Type": "image/png"})
+        assert bad.status_code == 422 and "aligned" in bad.json()["error"]
 
 
 def test_api_key_is_required_when_set():
