@@ -4,9 +4,9 @@ Each request puts its item and a future on a bounded queue and awaits the future
 background task takes the first waiting item, gathers more until the batch holds
 ``max_batch`` items or ``max_wait_ms`` has passed, drops items whose callers have gone (timed
 out or disconnected), and runs the batch function in the single model thread, off the event
-loop. The wait ends early once the batch is as large as the largest of the last few batches
-and no request is still being read: a lone client does not pay the wait (TorchServe's
-pitfall #1301), and concurrent clients are not split into a full batch and stragglers. The
+loop. The wait ends early once the batch is as large as the previous one (the clients it
+answered are the ones coming back) and no request is still being read: a lone client does
+not pay the wait (TorchServe's pitfall #1301), and stragglers of one batch join the next. The
 function maps a list to a list of the same length; a mismatch or an exception fails
 that batch only. The loop itself catches everything else, so it never dies while the server
 looks healthy (the failure mode of Ray Serve #66140). A full queue is refused at once (the
@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from contextlib import contextmanager
@@ -71,7 +70,7 @@ class DynamicBatcher(Generic[T, R]):
         self.queue: asyncio.Queue[_Job] | None = None
         self.task: asyncio.Task | None = None
         self.batches = self.items = self.failed_batches = self.dropped = 0
-        self.recent_sizes: deque[int] = deque(maxlen=8)
+        self.last_size = 1
         self.incoming = 0  # requests being read or decoded: about to be submitted
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -133,7 +132,7 @@ class DynamicBatcher(Generic[T, R]):
     async def _gather(self) -> list[_Job]:
         assert self.queue is not None
         batch = [await self.queue.get()]
-        expected = max(self.recent_sizes, default=1)
+        expected = self.last_size
         deadline = time.perf_counter() + self.max_wait
         while len(batch) < self.max_batch:
             try:
@@ -142,7 +141,7 @@ class DynamicBatcher(Generic[T, R]):
             except asyncio.QueueEmpty:
                 pass
             if len(batch) >= expected and not self.incoming:
-                break  # everyone recent traffic suggests is here, and nobody is on the way
+                break  # as many as last time, and nobody else is on the way
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -152,7 +151,7 @@ class DynamicBatcher(Generic[T, R]):
 
     async def _one_batch(self) -> None:
         batch = await self._gather()
-        self.recent_sizes.append(len(batch))
+        self.last_size = len(batch)
         live = [job for job in batch if not job.future.done()]
         self.dropped += len(batch) - len(live)
         if not live:
