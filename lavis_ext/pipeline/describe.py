@@ -253,7 +253,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also write each image, and each video as .mp4, with boxes, "
                              "landmarks and descriptions drawn on it")
     parser.add_argument("--num-beams", type=positive_int, help="override the model's beam count")
-    parser.add_argument("--max-length", type=positive_int, help="override the model's caption length")
+    parser.add_argument("--max-length", type=positive_int,
+                        help="override the model's caption length")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     add_no_progress(parser)

@@ -53,9 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="side of the aligned face crop, in pixels")
     parser.add_argument("--align-margin", type=float, default=0.2,
                         help="space around the template face, as a fraction of its size")
-    parser.add_argument("--max-faces", type=positive_int, default=5, help="largest N faces per image")
+    parser.add_argument("--max-faces", type=positive_int, default=5,
+                        help="largest N faces per image")
     parser.add_argument("--num-beams", type=positive_int, help="override the model's beam count")
-    parser.add_argument("--max-length", type=positive_int, help="override the model's caption length")
+    parser.add_argument("--max-length", type=positive_int,
+                        help="override the model's caption length")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
     parser.add_argument("--log-level", default="warning", help="server log level",

@@ -33,7 +33,9 @@ COMMON = ["--model", "exp_blip:tiny", "--num-beams", "1", "--max-length", "20",
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
+def servers(tmp_path_factory, tiny_captioner):
+    # tiny_captioner first: the tiny model is built once into the session's cache, which
+    # both servers then read (they inherit LAVIS_EXT_CACHE).
     logs = tmp_path_factory.mktemp("serve-logs")
     env = {"OMP_NUM_THREADS": "1"}
     batched = ServerProcess(COMMON + ["--max-batch", "16"], env, str(logs / "b16.log"))
