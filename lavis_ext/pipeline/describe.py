@@ -88,7 +88,7 @@ class _Run:
         self.summary = Summary(describer.detector.name)
         self.pending: list[_Frame] = []
         self.crops: list[Image.Image] = []
-        self.run_rows: dict[str, list[dict[str, Any]]] = {}
+        self.run_rows: dict[str, list[dict[str, Any]]] = {}  # rows of files still to draw
         self.to_annotate: list[tuple[Path, Path]] = []
 
     def add(self, frame: _Frame, image: Image.Image | None = None) -> None:
@@ -115,9 +115,9 @@ class _Run:
                 self.summary.faces += 1
         self.table.append(rows)
         self.summary.rows += len(rows)
-        if self.annotate is not None:
-            for row in rows:
-                self.run_rows.setdefault(row["file"], []).append(row)
+        for row in rows:
+            if row["file"] in self.run_rows:
+                self.run_rows[row["file"]].append(row)
         self.pending, self.crops = [], []
         for path, name in self.to_annotate:
             self.draw(path, name)
@@ -186,6 +186,8 @@ def describe(paths: list[str], describer: FaceDescriber, table: Table, *, stride
         key = str(path)
         run.summary.files += 1
         wants_picture = run.annotate is not None and not run.annotated_path(path, name).exists()
+        if wants_picture:
+            run.run_rows.setdefault(key, [])
         if key in state.files_done:
             run.summary.skipped_files += 1
             if wants_picture:
