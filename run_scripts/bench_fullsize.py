@@ -164,6 +164,11 @@ def time_generate(model: Any, device: Any, batch: int, size: int, beams: int,
             "new_tokens": steps, "tokens_per_s": batch * steps / total}
 
 
+def _progress(result: dict[str, Any], *keys: str) -> None:
+    """Print figures as they come: a full-size run takes many minutes on CPU."""
+    print("  " + ", ".join(f"{k} {result[k]:.2f}" for k in keys), flush=True)
+
+
 def parameters(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -189,6 +194,7 @@ def bench_type(model_type: str, device_name: str, llm_dtype: str, beams: int, ne
     result["image_size"] = size
     result["stage1_step_s"] = train_step(stage1, device, step_batch, size)
     result["stage1_peak_gib"] = peak_memory_gib(device)
+    _progress(result, "stage1_build_s", "stage1_step_s", "stage1_peak_gib")
     del stage1
     gc.collect()
     if device.type == "cuda":
@@ -204,6 +210,7 @@ def bench_type(model_type: str, device_name: str, llm_dtype: str, beams: int, ne
     result["vit_tokens"] = int(stage2.visual_encoder(
         torch.zeros(1, 3, size, size)).shape[1]) if model_type == "tiny" else (size // 14) ** 2 + 1
     result["stage2_step_s"] = train_step(stage2, device, step_batch, size)
+    _progress(result, "stage2_build_s", "stage2_step_s")
     result["generate"] = [time_generate(stage2, device, b, size, beams, new_tokens)
                           for b in batches]
     result["peak_gib"] = peak_memory_gib(device)
