@@ -225,19 +225,13 @@ def describe(paths: list[str], describer: FaceDescriber, table: Table, *, stride
     return run.summary
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("paths", nargs="+", help="images, folders or videos")
-    parser.add_argument("--model", default="exp_blip",
-                        help="training checkpoint (.pth) or ARCH[:MODEL_TYPE] (default: the "
-                             "released Exp-BLIP, 'exp_blip', whose checkpoint you configure)")
-    parser.add_argument("--out", default="descriptions.csv",
-                        help="table to append to: .csv, .jsonl or .parquet (a folder of part "
-                             "files; needs pyarrow). A rerun skips what it already holds")
+def add_face_arguments(parser: argparse.ArgumentParser, no_detect_help: str) -> None:
+    """The detection, alignment and generation flags that `describe` and `serve` share, so
+    that one flag means one thing in both."""
     parser.add_argument("--detector", choices=DETECTORS, default="auto",
                         help="auto: MTCNN (5 landmarks, aligned crops) if facenet-pytorch is "
                              "installed, else OpenCV's Haar cascade (boxes only)")
-    parser.add_argument("--no-detect", action="store_true",
-                        help="treat each image or frame as one aligned face crop")
+    parser.add_argument("--no-detect", action="store_true", help=no_detect_help)
     parser.add_argument("--min-confidence", type=float, default=0.9,
                         help="drop MTCNN faces below this probability (the cascade has none)")
     parser.add_argument("--min-face", type=positive_int, default=20,
@@ -246,19 +240,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="side of the aligned face crop, in pixels")
     parser.add_argument("--align-margin", type=float, default=0.2,
                         help="space around the template face, as a fraction of its size")
-    parser.add_argument("--stride", type=positive_int, default=30, help="video: every N-th frame")
-    parser.add_argument("--batch-size", type=positive_int, default=16,
-                        help="faces per model call, and rows per flush")
     parser.add_argument("--max-faces", type=positive_int, default=5,
                         help="largest N faces per image or frame")
-    parser.add_argument("--annotate", metavar="DIR",
-                        help="also write each image, and each video as .mp4, with boxes, "
-                             "landmarks and descriptions drawn on it")
     parser.add_argument("--num-beams", type=positive_int, help="override the model's beam count")
     parser.add_argument("--max-length", type=positive_int,
                         help="override the model's caption length")
     parser.add_argument("--device", default="cpu",
                         help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", help="images, folders or videos")
+    parser.add_argument("--model", default="exp_blip",
+                        help="training checkpoint (.pth) or ARCH[:MODEL_TYPE] (default: the "
+                             "released Exp-BLIP, 'exp_blip', whose checkpoint you configure)")
+    parser.add_argument("--out", default="descriptions.csv",
+                        help="table to append to: .csv, .jsonl or .parquet (a folder of part "
+                             "files; needs pyarrow). A rerun skips what it already holds")
+    add_face_arguments(parser, "treat each image or frame as one aligned face crop")
+    parser.add_argument("--stride", type=positive_int, default=30, help="video: every N-th frame")
+    parser.add_argument("--batch-size", type=positive_int, default=16,
+                        help="faces per model call, and rows per flush")
+    parser.add_argument("--annotate", metavar="DIR",
+                        help="also write each image, and each video as .mp4, with boxes, "
+                             "landmarks and descriptions drawn on it")
     add_no_progress(parser)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from lavis_ext.errors import UsageError
 from lavis_ext.flags import positive_int
-from lavis_ext.pipeline.faces import DETECTORS
+from lavis_ext.pipeline.describe import add_face_arguments
 
 API_KEY_ENV = "EXPBLIP_API_KEY"
 
@@ -40,26 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", action="store_true",
                         help=f"require clients to send the key held in ${API_KEY_ENV} "
                              "(X-API-Key or Authorization: Bearer)")
-    parser.add_argument("--detector", choices=DETECTORS, default="auto",
-                        help="auto: MTCNN if facenet-pytorch is installed, else Haar")
-    parser.add_argument("--no-detect", action="store_true",
-                        help="treat every upload as one aligned face crop (as ?aligned=1 does "
-                             "per request)")
-    parser.add_argument("--min-confidence", type=float, default=0.9,
-                        help="drop MTCNN faces below this probability (the cascade has none)")
-    parser.add_argument("--min-face", type=positive_int, default=20,
-                        help="drop faces whose box is smaller than this many pixels")
-    parser.add_argument("--align-size", type=int, default=224,
-                        help="side of the aligned face crop, in pixels")
-    parser.add_argument("--align-margin", type=float, default=0.2,
-                        help="space around the template face, as a fraction of its size")
-    parser.add_argument("--max-faces", type=positive_int, default=5,
-                        help="largest N faces per image")
-    parser.add_argument("--num-beams", type=positive_int, help="override the model's beam count")
-    parser.add_argument("--max-length", type=positive_int,
-                        help="override the model's caption length")
-    parser.add_argument("--device", default="cpu",
-                        help="torch device, e.g. cpu, cuda, cuda:1 (default cpu)")
+    add_face_arguments(parser, "treat every upload as one aligned face crop (as ?aligned=1 "
+                               "does per request)")
     parser.add_argument("--log-level", default="warning", help="server log level",
                         choices=("critical", "error", "warning", "info", "debug"))
 
