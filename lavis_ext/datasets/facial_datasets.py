@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from lavis.datasets.datasets.base_dataset import BaseDataset
@@ -27,6 +27,23 @@ from lavis_ext.data.records import Record, load_records
 
 logger = logging.getLogger(__name__)
 MAX_REPLACEMENT_TRIES = 50
+
+
+def collate_readable(dataset: Any, samples: list[dict[str, Any] | None],
+                     failure: Callable[[], str]) -> dict[str, Any]:
+    """Collate the samples whose image could be read (``None`` marks one that could not),
+    drawing random replacements when a whole batch failed, so one bad file never stops a run;
+    ``failure()`` words the error once replacements run out too."""
+    kept = [s for s in samples if s is not None]
+    tries = 0
+    while not kept and len(dataset) and tries < MAX_REPLACEMENT_TRIES:
+        tries += 1
+        replacement = dataset[random.randrange(len(dataset))]
+        if replacement is not None:
+            kept.append(replacement)
+    if not kept:
+        raise RuntimeError(failure())
+    return default_collate(kept)
 
 
 class FacialRecordDataset(BaseDataset):
@@ -82,17 +99,9 @@ class FacialRecordDataset(BaseDataset):
         return self._sample(index, image)
 
     def collater(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
-        kept = [s for s in samples if s is not None]
-        tries = 0
-        while not kept and len(self) and tries < MAX_REPLACEMENT_TRIES:
-            tries += 1
-            replacement = self[random.randrange(len(self))]
-            if replacement is not None:
-                kept.append(replacement)
-        if not kept:
-            raise RuntimeError(f"{self.name}: {MAX_REPLACEMENT_TRIES} images in a row could not "
-                               f"be read (e.g. {self.failed_images[-1:]}); check the images root")
-        return default_collate(kept)
+        return collate_readable(self, samples, lambda: (
+            f"{self.name}: {MAX_REPLACEMENT_TRIES} images in a row could not be read "
+            f"(e.g. {self.failed_images[-1:]}); check the images root"))
 
 
 class FacialCaptionDataset(FacialRecordDataset):

@@ -7,7 +7,6 @@ loop trains it, with its DistributedSampler, amp, gradient accumulation and logg
 """
 from __future__ import annotations
 
-import random
 from collections import Counter
 from typing import Any, Sequence
 
@@ -15,9 +14,8 @@ import torch
 from torch.utils.data import Dataset
 from torch.utils.data.dataloader import default_collate
 
+from lavis_ext.datasets.facial_datasets import MAX_REPLACEMENT_TRIES, collate_readable
 from lavis_ext.tasks.probe.labels import Encoded
-
-MAX_REPLACEMENT_TRIES = 50
 
 
 class _Labelled(Dataset):
@@ -87,14 +85,6 @@ class LabelledImages(_Labelled):
         return {"image": item["image"], **self._labels(i)}
 
     def collater(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
-        kept = [s for s in samples if s is not None]
-        tries = 0
-        while not kept and len(self) and tries < MAX_REPLACEMENT_TRIES:
-            tries += 1
-            replacement = self[random.randrange(len(self))]
-            if replacement is not None:
-                kept.append(replacement)
-        if not kept:
-            raise RuntimeError(f"{self.name}/{self.split}: {MAX_REPLACEMENT_TRIES} images in a "
-                               "row could not be read; check the images root")
-        return default_collate(kept)
+        return collate_readable(self, samples, lambda: (
+            f"{self.name}/{self.split}: {MAX_REPLACEMENT_TRIES} images in a row could not be "
+            "read; check the images root"))
