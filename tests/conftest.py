@@ -30,3 +30,10 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def plain_process(monkeypatch: pytest.MonkeyPatch):
+    """No launcher variables: what ``python train.py`` sees."""
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
+        monkeypatch.delenv(key, raising=False)

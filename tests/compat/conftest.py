@@ -37,8 +37,6 @@ def single_rank_env(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.fixture
-def plain_process_env(monkeypatch: pytest.MonkeyPatch):
-    """No launcher variables: what ``python train.py`` sees."""
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
-        monkeypatch.delenv(key, raising=False)
+def plain_process_env(plain_process):
+    """No launcher variables: what ``python train.py`` sees (tests/conftest.py)."""
     yield

@@ -66,12 +66,6 @@ def synthetic(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def plain_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
-        monkeypatch.delenv(key, raising=False)
-
-
 def run_tiny(path: Path, synthetic, tmp_path: Path, *extra: str) -> Path:
     """Train ``path`` for one epoch on the tiny model type and synthetic data; the job folder."""
     cfg = OmegaConf.load(path)

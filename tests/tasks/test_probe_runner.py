@@ -134,12 +134,6 @@ def write_config(folder: Path, probe: dict, shuffle: bool = False, **run) -> Pat
     return path
 
 
-@pytest.fixture
-def plain_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
-        monkeypatch.delenv(key, raising=False)
-
-
 def test_scores(folder: Path) -> dict:
     jobs = [p for p in (folder / "out").iterdir() if p.is_dir()]
     assert len(jobs) == 1, jobs

@@ -118,12 +118,6 @@ def run_config(folder: Path, run: dict) -> Path:
     return path
 
 
-@pytest.fixture
-def plain_process(monkeypatch):
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
-        monkeypatch.delenv(key, raising=False)
-
-
 def only_job(folder: Path) -> Path:
     jobs = [p for p in (folder / "out").iterdir() if p.is_dir()]
     assert len(jobs) == 1, jobs
