@@ -330,6 +330,22 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             return torch.autocast("cpu", dtype=self.llm_dtype)
         return super().maybe_autocast(dtype)
 
+    def float(self) -> "ExpBlip":
+        """Float32 for every part except an LLM that ``llm_dtype`` keeps in half precision.
+
+        Fixes LAVIS 1.0.2's ``load_model`` / ``load_model_and_preprocess``, which call
+        ``model.float()`` whenever the device is the CPU: that cast turned OPT-6.7B's 13.4 GB
+        of bf16 weights into 27 GB, so the released Exp-BLIP could not load on a 24 GB machine.
+        ``llm_dtype: float32`` gives a float32 LLM.
+        """
+        for name, child in self.named_children():
+            if name != "opt_model" or self.llm_dtype == torch.float32:
+                child.float()
+        for param in self._parameters.values():
+            if param is not None and param.is_floating_point():
+                param.data = param.data.float()
+        return self
+
     def _half_llm_on_cpu(self) -> bool:
         return self.llm_dtype != torch.float32 and self.opt_proj.weight.device.type == "cpu"
 

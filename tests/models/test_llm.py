@@ -124,3 +124,26 @@ def test_llm_folder_loads_without_random_init_and_matches_transformers(tmp_path,
      ).unlink()
     with pytest.raises(Exception, match="holds no weights"):
         load_llm_weights(folder, torch.bfloat16)
+
+
+def test_lavis_cpu_loader_keeps_a_half_llm(tmp_path, monkeypatch):
+    """LAVIS's load_model_and_preprocess calls model.float() on CPU; a bf16 LLM stays bf16
+    (OPT-6.7B in fp32 needs 27 GB), and everything else becomes float32 as LAVIS intends."""
+    import lavis  # noqa: F401  (registers lavis_ext's models)
+    from lavis.models import load_model_and_preprocess
+    from omegaconf import OmegaConf
+
+    from lavis_ext.models.exp_blip import ExpBlip
+
+    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny"))
+    cfg.model.llm_dtype = "bfloat16"
+    path = tmp_path / "exp_blip_tiny_bf16.yaml"
+    OmegaConf.save(cfg, path)
+    monkeypatch.setitem(ExpBlip.PRETRAINED_MODEL_CONFIG_DICT, "tiny_bf16", str(path))
+    model, vis, _ = load_model_and_preprocess("exp_blip", "tiny_bf16", is_eval=True)
+    assert {p.dtype for p in model.opt_model.parameters()} == {torch.bfloat16}
+    others = [p for n, p in model.named_parameters() if not n.startswith("opt_model.")]
+    assert others and {p.dtype for p in others} == {torch.float32}
+    model.llm_dtype = torch.float32  # what llm_dtype: float32 gives
+    model.float()
+    assert {p.dtype for p in model.opt_model.parameters()} == {torch.float32}
