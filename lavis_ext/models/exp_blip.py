@@ -89,6 +89,10 @@ class ExpBlipParts:
         checkpoint supplies the Q-Former (see ``resolve_weights``).
         """
         self.tokenizer = qformer_tokenizer(bert_path)
+        if vit_precision == "fp16" and not freeze_vit:
+            logging.warning("model.vit_precision is fp16 but freeze_vit is False: the image "
+                            "encoder is trained, so its weights stay float32")
+            vit_precision = "fp32"
         self._vit_from_checkpoint = (vit_weights_optional and vit_model in VIT_PARTS and
                                      vit_weights_source(vit_model, vit_weights, True) == RANDOM)
         self.visual_encoder, self.ln_vision = build_vision_encoder(
@@ -300,6 +304,13 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             layer.output = None
             layer.intermediate = None
 
+        # A frozen half-precision encoder (vit_precision: fp16) on a machine without CUDA:
+        # LAVIS keeps it float32 there; in the half LLM's dtype (bf16) it runs under the same
+        # autocast, and ViT-G takes 2 GB instead of 4 beside OPT-6.7B on a 24 GB CPU box.
+        self._half_vit = (vit_precision == "fp16" and freeze_vit
+                          and self.llm_dtype != torch.float32)
+        if self._half_vit and next(self.visual_encoder.parameters()).dtype == torch.float32:
+            self.visual_encoder.to(self.llm_dtype)
         self.opt_tokenizer, self.opt_model = load_llm(opt_model, self.llm_dtype, tiny_lm,
                                                       llm_cfg)
         for param in self.opt_model.parameters():
@@ -331,15 +342,19 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         return super().maybe_autocast(dtype)
 
     def float(self) -> "ExpBlip":
-        """Float32 for every part except an LLM that ``llm_dtype`` keeps in half precision.
+        """Float32 for every part except those kept in half precision on purpose: the LLM
+        (``llm_dtype``) and a frozen ``vit_precision: fp16`` image encoder.
 
         Fixes LAVIS 1.0.2's ``load_model`` / ``load_model_and_preprocess``, which call
         ``model.float()`` whenever the device is the CPU: that cast turned OPT-6.7B's 13.4 GB
         of bf16 weights into 27 GB, so the released Exp-BLIP could not load on a 24 GB machine.
         ``llm_dtype: float32`` gives a float32 LLM.
         """
+        keep = {"opt_model"} if self.llm_dtype != torch.float32 else set()
+        if self._half_vit:
+            keep.add("visual_encoder")
         for name, child in self.named_children():
-            if name != "opt_model" or self.llm_dtype == torch.float32:
+            if name not in keep:
                 child.float()
         for param in self._parameters.values():
             if param is not None and param.is_floating_point():

@@ -147,3 +147,42 @@ def test_lavis_cpu_loader_keeps_a_half_llm(tmp_path, monkeypatch):
     model.llm_dtype = torch.float32  # what llm_dtype: float32 gives
     model.float()
     assert {p.dtype for p in model.opt_model.parameters()} == {torch.float32}
+
+
+def _tiny_eva(**overrides):
+    from omegaconf import OmegaConf
+
+    from lavis_ext.models.exp_blip import ExpBlip
+
+    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny_eva")).model
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    return ExpBlip.from_config(cfg)
+
+
+def test_frozen_half_vit_runs_in_the_llm_dtype_on_cpu(caplog):
+    """vit_precision: fp16 with a frozen encoder and a bf16 LLM: the encoder is bf16 on a
+    machine without CUDA (ViT-G: 2 GB instead of 4), LAVIS's CPU float() keeps it so, and its
+    features match the float32 encoder's; a trained encoder stays float32."""
+    import lavis  # noqa: F401  (registers lavis_ext's models)
+
+    if torch.cuda.is_available():
+        pytest.skip("on a CUDA machine fp16 encoders are cast to fp16, as in LAVIS")
+    torch.manual_seed(0)
+    half = _tiny_eva(vit_precision="fp16", freeze_vit=True, llm_dtype="bfloat16").eval()
+    assert {p.dtype for p in half.visual_encoder.parameters()} == {torch.bfloat16}
+    half.float()  # what load_model_and_preprocess does on CPU
+    assert {p.dtype for p in half.visual_encoder.parameters()} == {torch.bfloat16}
+    assert half.query_tokens.dtype == torch.float32
+    full = _tiny_eva(vit_precision="fp32", freeze_vit=True, llm_dtype="float32").eval()
+    full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
+    image = torch.randn(2, 3, 112, 112)
+    with torch.no_grad():
+        got = half._llm_prefix(image).float()
+        want = full._llm_prefix(image)
+    assert torch.allclose(got, want, rtol=0.1, atol=0.1 * want.abs().mean().item())
+    assert len(half.generate({"image": image}, num_beams=3, max_length=5)) == 2
+    with caplog.at_level("WARNING"):
+        trained = _tiny_eva(vit_precision="fp16", freeze_vit=False, llm_dtype="bfloat16")
+    assert {p.dtype for p in trained.visual_encoder.parameters()} == {torch.float32}
+    assert "stay float32" in caplog.text
