@@ -104,8 +104,9 @@ def map_large_allocations(threshold: int = 1 << 20) -> bool:
     """Serve every allocation of ``threshold`` bytes or more with its own mapping, returned
     to the OS when freed. glibc otherwise raises its mmap threshold to the largest block
     freed (up to 32 MiB), so decoding's ever-growing key/value tensors are carved from the
-    heap and the freed ones stay mapped: measured on vitg_opt6.7b, `generate` at batch 8
-    grew RSS by 4.4 GiB over the weights without this and by 2.3 GiB (transient) with it."""
+    heap and the freed ones stay mapped. Measured on vitg_opt6.7b `generate` at batch 8
+    (docs/hardware.md): RSS rose 4.4 GiB over the weights and kept rising without this; with
+    it, 1.8 GiB after each decoding step and 2.7 GiB during one."""
     libc = _libc()
     return libc is not None and bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
 
