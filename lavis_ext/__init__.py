@@ -6,7 +6,9 @@ them start in a fraction of a second. Instead it registers a post-import hook on
 (``wrapt.register_post_import_hook``): as soon as LAVIS finishes importing, whoever imports it,
 the hook applies the LAVIS 1.0.2 compatibility fixes (``lavis_ext.compat``) and registers the
 plugin's processors, dataset builders, models and tasks with LAVIS's registry. If LAVIS is
-already imported, the hook runs at once.
+already imported, the hook runs at once. On current transformers, LAVIS imports names that
+moved; hooks on those modules (``compat.PROVIDES``) put them back before LAVIS imports them,
+so on that stack ``lavis_ext`` must be imported before ``lavis``.
 
 An error inside the hook (for example an unsupported LAVIS version) never breaks ``import
 lavis``: it is kept, reported once as a warning, and raised again by :func:`ensure_registered`
@@ -91,4 +93,25 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lavis_ext' has no attribute {name!r}")
 
 
+def _provide_before_lavis(module: Any) -> None:
+    """Post-import hook on the modules of ``compat.PROVIDES``: names LAVIS imports from them."""
+    global _registration_error
+    try:
+        from lavis_ext import compat
+
+        compat.provide_names(module)
+    except Exception as error:  # kept and raised by ensure_registered, like the hook on lavis
+        _registration_error = _registration_error or error
+        warnings.warn(f"lavis_ext could not prepare {module.__name__} for LAVIS "
+                      f"({type(error).__name__}: {error})", RuntimeWarning, stacklevel=2)
+
+
+def _hook_provided_modules() -> None:
+    from lavis_ext.compat import PROVIDES  # plain records: imports neither torch nor LAVIS
+
+    for module in dict.fromkeys(record.module for record in PROVIDES):
+        wrapt.register_post_import_hook(_provide_before_lavis, module)
+
+
+_hook_provided_modules()
 wrapt.register_post_import_hook(_register_with_lavis, "lavis")

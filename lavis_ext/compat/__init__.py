@@ -15,7 +15,8 @@ import importlib
 import importlib.metadata
 import sys
 
-from lavis_ext.compat._patch import Patch, PatchConflict, PatchTargetError, apply_patch
+from lavis_ext.compat._patch import (Patch, PatchConflict, PatchTargetError, Provide, apply_patch,
+                                    provide, requirement_met)
 
 SUPPORTED_LAVIS = "1.0.2"
 LAVIS_DISTRIBUTION = "salesforce-lavis"
@@ -52,6 +53,20 @@ PREPARE_SAMPLE_MODULES = ("lavis.datasets.data_utils", "lavis.tasks.base_task", 
 _C = "lavis_ext.compat."
 _RB = "lavis.runners.runner_base:"
 _RI = "lavis.runners.runner_iter:"
+_OPT = "lavis.models.blip2_models.modeling_opt:"
+
+# The `current` stack (requirements/constraints-current.txt): fixes that apply only from this
+# transformers on; on the paper stack's 4.26.1 LAVIS works as shipped there.
+CURRENT_TRANSFORMERS = "transformers>=4.46"
+
+# Names LAVIS imports at module level that current libraries moved; provided before LAVIS is
+# imported (import lavis_ext registers a post-import hook on each module; see provide_names).
+PROVIDES: tuple[Provide, ...] = tuple(
+    Provide(f"transformers_current.moved.{name}", f"transformers.modeling_utils:{name}",
+            "LAVIS's med.py, nlvr_encoder.py and Qformer.py import it from modeling_utils, which no "
+            "longer re-exports it from transformers.pytorch_utils: import lavis fails",
+            _C + "transformers_current:from_pytorch_utils", CURRENT_TRANSFORMERS)
+    for name in ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"))
 
 PATCHES: tuple[Patch, ...] = (
     # layer_decay.py
@@ -151,6 +166,14 @@ PATCHES: tuple[Patch, ...] = (
           "lavis.models:load_model_and_preprocess.__defaults__",
           "model_type is required although the model classes name a default type",
           _C + "model_type_default:patch_load_model_and_preprocess_defaults"),
+    # transformers_current.py (current transformers only)
+    Patch("transformers_current.prepare_inputs", _OPT + "OPTForCausalLM.prepare_inputs_for_generation",
+          "generate passes the cache as past_key_values (LAVIS reads past: no cache is used) and "
+          "expands query_embeds for beams again (beam search fails in torch.cat)",
+          _C + "transformers_current:patch_prepare_inputs_for_generation", CURRENT_TRANSFORMERS),
+    Patch("transformers_current.generation_mixin", _OPT + "OPTForCausalLM.__bases__",
+          "PreTrainedModel no longer inherits GenerationMixin: LAVIS's OPT has no generate",
+          _C + "transformers_current:patch_opt_bases", CURRENT_TRANSFORMERS),
 )
 
 _applied: set[str] = set()
@@ -191,21 +214,42 @@ def check_lavis_version() -> None:
         )
 
 
+def active_patches() -> tuple[Patch, ...]:
+    """The records that apply to the installed versions (``requires``), in list order."""
+    return tuple(patch for patch in PATCHES if patch.active())
+
+
+def active_provides() -> tuple[Provide, ...]:
+    return tuple(record for record in PROVIDES if record.active())
+
+
+def provide_names(module: object) -> None:
+    """Post-import hook on a module named by :data:`PROVIDES`: put the missing names there."""
+    name = getattr(module, "__name__", "")
+    for record in active_provides():
+        if record.module == name and record.id not in _applied:
+            provide(record, module)
+            _applied.add(record.id)
+
+
 def apply_all() -> None:
-    """Check the LAVIS version, then apply every patch not applied yet, in list order."""
+    """Check the LAVIS version, then apply every active patch not applied yet, in list order."""
     check_lavis_version()
+    for record in active_provides():  # normally done by the hooks before LAVIS was imported
+        provide_names(importlib.import_module(record.module))
     for module in REGISTRATION_IMPORTS:
         importlib.import_module(module)
-    for patch in PATCHES:
+    for patch in active_patches():
         if patch.id not in _applied:
             apply_patch(patch)
             _applied.add(patch.id)
 
 
 def applied() -> frozenset[str]:
-    """Ids of the patches applied in this process."""
+    """Ids of the patches and provided names applied in this process."""
     return frozenset(_applied)
 
 
-__all__ = ["PATCHES", "Patch", "PatchConflict", "PatchTargetError", "UnsupportedLavisVersion",
-           "apply_all", "applied", "check_lavis_version", "SUPPORTED_LAVIS"]
+__all__ = ["PATCHES", "PROVIDES", "Patch", "PatchConflict", "PatchTargetError", "Provide",
+           "UnsupportedLavisVersion", "active_patches", "active_provides", "apply_all", "applied",
+           "check_lavis_version", "provide_names", "requirement_met", "SUPPORTED_LAVIS"]

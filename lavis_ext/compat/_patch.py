@@ -39,6 +39,11 @@ class Patch:
     target: str  # "module:qualname", e.g. "lavis.models.base_model:BaseModel.load_checkpoint"
     reason: str
     apply: str  # "module:function"; function(lavis_attribute) -> replacement
+    requires: str = ""  # e.g. "transformers>=4.46": applied only where installed versions match
+
+    def active(self) -> bool:
+        """Whether this fix applies to the installed versions (always, without ``requires``)."""
+        return requirement_met(self.requires)
 
     def resolve(self) -> tuple[Any, str]:
         """The object that holds the target attribute, and the attribute's name."""
@@ -51,7 +56,10 @@ class Patch:
             if not hasattr(owner, part):
                 raise PatchTargetError(f"patch {self.id}: {module_name} has no {qualname!r}")
             owner = getattr(owner, part)
-        present = name in owner.__dict__ if isinstance(owner, type) else hasattr(owner, name)
+        if isinstance(owner, type):  # a class attribute must be the class's own (or its bases)
+            present = name in owner.__dict__ or name == "__bases__"
+        else:
+            present = hasattr(owner, name)
         if not present:
             raise PatchTargetError(f"patch {self.id}: {module_name} has no {qualname!r}")
         return owner, name
@@ -59,6 +67,72 @@ class Patch:
     def factory(self) -> Callable[[Any], Any]:
         module_name, _, function = self.apply.partition(":")
         return getattr(importlib.import_module(module_name), function)
+
+
+def requirement_met(requires: str) -> bool:
+    """Whether the installed distributions satisfy ``requires`` ("" always does).
+
+    ``requires`` is one or more PEP 508 requirements joined by ``;`` (for example
+    ``"transformers>=4.46"``); a distribution that is not installed does not satisfy it.
+    """
+    from packaging.requirements import Requirement
+
+    for spec in filter(None, (part.strip() for part in requires.split(";"))):
+        requirement = Requirement(spec)
+        try:
+            version = importlib.metadata.version(requirement.name)
+        except importlib.metadata.PackageNotFoundError:
+            return False
+        if not requirement.specifier.contains(version, prereleases=True):
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Provide:
+    """A name that LAVIS imports at module level from a library that no longer has it there.
+
+    Unlike a :class:`Patch` it adds an attribute rather than replacing one, and it has to be in
+    place *before* LAVIS is imported: ``import lavis_ext`` registers a post-import hook on
+    ``module`` (see :func:`lavis_ext.compat.provide_names`). ``apply`` is a ``"module:function"``
+    that receives the missing name and returns the object to put there.
+    """
+
+    id: str
+    target: str  # "module:name", e.g. "transformers.modeling_utils:prune_linear_layer"
+    reason: str
+    apply: str
+    requires: str = ""
+
+    def active(self) -> bool:
+        return requirement_met(self.requires)
+
+    @property
+    def module(self) -> str:
+        return self.target.partition(":")[0]
+
+    @property
+    def name(self) -> str:
+        return self.target.partition(":")[2]
+
+    def factory(self) -> Callable[[str], Any]:
+        module_name, _, function = self.apply.partition(":")
+        return getattr(importlib.import_module(module_name), function)
+
+
+def provide(record: Provide, module: Any) -> None:
+    """Put ``record``'s object into ``module``; an attribute already there must be that object."""
+    value = record.factory()(record.name)
+    present = module.__dict__.get(record.name, _MISSING)
+    if present is value:
+        return
+    if present is not _MISSING:
+        raise PatchConflict(f"{record.id}: {record.target} exists and is not the object this fix "
+                            f"provides ({present!r} against {value!r})")
+    setattr(module, record.name, value)
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -74,7 +148,9 @@ _LEDGER: dict[tuple[int, str], _Applied] = {}
 
 def _get(owner: Any, name: str) -> Any:
     # Read from the class __dict__ so properties and functions come back unbound.
-    return owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+    if isinstance(owner, type) and name != "__bases__":
+        return owner.__dict__[name]
+    return getattr(owner, name)
 
 
 def _refuse_second_patch(owner: Any, name: str, patch_id: str) -> None:

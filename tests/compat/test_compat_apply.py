@@ -46,8 +46,13 @@ def test_records_are_unique_and_complete() -> None:
 
 
 def test_every_record_is_applied_and_keeps_lavis_original() -> None:
-    assert compat.applied() == {p.id for p in compat.PATCHES}
+    active = compat.active_patches()
+    assert compat.applied() == {p.id for p in (*active, *compat.active_provides())}
     for patch in compat.PATCHES:
+        if patch not in active:  # gated to other versions: LAVIS's attribute stays in place
+            owner, name = patch.resolve()
+            assert _patch.patched_by(owner, name) is None, patch.id
+    for patch in active:
         owner, name = patch.resolve()
         assert _patch.patched_by(owner, name) == patch.id
         stock, now = _patch.original(owner, name), _current(patch)
@@ -55,6 +60,8 @@ def test_every_record_is_applied_and_keeps_lavis_original() -> None:
         if isinstance(stock, types.ModuleType):  # a module reference, now an overlay of it
             assert isinstance(now, _patch.Overlay), patch.id
             assert object.__getattribute__(now, "_target") is stock, patch.id
+        elif patch.target.endswith(".__bases__"):  # a class's bases, extended in place
+            assert now[:len(stock)] == stock and len(now) > len(stock), patch.id
         elif isinstance(stock, tuple):  # function defaults, extended by a model type
             assert now[1:] == stock, patch.id
         elif isinstance(stock, type):  # a class the LAVIS module refers to (DataLoader, ...)
@@ -70,8 +77,43 @@ def test_apply_all_again_changes_nothing() -> None:
     assert {p.id: id(_current(p)) for p in compat.PATCHES} == before
 
 
+def test_version_gates_select_the_records_of_the_installed_stack() -> None:
+    transformers = importlib.metadata.version("transformers")
+    current = compat.requirement_met(compat.CURRENT_TRANSFORMERS)
+    assert current == (tuple(int(x) for x in transformers.split(".")[:2]) >= (4, 46)), transformers
+    gated = [p for p in (*compat.PATCHES, *compat.PROVIDES) if p.requires]
+    assert gated and all(p.requires == compat.CURRENT_TRANSFORMERS for p in gated)
+    assert set(compat.active_patches()) == {p for p in compat.PATCHES if not p.requires or current}
+    assert compat.requirement_met("") and compat.requirement_met("transformers>=4.0; torch>=2.0")
+    assert not compat.requirement_met("transformers<1") and not compat.requirement_met("no-such-dist>=1")
+
+
+def test_names_lavis_imports_from_transformers_are_there() -> None:
+    # the names med.py / Qformer.py import; on the current stack they exist only through PROVIDES
+    import transformers.modeling_utils as modeling_utils
+    import transformers.pytorch_utils as pytorch_utils
+
+    for record in compat.PROVIDES:
+        assert record.module == "transformers.modeling_utils", record.id
+        assert getattr(modeling_utils, record.name) is getattr(pytorch_utils, record.name), record.id
+    assert {r.id for r in compat.active_provides()} <= compat.applied()
+
+
+def test_provide_refuses_to_replace_a_different_object() -> None:
+    holder = types.ModuleType("holder")
+    holder.prune_linear_layer = object()
+    record = _patch.Provide("x.provide", "holder:prune_linear_layer", "test",
+                            "lavis_ext.compat.transformers_current:from_pytorch_utils")
+    with pytest.raises(compat.PatchConflict, match="x.provide"):
+        _patch.provide(record, holder)
+    del holder.prune_linear_layer
+    _patch.provide(record, holder)
+    import transformers.pytorch_utils as pytorch_utils
+    assert holder.prune_linear_layer is pytorch_utils.prune_linear_layer
+
+
 def test_patching_a_patched_attribute_again_raises() -> None:
-    for patch in compat.PATCHES:
+    for patch in compat.active_patches():
         with pytest.raises(compat.PatchConflict, match=patch.id.replace(".", r"\.")):
             _patch.apply_patch(patch)
     # two different patches of one attribute (here on a throwaway class)
