@@ -33,6 +33,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lavis_ext.memory import map_large_allocations, release_freed_memory
+
 REPO = Path(__file__).resolve().parents[1]
 CAPTION = ("It is a people who raises inner eyebrow, raises outer eyebrow, raises upper lid "
            "and drops jaw; the raised brows and the open mouth suggest surprise.")
@@ -89,36 +91,6 @@ def reset_peak(device: Any) -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass  # not Linux: the peak stays the process's
-
-
-def release_freed_memory() -> None:
-    """Hand freed heap back to the OS between phases, so that each phase's peak RSS is its
-    own: glibc keeps freed arenas mapped, and vitg_opt6.7b reached 22.7-22.9 GiB (swapping
-    code pages out) when stage 1 or the training step stacked under the next phase."""
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def map_large_allocations(threshold: int = 1 << 20) -> bool:
-    """Serve every allocation of ``threshold`` bytes or more with its own mapping, returned
-    to the OS when freed. glibc otherwise raises its mmap threshold to the largest block
-    freed (up to 32 MiB), so decoding's ever-growing key/value tensors are carved from the
-    heap and the freed ones stay mapped. Measured on vitg_opt6.7b `generate` at batch 8
-    (docs/hardware.md): RSS rose 4.4 GiB over the weights and kept rising without this; with
-    it, 1.8 GiB after each decoding step and 2.7 GiB during one."""
-    libc = _libc()
-    return libc is not None and bool(libc.mallopt(-3, threshold))  # -3: M_MMAP_THRESHOLD
-
-
-def _libc() -> Any:
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    if not name or not sys.platform.startswith("linux"):
-        return None
-    return ctypes.CDLL(name)
 
 
 def build(arch: str, model_type: str, overrides: dict[str, Any]) -> Any:
@@ -435,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the runner iterations")
     parser.add_argument("--glibc-heap", action="store_true",
                         help="leave glibc's mmap threshold as is (default on CPU: blocks of "
-                             "1 MiB or more get their own mapping; see map_large_allocations)")
+                             "1 MiB or more get their own mapping; see lavis_ext/memory.py)")
     args = parser.parse_args(argv)
     train_vit = args.train_vit == "yes" or (args.train_vit == "auto" and
                                             args.device.startswith("cuda"))

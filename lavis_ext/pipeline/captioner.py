@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
+from lavis_ext.memory import map_large_allocations
 from lavis_ext.tasks.facial_captioning import GENERATION_KEYS
 
 
@@ -46,7 +47,12 @@ def generation_kwargs(settings: Any) -> dict[str, Any]:
 
 
 def load_captioner(model: str, device: str = "cpu") -> Captioner:
-    """``model``: a training checkpoint (.pth) or ``arch[:model_type]``."""
+    """``model``: a training checkpoint (.pth) or ``arch[:model_type]``.
+
+    On CPU, blocks of 1 MiB or more get their own mappings for the rest of the process
+    (``lavis_ext/memory.py``): beam search over a full-size LLM otherwise piles freed key/value
+    tensors up in glibc's heap.
+    """
     import lavis_ext  # noqa: F401  (registers models)
     from lavis.common.registry import registry
     from lavis.processors import load_processor
@@ -66,6 +72,9 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
         # Loaded as the model's finetuned weights: strictly (trained parts must be there),
         # and the image encoder needs no weight file when the checkpoint holds it.
         cfg.load_finetuned, cfg.load_pretrained, cfg.finetuned = True, False, model
+        # Inference trains nothing: the image encoder is frozen in half precision, as in the
+        # inference configs (fp16 on GPU, the LLM's bf16 on CPU; ViT-G 2 GB instead of 4).
+        cfg.freeze_vit, cfg.vit_precision = True, "fp16"
         cls = registry.get_model_class(cfg.arch)
         if cls is None:
             raise ValueError(f"{model}: model architecture {cfg.arch!r} is not registered")
@@ -87,5 +96,7 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
         processor_cfg = cfg.preprocess.vis_processor.eval
         generation = generation_kwargs(cfg.model.get("generation"))
     processor = load_processor(processor_cfg.name, processor_cfg)
+    if torch.device(device).type == "cpu":
+        map_large_allocations()
     net = net.to(device).eval()
     return Captioner(net, processor, generation, model)

@@ -152,3 +152,27 @@ def test_random_llm_tokenizer_covers_the_model_vocabulary():
     assert tokenizer("raises cheek").input_ids[-1] < 1000, "tokenizing is unchanged"
     with pytest.raises(TypeError, match="GPT2Tokenizer"):
         cover_vocabulary(object(), 10)
+
+
+def test_load_captioner_freezes_a_trained_encoder_in_half_precision(tiny_stage2, tmp_path):
+    """A training checkpoint (encoder trained, fp32) is captioned with the encoder frozen in
+    half precision: the LLM's bf16 on CPU, so ViT-G + OPT-6.7B fit a 24 GB machine."""
+    from lavis_ext.pipeline.captioner import load_captioner
+
+    if torch.cuda.is_available():
+        pytest.skip("on a CUDA machine a frozen fp16 encoder is float16, as in LAVIS")
+    model, _, _ = tiny_stage2
+    config = OmegaConf.to_container(OmegaConf.load(ExpBlip.default_config_path("tiny")).model)
+    config.update(freeze_vit=False, vit_precision="fp32", llm_dtype="bfloat16")
+    path = tmp_path / "checkpoint_best.pth"
+    torch.save({"model": _trimmed(model), "config": {"model": config}, "epoch": 0}, path)
+    captioner = load_captioner(str(path))
+    net = captioner.model
+    assert {p.dtype for p in net.visual_encoder.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in net.visual_encoder.parameters())
+    assert {p.dtype for p in net.opt_model.parameters()} == {torch.bfloat16}
+    from PIL import Image
+
+    texts = captioner.caption([Image.new("RGB", (112, 112), (120, 90, 60))], num_beams=2,
+                              max_length=5)
+    assert len(texts) == 1 and isinstance(texts[0], str)
