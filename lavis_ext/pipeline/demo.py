@@ -339,7 +339,25 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs in {work} "
           "(results.md, results.json, configs/, runs/, demo.log). The tiny configs "
           "(projects/*/stage*_tiny.yaml) read this folder when it is ./demo_output.")
-    return 0
+    if args.quick:
+        print("Learning bar not applied: --quick trains a few iterations only.")
+        return 0
+    return learning_bar(evaluation["summary"])
+
+
+# The bar the full demo is held to (README): Exp-BLIP must name the AUs of held-out faces
+# well above chance, and the same captions against shuffled labels must stay near chance.
+BAR_AU_F1, BAR_SHUFFLED_AU_F1 = 0.6, 0.3
+
+
+def learning_bar(summary: dict[str, dict[str, Any]]) -> int:
+    """0 when Exp-BLIP clears the bar on the AU test set, else 1 (the demo's exit code)."""
+    scores = summary[f"Exp-BLIP on {AU_DATASET} test"]
+    passed = scores["au_f1"] >= BAR_AU_F1 and scores["au_f1_shuffled"] <= BAR_SHUFFLED_AU_F1
+    print(f"Learning bar (Exp-BLIP AU F1 >= {BAR_AU_F1}, shuffled <= {BAR_SHUFFLED_AU_F1}): "
+          f"{'PASSED' if passed else 'FAILED'} (AU F1 {_fmt(scores['au_f1'])}, shuffled "
+          f"{_fmt(scores['au_f1_shuffled'])})")
+    return 0 if passed else 1
 
 
 def _group_of(model: str) -> str:

@@ -61,3 +61,16 @@ def test_quick_demo_runs_every_step_resumes_and_feeds_the_tiny_configs(tmp_path)
                           capture_output=True, text=True, env=ENV, timeout=900, cwd=tmp_path)
     assert tiny.returncode == 0, tiny.stdout[-3000:] + tiny.stderr[-3000:]
     assert list((work / "runs" / "au_blip" / "stage1").glob("*/checkpoint_0.pth"))
+
+
+def test_learning_bar_sets_the_demo_exit_code(capsys):
+    from lavis_ext.pipeline.demo import learning_bar
+
+    def summary(f1, shuffled):
+        return {"Exp-BLIP on emotionet test": {"au_f1": f1, "au_f1_shuffled": shuffled}}
+
+    assert learning_bar(summary(0.815, 0.284)) == 0
+    assert "PASSED" in capsys.readouterr().out
+    assert learning_bar(summary(0.55, 0.2)) == 1  # not learned enough
+    assert learning_bar(summary(0.9, 0.45)) == 1  # the control is not near chance
+    assert "FAILED" in capsys.readouterr().out
