@@ -13,6 +13,18 @@ from lavis.common.registry import registry
 PROJECTS = Path(__file__).resolve().parents[1] / "projects"
 EXPERIMENTS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
 CONFIGS = sorted(p for e in EXPERIMENTS for p in (PROJECTS / e).glob("stage*.yaml"))
+# Stage 2 with LLMs other than OPT (model.llm_model): the tiny CPU one and two for real users.
+LLM_VARIANTS = {"stage2_tiny_qwen2.yaml": "tiny", "stage2_qwen2.5-1.5b.yaml": "Qwen/Qwen2.5-1.5B",
+                "stage2_llama3.2-1b.yaml": "meta-llama/Llama-3.2-1B"}
+
+
+def _current_stack() -> bool:
+    import transformers
+    from packaging.version import Version
+
+    from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS
+
+    return Version(transformers.__version__) >= Version(GENERIC_MIN_TRANSFORMERS)
 
 
 def _model_cfg(cfg):
@@ -22,10 +34,33 @@ def _model_cfg(cfg):
 
 
 def test_every_experiment_has_all_variants():
-    assert len(CONFIGS) == len(EXPERIMENTS) * 6
+    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS)
     for experiment in EXPERIMENTS:
         names = {p.name for p in (PROJECTS / experiment).glob("*.yaml")}
-        assert names == {f"stage{s}{v}.yaml" for s in (1, 2) for v in ("", "_vitb", "_tiny")}
+        extra = set(LLM_VARIANTS) if experiment == "exp_blip" else set()
+        assert names == {f"stage{s}{v}.yaml" for s in (1, 2) for v in ("", "_vitb", "_tiny")
+                         } | extra
+
+
+@pytest.mark.parametrize("name", sorted(LLM_VARIANTS))
+def test_llm_variants_change_only_the_llm(name):
+    """Each LLM variant is its OPT config with the LLM changed (and its own output folder);
+    the merged config picks the variant's LLM over the model type's OPT default."""
+    from lavis_ext.models.exp_blip import ExpBlip
+
+    variant = OmegaConf.load(PROJECTS / "exp_blip" / name)
+    base = OmegaConf.load(PROJECTS / "exp_blip" / ("stage2_tiny.yaml" if "tiny" in name
+                                                   else "stage2.yaml"))
+    run, base_run = (OmegaConf.to_container(c.run) for c in (variant, base))
+    assert run.pop("output_dir") != base_run.pop("output_dir")
+    assert run == base_run and variant.datasets == base.datasets
+    model, base_model = (OmegaConf.to_container(c.model) for c in (variant, base))
+    for key in ("model_type", "llm_model", "opt_model"):
+        model.pop(key, None)
+        base_model.pop(key, None)
+    assert model == base_model
+    _, model_cfg = _model_cfg(variant)
+    assert ExpBlip._llm_name(model_cfg) == LLM_VARIANTS[name]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -61,6 +96,26 @@ def test_paper_settings():
         assert OmegaConf.load(path).datasets.facial_caption_mix.caption_kinds == ["fuse"]
     assert OmegaConf.load(PROJECTS / "cat_blip" / "stage2.yaml"
                           ).datasets.facial_caption_mix.caption_kinds == ["concat"]
+
+
+@pytest.mark.skipif(not _current_stack(), reason="stage2_tiny_qwen2.yaml's Qwen2 LLM needs "
+                    "transformers >= 4.46 (.venv-current); the paper stack's 4.26.1 has no "
+                    "Qwen2 class")
+def test_tiny_llm_variant_trains_one_step_and_generates():
+    images = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    cfg = OmegaConf.load(PROJECTS / "exp_blip" / "stage2_tiny_qwen2.yaml")
+    cfg.model.load_pretrained = False
+    cls, model_cfg = _model_cfg(cfg)
+    model = cls.from_config(model_cfg)
+    assert model.opt_model.config.model_type == "qwen2"
+    model.train()
+    text = ["It is a people who raises cheek."] * 2
+    loss = model({"image": images, "text_input": text})["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()
+    captions = model.generate({"image": images}, num_beams=5, max_length=15)
+    assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

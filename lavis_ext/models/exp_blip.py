@@ -27,14 +27,16 @@ from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 
 from lavis_ext.models.bert import qformer_config, qformer_tokenizer, reshaped
 from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_file
-from lavis_ext.models.llm import estimate_parameters, llm_config, load_llm, resolve_llm_dtype
+from lavis_ext.models.llm import (choose_llm_model, estimate_parameters, llm_config, load_llm,
+                                  resolve_llm_dtype)
+from lavis_ext.models.llm_family import family_of
 from lavis_ext.models.vision import VIT_PARTS, build_vision_encoder, vit_weights_source
 from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_all
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 STAGE1_TYPES = ("vitg", "vitb", "tiny")
 STAGE2_TYPES = ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b", "tiny",
-                "tiny_eva")
+                "tiny_eva", "tiny_llama", "tiny_qwen2")
 
 
 def _config_dict(prefix: str, types: tuple[str, ...], base: str) -> dict[str, str]:
@@ -219,8 +221,9 @@ class ExpBlipParts:
                                  "bert-base-uncased's weights cannot initialise it: set "
                                  "model.bert_path: random (or load a checkpoint)")
             requests.append(("bert_path", "bert-base-uncased", bert_path))
-        if cfg.get("opt_model") in HUB_PARTS:  # found (or fetched) now; loaded by hub name
-            requests.append(("opt_model", HUB_PARTS[cfg.opt_model].name, cfg.opt_model))
+        llm = cls._llm_name(cfg)
+        if llm in HUB_PARTS:  # found (or fetched) now; loaded by hub name
+            requests.append(("opt_model", HUB_PARTS[llm].name, llm))
         paths = resolve_all((part, value) for _, part, value in requests)
         for (key, _, _), path in zip(requests, paths):
             if key == "bert_path":
@@ -228,6 +231,19 @@ class ExpBlipParts:
             elif key != "opt_model":
                 cfg[key] = path
         return qformer_start
+
+    @classmethod
+    def _llm_name(cls, cfg: Any) -> str | None:
+        """The LLM of ``model.llm_model`` / ``model.opt_model`` (its older name), the one the
+        project set when the other is the model type's default (see ``choose_llm_model``)."""
+        opt, llm = cfg.get("opt_model"), cfg.get("llm_model")
+        default = None
+        if opt and llm and opt != llm and cfg.get("model_type") in cls.PRETRAINED_MODEL_CONFIG_DICT:
+            from omegaconf import OmegaConf
+
+            defaults = OmegaConf.load(cls.default_config_path(cfg.model_type)).model
+            default = defaults.get("llm_model") or defaults.get("opt_model")
+        return choose_llm_model(opt, llm, default)
 
 
 @registry.register_model("exp_blip_qformer")
@@ -271,7 +287,10 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
 
 @registry.register_model("exp_blip")
 class ExpBlip(ExpBlipParts, Blip2OPT):
-    """Stage 2: the Q-Former feeding a frozen OPT that writes the description."""
+    """Stage 2: the Q-Former feeding a frozen LLM that writes the description: OPT through
+    LAVIS's own forward and ``query_embeds``, any other causal LM through ``inputs_embeds``
+    (llm_family.py). The attribute names stay LAVIS's (``opt_model``, ``opt_tokenizer``,
+    ``opt_proj``) for every LLM, so checkpoints have the same keys."""
 
     PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
     CHECKPOINT_NAME = "exp_blip"
@@ -283,11 +302,15 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  cross_attention_freq: int = 2, max_txt_len: int = 32,
                  vit_weights: str | None = None, vit_weights_optional: bool = False,
                  bert_path: str | None = None, qformer: dict[str, Any] | None = None,
-                 vision: dict[str, Any] | None = None, opt_model: str = "facebook/opt-2.7b",
+                 vision: dict[str, Any] | None = None, opt_model: str | None = None,
                  prompt: str = "", llm_dtype: str = "auto",
                  tiny_lm: dict[str, Any] | None = None,
-                 generation: dict[str, Any] | None = None, qformer_weights: str | None = None):
+                 generation: dict[str, Any] | None = None, qformer_weights: str | None = None,
+                 llm_model: str | None = None):
         BaseModel.__init__(self)
+        if opt_model is None and llm_model is None:
+            opt_model = "facebook/opt-2.7b"
+        opt_model = choose_llm_model(opt_model, llm_model)
         # The LLM's config and dtype first: a bad opt_model fails before the encoders build.
         llm_cfg = llm_config(opt_model, tiny_lm) if opt_model else None
         self.llm_dtype = resolve_llm_dtype(
@@ -315,7 +338,8 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                                                       llm_cfg)
         for param in self.opt_model.parameters():
             param.requires_grad = False
-        self.eos_token_id = self.opt_tokenizer("\n", add_special_tokens=False).input_ids[0]
+        self.llm_family = family_of(self.opt_model)
+        self.eos_token_id = self.llm_family.eos_token_id(self.opt_tokenizer)
         self.opt_proj = nn.Linear(self.Qformer.config.hidden_size,
                                   self.opt_model.config.hidden_size)
         self.max_txt_len = max_txt_len
@@ -326,7 +350,7 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
 
     @staticmethod
     def _stage_args(cfg: Any) -> dict[str, Any]:
-        return dict(opt_model=cfg.get("opt_model"), prompt=cfg.get("prompt", ""),
+        return dict(opt_model=ExpBlip._llm_name(cfg), prompt=cfg.get("prompt", ""),
                     llm_dtype=cfg.get("llm_dtype", "auto"),
                     tiny_lm=dict(cfg.get("tiny_lm")) if cfg.get("tiny_lm") else None,
                     generation=dict(cfg.get("generation")) if cfg.get("generation") else None)
@@ -367,11 +391,40 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
     def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
         """LAVIS's forward; on CPU with a half-precision LLM, all of it under autocast (LAVIS
         autocasts only the image encoder and the LLM, and the Q-Former between them would
-        receive half-precision image features)."""
+        receive half-precision image features). LLMs other than OPT: ``_embeds_forward``."""
+        run = super().forward if self.llm_family.takes_query_embeds else self._embeds_forward
         if self._half_llm_on_cpu():
             with self.maybe_autocast():
-                return super().forward(samples)
-        return super().forward(samples)
+                return run(samples)
+        return run(samples)
+
+    def _embeds_forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """LAVIS's Blip2OPT forward for any causal LM: the projected queries, then the text
+        (BOS as the tokenizer adds it, the prompt, the caption and the family's end of text,
+        cut at ``max_txt_len``) through ``inputs_embeds``; loss on the caption only. Padding
+        is found by the attention mask, since a pad id may equal the EOS id."""
+        image = samples["image"]
+        prefix = self._llm_prefix(image)
+        tokenizer = self.opt_tokenizer
+        tokenizer.padding_side = "right"
+        end = self.llm_family.end_of_text(tokenizer)
+        tokens = tokenizer([t + end for t in samples["text_input"]], return_tensors="pt",
+                           padding="longest", truncation=True, max_length=self.max_txt_len
+                           ).to(image.device)
+        targets = tokens.input_ids.masked_fill(tokens.attention_mask == 0, -100)
+        if self.prompt:
+            targets[:, :self.prompt_length] = -100  # no loss on the prompt
+        embeds = self.opt_model.get_input_embeddings()(tokens.input_ids)
+        queries = prefix.shape[:2]
+        inputs = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        mask = torch.cat([torch.ones(queries, dtype=torch.long, device=image.device),
+                          tokens.attention_mask], dim=1)
+        targets = torch.cat([torch.full(queries, -100, dtype=torch.long, device=image.device),
+                             targets], dim=1)
+        with self.maybe_autocast():
+            out = self.opt_model(inputs_embeds=inputs, attention_mask=mask, labels=targets,
+                                 return_dict=True)
+        return {"loss": out.loss}
 
     def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:
         """The Q-Former's query outputs projected into the LLM's input space."""
@@ -385,12 +438,10 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         return self.opt_proj(out.last_hidden_state)
 
     def _prompt_ids(self, prompt: str, batch: int, device: torch.device) -> torch.Tensor:
-        """Prompt token ids, always starting with BOS (an empty prompt must not give [])."""
-        ids = self.opt_tokenizer(prompt, add_special_tokens=False).input_ids
-        bos = self.opt_tokenizer.bos_token_id
-        if bos is None:
-            bos = self.opt_model.config.bos_token_id
-        return torch.tensor([[bos] + ids] * batch, dtype=torch.long, device=device)
+        """Prompt token ids as the LLM's family starts a text: OPT always with BOS (an empty
+        prompt must not give []); others with BOS where their tokenizer adds one."""
+        ids = self.llm_family.prompt_ids(self.opt_tokenizer, self.opt_model.config, prompt)
+        return torch.tensor([ids] * batch, dtype=torch.long, device=device)
 
     @torch.no_grad()
     def generate(self, samples: dict[str, Any], use_nucleus_sampling: bool = False,
@@ -411,6 +462,16 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         with self.maybe_autocast():
             prefix = self._llm_prefix(image).to(self.opt_model.dtype)
             input_ids = self._prompt_ids(prompt, batch, image.device)
+            if not self.llm_family.takes_query_embeds:
+                return self._embeds_generate(
+                    prefix, input_ids, do_sample=use_nucleus_sampling, top_p=top_p,
+                    temperature=temperature, num_beams=1 if use_nucleus_sampling else num_beams,
+                    max_new_tokens=max_length,
+                    min_new_tokens=max(min_length - input_ids.shape[1], 0),
+                    repetition_penalty=repetition_penalty, length_penalty=length_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size,
+                    num_return_sequences=(num_captions if use_nucleus_sampling
+                                          else min(num_captions, num_beams)))
             if use_nucleus_sampling:
                 num_beams = 1
                 query_embeds = prefix.repeat_interleave(num_captions, dim=0)
@@ -428,6 +489,21 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                 no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_captions)
         texts = self.opt_tokenizer.batch_decode(outputs[:, input_ids.shape[1]:],
                                                 skip_special_tokens=True)
+        return [text.strip() for text in texts]
+
+    def _embeds_generate(self, prefix: torch.Tensor, input_ids: torch.Tensor,
+                         **controls: Any) -> list[str]:
+        """Generation for LLMs other than OPT: queries + prompt as ``inputs_embeds``, which
+        transformers expands for beams and return sequences itself (so nothing is expanded
+        here). Only new tokens come back; ``min_new_tokens`` counts like OPT's ``min_length``
+        (the prompt's ids included)."""
+        embeds = self.opt_model.get_input_embeddings()(input_ids).to(prefix.dtype)
+        inputs = torch.cat([prefix, embeds], dim=1)
+        mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
+        outputs = self.opt_model.generate(
+            inputs_embeds=inputs, attention_mask=mask, eos_token_id=self.eos_token_id,
+            pad_token_id=self.opt_tokenizer.pad_token_id, **controls)
+        texts = self.opt_tokenizer.batch_decode(outputs, skip_special_tokens=True)
         return [text.strip() for text in texts]
 
 

@@ -1,10 +1,14 @@
-"""The frozen LLM (OPT) and its tokenizer: from a local folder, the HF cache or the hub (through
-the weight resolver), the tiny LM, or a random-init full-size architecture for timing.
+"""The frozen LLM and its tokenizer: from a local folder, the HF cache or the hub (through the
+weight resolver), a tiny LM built locally, or a random-init full-size OPT for timing.
 
-``opt_model`` values: a local folder; a hub name (``facebook/opt-2.7b`` and ``facebook/opt-6.7b``
-are manifest parts: ``$LAVIS_EXT_OPT_2_7B`` / ``$LAVIS_EXT_OPT_6_7B``, the HF cache, then a
-download unless offline); ``tiny`` (built locally, see tiny_lm.py); ``random:opt-2.7b`` /
-``random:opt-6.7b`` (no weights).
+LLM values (``model.llm_model``, or its older name ``model.opt_model``): a local folder; a hub
+name (``facebook/opt-2.7b`` and ``facebook/opt-6.7b`` are manifest parts:
+``$LAVIS_EXT_OPT_2_7B`` / ``$LAVIS_EXT_OPT_6_7B``, the HF cache, then a download unless
+offline; any other hub name goes through the Hugging Face cache and download); ``tiny`` (built
+locally, see tiny_lm.py; ``tiny_lm.family`` picks OPT, Llama or Qwen2); ``random:opt-2.7b`` /
+``random:opt-6.7b`` (no weights). OPT loads as LAVIS's own class (it takes ``query_embeds``);
+every other architecture as transformers' ``AutoModelForCausalLM`` (llm_family.py), which needs
+transformers >= 4.46 (the current stack).
 """
 from __future__ import annotations
 
@@ -31,11 +35,51 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
 CPU_BF16_FROM_PARAMS = 1_000_000_000
 
 
+# The generic (inputs_embeds) path needs decoder-only ``generate(inputs_embeds=...)`` that
+# expands the embeddings for beams itself, and the Llama/Qwen2/Mistral classes: the current
+# stack. transformers 4.26 (the paper stack) has neither.
+GENERIC_MIN_TRANSFORMERS = "4.46"
+LLM_KEYS = ("llm_model", "opt_model")
+
+
+def choose_llm_model(opt_model: str | None, llm_model: str | None,
+                     default: str | None = None) -> str | None:
+    """One LLM from the two names of the key (``llm_model``; ``opt_model``, its older name).
+
+    Both may be present after LAVIS merges a project config over the model type's defaults:
+    then the one still at the model type's ``default`` gives way to the one the project set.
+    Two different values, neither of them the default, are an error.
+    """
+    if not opt_model or not llm_model or opt_model == llm_model:
+        return llm_model or opt_model
+    if default is not None and opt_model == default:
+        return llm_model
+    if default is not None and llm_model == default:
+        return opt_model
+    raise ValueError(f"model.llm_model ('{llm_model}') and model.opt_model ('{opt_model}') name "
+                     "different LLMs: give one of them (model.opt_model is the older name of "
+                     "model.llm_model)")
+
+
 def estimate_parameters(config: Any) -> int:
-    """Parameters of an OPT config (embeddings + decoder blocks), without building it."""
-    d, ffn, layers = config.hidden_size, config.ffn_dim, config.num_hidden_layers
-    embed = config.vocab_size * config.word_embed_proj_dim + config.max_position_embeddings * d
-    return embed + layers * (4 * d * d + 2 * d * ffn)
+    """Parameters of an LLM config, without building it: OPT by its formula (embeddings +
+    decoder blocks), other architectures counted on the meta device (no memory)."""
+    if getattr(config, "model_type", "opt") == "opt":
+        d, ffn, layers = config.hidden_size, config.ffn_dim, config.num_hidden_layers
+        embed = (config.vocab_size * config.word_embed_proj_dim
+                 + config.max_position_embeddings * d)
+        return embed + layers * (4 * d * d + 2 * d * ffn)
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    seen: set[int] = set()
+    total = 0
+    for param in model.parameters():  # tied weights (Qwen2's lm_head) once
+        if id(param) not in seen:
+            seen.add(id(param))
+            total += param.numel()
+    return total
 
 
 def resolve_llm_dtype(name: str | None = "auto", device: str | None = None,
@@ -61,27 +105,123 @@ def llm_source(opt_model: str | None) -> str:
     from lavis_ext.models.weights import HUB_PARTS, resolve
 
     if not opt_model:
-        raise MissingModelFileError("model.opt_model is not set: give a local OPT folder, a "
-                                    "hub name, 'tiny' or 'random:opt-2.7b'.")
+        raise MissingModelFileError("model.llm_model (or model.opt_model) is not set: give a "
+                                    "local model folder, a hub name, 'tiny' or "
+                                    "'random:opt-2.7b'.")
     if opt_model in HUB_PARTS:
         return resolve(HUB_PARTS[opt_model].name, opt_model)
     if os.path.isdir(os.path.expanduser(opt_model)):
         return os.path.expanduser(opt_model)
     if opt_model.startswith((".", "/", "~")) or opt_model.count("/") > 1:
         raise MissingModelFileError(f"LLM folder '{opt_model}' does not exist. Set "
-                                    "model.opt_model to a local OPT folder (config.json, "
-                                    "weights, tokenizer).")
+                                    "model.llm_model (or model.opt_model) to a local model "
+                                    "folder (config.json, weights, tokenizer).")
     return opt_model  # another hub name: transformers' own cache and download
 
 
+def require_generic_support(model_type: str, name: str) -> None:
+    """Raise a clear error when this transformers cannot run ``model_type`` through the
+    generic inputs_embeds path."""
+    import transformers
+    from packaging.version import Version
+    from transformers import CONFIG_MAPPING
+
+    version = transformers.__version__
+    if Version(version) < Version(GENERIC_MIN_TRANSFORMERS) or model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"model.llm_model '{name}' is a '{model_type}' model; LLMs other than OPT need "
+            f"transformers >= {GENERIC_MIN_TRANSFORMERS} with that architecture, and this is "
+            f"transformers {version}: use the current stack (run_scripts/setup_env.sh "
+            "--stack current), or an OPT model on the paper stack")
+
+
+def _folder_config(folder: str | os.PathLike) -> Any:
+    """An LLM folder's config: LAVIS's OPTConfig for OPT, transformers' AutoConfig otherwise."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise MissingModelFileError(f"LLM folder '{folder}' has no config.json")
+    model_type = json.loads(path.read_text()).get("model_type", "")
+    if model_type == "opt":
+        from lavis.models.blip2_models.modeling_opt import OPTConfig
+
+        return OPTConfig.from_pretrained(str(folder))
+    require_generic_support(model_type, str(folder))
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(folder))
+
+
+def _hub_config(name: str) -> Any:
+    """The config of a hub name outside the manifest: its config.json from the Hugging Face
+    cache, else downloaded (unless offline)."""
+    from huggingface_hub import hf_hub_download
+
+    from lavis_ext.models.weights import offline
+
+    try:
+        path = hf_hub_download(name, "config.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - any failure here means "not cached"
+        if offline():
+            raise MissingModelFileError(
+                f"model.llm_model: '{name}' is not in the Hugging Face cache and the hub is off "
+                "(offline mode); download it first or give a local model folder") from None
+        try:
+            path = hf_hub_download(name, "config.json")
+        except Exception as err:  # noqa: BLE001 - hub errors are many
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MissingModelFileError(f"model.llm_model: '{name}' could not be loaded "
+                                        f"({first}); give a local model folder") from None
+    return _folder_config(Path(path).parent)
+
+
+def hub_folder(name: str) -> str:
+    """A local snapshot of a hub LLM outside the manifest (config, tokenizer, safetensors
+    weights; .bin only where a repository has no safetensors), from the Hugging Face cache or
+    a download; offline and absent is a clear error."""
+    from huggingface_hub import snapshot_download
+
+    from lavis_ext.models.weights import offline
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken"]
+
+    def fetch(local_only: bool, extra: tuple[str, ...] = ()) -> str | None:
+        try:
+            folder = snapshot_download(name, local_files_only=local_only,
+                                       allow_patterns=patterns + list(extra))
+        except Exception as err:  # noqa: BLE001 - hub errors are many; all mean "not here"
+            if local_only:
+                return None
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise MissingModelFileError(f"model.llm_model: '{name}' could not be downloaded "
+                                        f"({first}); give a local model folder") from None
+        try:
+            weight_files(folder)
+        except MissingModelFileError:
+            return None
+        return folder
+
+    folder = fetch(True) or fetch(True, ("*.bin",))
+    if folder:
+        return folder
+    if offline():
+        raise MissingModelFileError(
+            f"model.llm_model: '{name}' is not in the Hugging Face cache and the hub is off "
+            "(offline mode); download it first or give a local model folder")
+    folder = fetch(False) or fetch(False, ("*.bin",))
+    if not folder:
+        raise MissingModelFileError(f"model.llm_model: the hub repository '{name}' holds no "
+                                    "weights (safetensors or .bin)")
+    return folder
+
+
 def llm_config(opt_model: str, tiny_lm: dict[str, Any] | None = None) -> Any:
-    """The OPT config that ``load_llm`` will build, read without loading weights."""
+    """The config that ``load_llm`` will build, read without loading weights."""
     from lavis.models.blip2_models.modeling_opt import OPTConfig
 
     from lavis_ext.models.tiny_lm import tiny_lm_dir
 
     if opt_model == "tiny":
-        return OPTConfig.from_pretrained(str(tiny_lm_dir(**(tiny_lm or {}))))
+        return _folder_config(tiny_lm_dir(**(tiny_lm or {})))
     if opt_model.startswith("random:"):
         shape = opt_model.split(":", 1)[1]
         if shape not in OPT_SHAPES:
@@ -89,7 +229,8 @@ def llm_config(opt_model: str, tiny_lm: dict[str, Any] | None = None) -> Any:
                              f"{sorted(OPT_SHAPES)}")
         return OPTConfig(vocab_size=OPT_VOCAB, max_position_embeddings=2048, pad_token_id=1,
                          bos_token_id=2, eos_token_id=2, **OPT_SHAPES[shape])
-    return _from_pretrained(OPTConfig, llm_source(opt_model))
+    source = llm_source(opt_model)
+    return _folder_config(source) if os.path.isdir(source) else _hub_config(source)
 
 
 def _from_pretrained(cls: Any, name: str, **kwargs: Any) -> Any:
@@ -138,8 +279,6 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
     """
     from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
 
-    from lavis_ext.models.checkpoint import load_weights_file
-
     config = OPTConfig.from_pretrained(str(folder))
     files = weight_files(folder)
     default = torch.get_default_dtype()
@@ -149,14 +288,71 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
             model = OPTForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
-    model = model.to_empty(device="cpu")
+    return _fill_weights(model.to_empty(device="cpu"), folder, files)
+
+
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
+                   "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
+                   "kaiming_normal_", "orthogonal_", "sparse_")
+
+
+def load_causal_lm_weights(folder: str | os.PathLike, dtype: torch.dtype,
+                           config: Any = None) -> torch.nn.Module:
+    """Any ``AutoModelForCausalLM`` from a local folder, like ``load_llm_weights``: built once in
+    ``dtype`` with every weight initialiser switched off (torch's and transformers'), then
+    filled from the memory-mapped weight files tensor by tensor.
+
+    Built on the CPU rather than on the meta device: these models compute buffers in their
+    constructors (the rotary frequencies) that are not in the weight files. The model's
+    generation_config.json is not applied: ExpBlip passes every generation control itself.
+    """
+    from transformers import AutoModelForCausalLM, PreTrainedModel
+
+    config = config if config is not None else _folder_config(folder)
+    files = weight_files(folder)
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS
+             if hasattr(torch.nn.init, name)}
+    saved_init_weights = PreTrainedModel.init_weights
+    default = torch.get_default_dtype()
+
+    def keep(tensor: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
+        return tensor
+
+    try:
+        for name in saved:
+            setattr(torch.nn.init, name, keep)
+        PreTrainedModel.init_weights = lambda self: None
+        torch.set_default_dtype(dtype)
+        model = AutoModelForCausalLM.from_config(config, **{_dtype_kwarg(): dtype})
+    finally:
+        torch.set_default_dtype(default)
+        PreTrainedModel.init_weights = saved_init_weights
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+    return _fill_weights(model, folder, files)
+
+
+def _dtype_kwarg() -> str:
+    """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
+    import transformers
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
+def _fill_weights(model: torch.nn.Module, folder: str | os.PathLike,
+                  files: list[Path]) -> torch.nn.Module:
+    """Copy every tensor of ``files`` into ``model`` (hub files may omit the "model." prefix);
+    every weight must be filled, by a file or by tying to a filled one."""
+    from lavis_ext.models.checkpoint import load_weights_file
+
     own = model.state_dict()
     filled: set[str] = set()
     unexpected: list[str] = []
     with torch.no_grad():
         for file in files:
             for key, value in load_weights_file(file).items():
-                name = key if key in own else f"model.{key}"  # hub files omit "model."
+                name = key if key in own else f"model.{key}"
                 if name not in own:
                     unexpected.append(key)
                     continue
@@ -166,9 +362,9 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
                 own[name].copy_(value)
                 filled.add(name)
     model.tie_weights()
-    tied = {"lm_head.weight"} if model.lm_head.weight is \
-        model.model.decoder.embed_tokens.weight else set()
-    missing = [k for k in own if k not in filled and k not in tied]
+    own = model.state_dict()
+    storage = {own[k].data_ptr() for k in filled}
+    missing = [k for k in own if k not in filled and own[k].data_ptr() not in storage]
     if missing:
         raise MissingModelFileError(f"LLM folder '{folder}': weights missing for {len(missing)} "
                                     f"tensors, e.g. {missing[:5]}")
@@ -221,7 +417,8 @@ def _random_llm_tokenizer(config: Any, tiny_lm: dict[str, Any] | None) -> Any:
 
 def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None = None,
              config: Any = None) -> tuple[Any, torch.nn.Module]:
-    """Return (tokenizer, OPTForCausalLM) with LAVIS's OPT class (it accepts query_embeds)."""
+    """Return (tokenizer, model): LAVIS's OPTForCausalLM (it accepts query_embeds) for OPT,
+    transformers' AutoModelForCausalLM for every other architecture (llm_family.py)."""
     from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
     from transformers import AutoTokenizer
 
@@ -229,11 +426,7 @@ def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None 
 
     if not opt_model:
         llm_source(opt_model)  # raises the error naming the key
-    if opt_model == "tiny":
-        folder = str(tiny_lm_dir(**(tiny_lm or {})))
-        tokenizer = AutoTokenizer.from_pretrained(folder, use_fast=False)
-        model = OPTForCausalLM.from_pretrained(folder, torch_dtype=dtype)
-    elif opt_model.startswith("random:"):
+    if opt_model.startswith("random:"):
         config = config or llm_config(opt_model, tiny_lm)
         tokenizer = _random_llm_tokenizer(config, tiny_lm)
         default = torch.get_default_dtype()
@@ -242,8 +435,22 @@ def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None 
             model = OPTForCausalLM(config)
         finally:
             torch.set_default_dtype(default)
+        return tokenizer, model
+    config = config or llm_config(opt_model, tiny_lm)
+    if opt_model == "tiny":
+        source = str(tiny_lm_dir(**(tiny_lm or {})))
     else:
         source = llm_source(opt_model)
+    if config.model_type != "opt":
+        from lavis_ext.models.llm_family import CAUSAL
+
+        folder = source if os.path.isdir(source) else hub_folder(source)
+        tokenizer = CAUSAL.prepare_tokenizer(AutoTokenizer.from_pretrained(folder))
+        return tokenizer, load_causal_lm_weights(folder, dtype, config)
+    if opt_model == "tiny":
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=False)
+        model = OPTForCausalLM.from_pretrained(source, torch_dtype=dtype)
+    else:
         tokenizer = _from_pretrained(AutoTokenizer, source, use_fast=False)
         if os.path.isdir(source):
             model = load_llm_weights(source, dtype)
