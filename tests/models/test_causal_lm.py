@@ -37,7 +37,10 @@ TEXT = ["It is a person who raises cheek and pulls lip corner.", "A face with a 
 
 
 def _cfg(family: str, **overrides):
+    """The tiny type's config; its LM pre-trained briefly (these tests check mechanics, not
+    learning: test_tiny_learning.py does that with the full pre-training)."""
     cfg = OmegaConf.load(ExpBlip.default_config_path(f"tiny_{family}")).model
+    cfg.tiny_lm.pretrain_steps = 30
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     return cfg
