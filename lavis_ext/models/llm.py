@@ -332,6 +332,22 @@ def load_causal_lm_weights(folder: str | os.PathLike, dtype: torch.dtype,
     return _fill_weights(model, folder, files)
 
 
+def _tensors(file: Path) -> Any:
+    """(name, tensor) pairs of a weight file, one tensor in memory at a time: safetensors read
+    tensor by tensor (``load_file`` would read the whole file at once), torch files
+    memory-mapped through the weights-only loader."""
+    if str(file).endswith(".safetensors"):
+        from safetensors import safe_open
+
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            for key in handle.keys():
+                yield key, handle.get_tensor(key)
+        return
+    from lavis_ext.models.checkpoint import load_weights_file
+
+    yield from load_weights_file(file).items()
+
+
 def _dtype_kwarg() -> str:
     """transformers renamed ``torch_dtype`` to ``dtype`` in 4.56."""
     import transformers
@@ -344,14 +360,12 @@ def _fill_weights(model: torch.nn.Module, folder: str | os.PathLike,
                   files: list[Path]) -> torch.nn.Module:
     """Copy every tensor of ``files`` into ``model`` (hub files may omit the "model." prefix);
     every weight must be filled, by a file or by tying to a filled one."""
-    from lavis_ext.models.checkpoint import load_weights_file
-
     own = model.state_dict()
     filled: set[str] = set()
     unexpected: list[str] = []
     with torch.no_grad():
         for file in files:
-            for key, value in load_weights_file(file).items():
+            for key, value in _tensors(file):
                 name = key if key in own else f"model.{key}"
                 if name not in own:
                     unexpected.append(key)
@@ -389,6 +403,11 @@ def cover_vocabulary(tokenizer: Any, vocab_size: int) -> Any:
             token = f"<unused_{index}>"
             tokenizer.encoder[token] = index
             tokenizer.decoder[index] = token
+    # transformers 4.34 and later cache len(tokenizer), recounted only when tokens are added
+    # through add_tokens; recount after filling the vocabulary directly.
+    recount = getattr(tokenizer, "_update_total_vocab_size", None)
+    if recount is not None:
+        recount()
     return tokenizer
 
 

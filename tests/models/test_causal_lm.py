@@ -261,3 +261,28 @@ def test_paper_stack_refuses_a_llama_folder_with_the_reason(tmp_path):
     with pytest.raises(ValueError, match=f"transformers >= {GENERIC_MIN_TRANSFORMERS}.*"
                                          "--stack current"):
         llm_config(str(tmp_path))
+
+
+@current_only
+def test_llm_folder_loads_in_its_dtype_and_matches_transformers(tmp_path):
+    """load_causal_lm_weights: built in bf16 with the initialisers off, filled from sharded
+    safetensors; the same model as transformers' from_pretrained, tied output layer kept."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from lavis_ext.models.llm import load_causal_lm_weights
+
+    torch.manual_seed(0)
+    config = AutoConfig.for_model("qwen2", vocab_size=64, hidden_size=16, intermediate_size=32,
+                                  num_hidden_layers=2, num_attention_heads=2,
+                                  num_key_value_heads=1, tie_word_embeddings=True)
+    reference = AutoModelForCausalLM.from_config(config).eval()
+    reference.save_pretrained(str(tmp_path), max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").exists()
+    init = torch.nn.init.kaiming_uniform_
+    model = load_causal_lm_weights(tmp_path, torch.bfloat16)
+    assert torch.nn.init.kaiming_uniform_ is init, "initialisers restored"
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    ids = torch.tensor([[2, 5, 9, 11]])
+    expected = reference.to(torch.bfloat16)(input_ids=ids).logits
+    assert torch.equal(model(input_ids=ids).logits, expected)
