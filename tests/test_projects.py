@@ -88,6 +88,10 @@ def test_paper_settings():
     assert stage2.model.prompt == "" and stage2.run.num_beams == 5
     assert stage2.run.max_epoch == 20 and stage2.run.init_lr == 1e-5
     assert stage2.run.warmup_steps == 1000
+    for experiment in EXPERIMENTS:  # the paper trains the encoder in stage 2: fp32 weights
+        for name in ("stage2.yaml", "stage2_vitb.yaml"):
+            model = OmegaConf.load(PROJECTS / experiment / name).model
+            assert model.freeze_vit is False and model.vit_precision == "fp32", name
     for experiment in EXPERIMENTS:  # ViT-G fine-tuning: layer-wise lr decay 0.95; ViT-B: none
         assert OmegaConf.load(PROJECTS / experiment / "stage2.yaml").run.lr_layer_decay == 0.95
         assert "lr_layer_decay" not in OmegaConf.load(PROJECTS / experiment / "stage2_vitb.yaml").run

@@ -36,7 +36,10 @@ def test_aliases_and_model_types_registered():
         assert os.path.isfile(cls.default_config_path("tiny"))
     for model_type in ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b"):
         cfg = OmegaConf.load(ExpBlip.default_config_path(model_type))
-        assert cfg.model.freeze_vit is False and cfg.model.prompt == ""
+        # Inference configs: the encoder frozen in half precision (training configs set
+        # freeze_vit: False and fp32; test_projects checks those).
+        assert cfg.model.freeze_vit is True and cfg.model.vit_precision == "fp16"
+        assert cfg.model.prompt == ""
         assert cfg.model.generation.num_beams == 5 and cfg.model.generation.max_len == 200
 
 
