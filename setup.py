@@ -67,7 +67,8 @@ setup(
     extras_require={
         "paper": ["salesforce-lavis==1.0.2", "transformers>=4.25,<4.27", "numpy<2", "pandas<3"],
         "current": ["transformers>=4.46"],
-        "test": ["pytest", "pytest-timeout", "pyarrow"],  # pyarrow: the Parquet tests
+        # pyarrow: the Parquet tests; websockets: the serve page test talks to Chromium (CDP)
+        "test": ["pytest", "pytest-timeout", "pyarrow", "websockets"],
     },
     entry_points={"console_scripts": ["expblip=lavis_ext.cli:main"]},
 )

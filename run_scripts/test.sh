@@ -2,7 +2,7 @@
 # The README's test command, on both stacks (docs/install.md); no GPU, no hub.
 # The whole suite on the paper stack (.venv: LAVIS 1.0.2's 2023 pins, the demo's default), then
 # the whole suite on the current stack (.venv-current: transformers 4.57, numpy 2). Both, set-up
-# included, took 17 min on 2 cores (fresh clone, pip cache warm). TEST_STACKS=paper or
+# included, took 13 min on 2 cores (fresh clone, pip cache warm). TEST_STACKS=paper or
 # TEST_STACKS=current runs one stack. Extra arguments go to each pytest run (.ci/run passes
 # -p no:cacheprovider).
 set -euo pipefail
