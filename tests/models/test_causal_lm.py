@@ -12,6 +12,7 @@ import lavis_ext  # noqa: F401  (registers the models)
 from lavis_ext.models.exp_blip import ExpBlip
 from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS, choose_llm_model
 from lavis_ext.models.paths import MissingModelFileError
+from support.generation import assert_no_repeated_bigrams
 
 
 def _current_stack() -> bool:
@@ -132,10 +133,7 @@ def test_generates_with_beams_greedy_and_sampling(tiny, images):
     assert len(sampled) == 6
     texts = model.generate({"image": images}, num_beams=2, max_length=40,
                            no_repeat_ngram_size=2)
-    for text in texts:
-        ids = model.opt_tokenizer(text, add_special_tokens=False).input_ids
-        bigrams = list(zip(ids, ids[1:]))
-        assert len(bigrams) == len(set(bigrams)), text
+    assert_no_repeated_bigrams(model.opt_tokenizer, texts)
 
 
 @current_only

@@ -10,6 +10,7 @@ from lavis.models import load_model_and_preprocess
 
 from lavis_ext.models.exp_blip import ExpBlip, ExpBlipQformer
 from lavis_ext.models.paths import MissingModelFileError
+from support.generation import assert_no_repeated_bigrams
 
 
 def _tiny_cfg(arch: str, **overrides):
@@ -173,10 +174,7 @@ def test_generation_controls(tiny_stage2, images):
     assert len(several) == 6
     texts = model.generate({"image": images}, num_beams=2, max_length=60,
                            no_repeat_ngram_size=2)
-    for text in texts:
-        ids = model.opt_tokenizer(text, add_special_tokens=False).input_ids
-        bigrams = list(zip(ids, ids[1:]))
-        assert len(bigrams) == len(set(bigrams)), text
+    assert_no_repeated_bigrams(model.opt_tokenizer, texts)
 
 
 def test_empty_prompt_still_starts_with_bos(tiny_stage2):
