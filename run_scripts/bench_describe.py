@@ -19,9 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from lavis_ext.pipeline.describe import describe  # noqa: E402
-from lavis_ext.pipeline.faces import FaceDescriber, load_detector  # noqa: E402
-from lavis_ext.pipeline.table import Table  # noqa: E402
+from lavis_ext.describe.cli import describe  # noqa: E402
+from lavis_ext.describe.faces import FaceDescriber, load_detector  # noqa: E402
+from lavis_ext.describe.table import Table  # noqa: E402
 
 
 class TimedDescriber(FaceDescriber):
@@ -83,7 +83,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -278,7 +278,7 @@ def _runner_iterations(work: Path, model_type: str, device_name: str, iters: int
     from lavis_ext.data.synthetic.writers import make_synthetic
     from lavis_ext.entry import train_main
     from lavis_ext.models.exp_blip import ExpBlip
-    from lavis_ext.pipeline.method import Source, captions_path, write_run_config
+    from lavis_ext.method.recipe import Source, captions_path, write_run_config
 
     make_synthetic("emotionet", work / "data", max(batch * 4, 16), seed=0, variant="csv")
     prepare_dataset("emotionet", work / "data", work / "prepared")

@@ -37,3 +37,14 @@ def plain_process(monkeypatch: pytest.MonkeyPatch):
     """No launcher variables: what ``python train.py`` sees."""
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "LAVIS_EXT_DIST_BACKEND"):
         monkeypatch.delenv(key, raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner():
+    """The tiny Exp-BLIP as `describe`, `serve` and the pseudo-captioner load it (short greedy
+    captions, to keep the tests fast)."""
+    from lavis_ext.describe.captioner import load_captioner
+
+    captioner = load_captioner("exp_blip:tiny")
+    captioner.generation.update(num_beams=1, max_length=20)
+    return captioner

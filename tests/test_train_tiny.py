@@ -35,7 +35,7 @@ def workdir(tmp_path_factory):
 
 
 def _config(work, stage, epochs, **run):
-    from lavis_ext.pipeline.method import Source, write_run_config
+    from lavis_ext.method.recipe import Source, write_run_config
 
     overrides = {"run.batch_size_train": 8, "run.batch_size_eval": 8, "run.test_splits": [],
                  "run.max_epoch": epochs,
@@ -64,7 +64,7 @@ def _launch(args, work):
 @pytest.mark.timeout(1300)  # two launches, each allowed 600 s below
 def test_two_gloo_ranks_train_stage1_then_stage2(workdir):
     from lavis_ext.models.checkpoint import load_weights_file
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     stage1 = _config(workdir, 1, 1)
     _launch(["--cfg-path", str(stage1)], workdir)

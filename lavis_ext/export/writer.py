@@ -198,7 +198,7 @@ def export_hf(model: str, out: str | os.PathLike, *, dtype: str = "float32",
               max_shard_bytes: int = DEFAULT_SHARD_BYTES, force: bool = False) -> Path:
     """Export ``model`` (a training checkpoint or ``arch:type``) to the folder ``out``."""
     from lavis_ext.models.checkpoint import IncompleteCheckpointError
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {sorted(DTYPES)}")

@@ -87,7 +87,7 @@ async def _image_bytes(request: Request, body: bytes) -> bytes:
 def _decode(data: bytes, max_pixels: int) -> Any:
     from PIL import Image
 
-    from lavis_ext.pipeline.faces import TooManyPixels, open_image
+    from lavis_ext.describe.faces import TooManyPixels, open_image
 
     if not data:
         raise Refused(422, "the body is empty; send an image")

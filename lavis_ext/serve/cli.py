@@ -14,7 +14,7 @@ from typing import Any
 
 from lavis_ext.errors import UsageError
 from lavis_ext.flags import positive_int
-from lavis_ext.pipeline.describe import add_face_arguments
+from lavis_ext.describe.cli import add_face_arguments
 
 API_KEY_ENV = "EXPBLIP_API_KEY"
 
@@ -86,7 +86,7 @@ def build_batch_fn(describer: Any):
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lavis_ext.pipeline.describe import build_describer
+    from lavis_ext.describe.cli import build_describer
     from lavis_ext.serve.app import Limits, create_app
 
     key = check(args)

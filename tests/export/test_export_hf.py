@@ -106,7 +106,7 @@ def test_checkpoint_with_an_extra_or_missing_key_fails_naming_it(trained, tmp_pa
 
 @pytest.mark.slow  # the trained fixture: ~60 s on 2 busy cores
 def test_mapping_names_every_missing_and_left_over_key(trained):
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     net = load_captioner(str(trained["checkpoint"])).model
     arch = hf_blip2.arch_of(net)
@@ -130,7 +130,7 @@ def test_exported_model_equals_ours_in_current_transformers(trained, tmp_path, c
     if not (HF_CURRENT / "transformers").is_dir():
         pytest.fail(f"current transformers is not installed in {HF_CURRENT}: run "
                     "bash run_scripts/setup_env.sh (requirements/hf-current.txt)")
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     out = tmp_path / "hf"
     code, printed = _export(["--model", trained["checkpoint"], "--out", out,

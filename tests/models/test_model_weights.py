@@ -104,7 +104,7 @@ def test_inference_refuses_a_checkpoint_without_trained_parts(tiny_stage2, tmp_p
 
 
 def test_load_captioner_is_strict_and_warns_on_unexpected_keys(tiny_stage2, tmp_path, caplog):
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     model, _, _ = tiny_stage2
     config = {"model": OmegaConf.to_container(
@@ -163,7 +163,7 @@ def test_random_llm_tokenizer_covers_the_model_vocabulary():
 def test_load_captioner_freezes_a_trained_encoder_in_half_precision(tiny_stage2, tmp_path):
     """A training checkpoint (encoder trained, fp32) is captioned with the encoder frozen in
     half precision: the LLM's bf16 on CPU, so ViT-G + OPT-6.7B fit a 24 GB machine."""
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     if torch.cuda.is_available():
         pytest.skip("on a CUDA machine a frozen fp16 encoder is float16, as in LAVIS")

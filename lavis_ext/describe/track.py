@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from lavis_ext.pipeline.faces import iou
+from lavis_ext.describe.faces import iou
 
 Box = Sequence[float]  # x, y, w, h
 

@@ -2,9 +2,9 @@
 
 Faces are found with MTCNN (5 landmarks, a confidence) and aligned to the training crops'
 template, or with OpenCV's Haar cascade when facenet-pytorch is not installed (see
-``lavis_ext.pipeline.faces``). Each face gets a row: where it is, which track it belongs to
+``lavis_ext.describe.faces``). Each face gets a row: where it is, which track it belongs to
 in a video, the caption, and the AUs and emotions read back from the caption
-(``lavis_ext.pipeline.table``). Rows are appended and flushed per batch; a rerun with the same
+(``lavis_ext.describe.table``). Rows are appended and flushed per batch; a rerun with the same
 ``--out`` skips the files and video frames already there. A file that cannot be read gets an
 error row and the rest go on.
 """
@@ -21,10 +21,10 @@ from tqdm import tqdm
 
 from lavis_ext.errors import UsageError, check_partial
 from lavis_ext.flags import add_no_progress, positive_int
-from lavis_ext.pipeline.faces import (DETECTORS, Face, FaceDescriber, WholeImage,
+from lavis_ext.describe.faces import (DETECTORS, Face, FaceDescriber, WholeImage,
                                       load_detector, open_image, read_caption)
-from lavis_ext.pipeline.table import Table, TableState, blank_row, face_row
-from lavis_ext.pipeline.track import IoUTracker
+from lavis_ext.describe.table import Table, TableState, blank_row, face_row
+from lavis_ext.describe.track import IoUTracker
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
@@ -129,7 +129,7 @@ class _Run:
 
     def draw(self, path: Path, name: Path, earlier: bool = True) -> None:
         """Draw a finished file from its rows: this run's, plus any an earlier run wrote."""
-        from lavis_ext.pipeline.annotate import annotate_image, annotate_video
+        from lavis_ext.describe.annotate import annotate_image, annotate_video
 
         key = str(path)
         rows = self.run_rows.pop(key, [])
@@ -269,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_describer(args: argparse.Namespace, batch_size: int) -> FaceDescriber:
     """Detector, then captioner (the slow part), from the flags both commands share."""
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     detector = WholeImage() if getattr(args, "no_detect", False) else load_detector(
         args.detector, min_confidence=args.min_confidence, min_face=args.min_face,

@@ -1,7 +1,7 @@
 """``expblip pipeline --config projects/pipeline/paper.yaml``: the paper's method on prepared
 datasets, resumable, with every input checked before any work starts.
 
-The steps are ``lavis_ext.pipeline.method.method_steps`` (the same table the demo runs):
+The steps are ``lavis_ext.method.recipe.method_steps`` (the same table the demo runs):
 caption synthesis, AU-BLIP and Emot-BLIP, pseudo captions, LLM fusion, Exp-BLIP, the Mix-BLIP
 and Cat-BLIP baselines (``baselines: true``), evaluation. A finished step is skipped on a
 rerun; a crashed training run resumes from its newest checkpoint; LLM answers are cached in
@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from lavis_ext.errors import InputError
 from lavis_ext.flags import add_no_progress
 from lavis_ext.io import config_root, resolve_path
-from lavis_ext.pipeline.method import SPLITS, MethodStep, Source, captions_path, method_steps
+from lavis_ext.method.recipe import SPLITS, MethodStep, Source, captions_path, method_steps
 
 MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
 DEFAULT_MIN_FREE_GB = 100.0
@@ -380,8 +380,8 @@ def format_plan(cfg: PipelineConfig, steps: list[tuple[MethodStep, bool]]) -> st
 
 def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = True) -> dict:
     from lavis_ext.captions.client import ClientConfig
-    from lavis_ext.pipeline import method
-    from lavis_ext.pipeline.steps import Steps, train_stage
+    from lavis_ext.method import recipe as method
+    from lavis_ext.method.steps import Steps, train_stage
 
     work = cfg.workdir
     steps = Steps(work)

@@ -7,10 +7,10 @@ import pytest
 from PIL import Image
 
 from lavis_ext.errors import InputError, UsageError
-from lavis_ext.pipeline.faces import (Face, HaarDetector, MTCNNDetector, TooManyPixels,
+from lavis_ext.describe.faces import (Face, HaarDetector, MTCNNDetector, TooManyPixels,
                                       align, iou, load_detector, open_image, template_points)
-from lavis_ext.pipeline.table import AU_COLUMNS, COLUMNS, Table, blank_row
-from lavis_ext.pipeline.track import IoUTracker
+from lavis_ext.describe.table import AU_COLUMNS, COLUMNS, Table, blank_row
+from lavis_ext.describe.track import IoUTracker
 
 ASTRONAUT_FACE = (181, 62, 268 - 181, 172 - 62)  # x, y, w, h (docs/describe.md)
 

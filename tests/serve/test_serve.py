@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from lavis_ext.pipeline.faces import iou
+from lavis_ext.describe.faces import iou
 from lavis_ext.serve.load import ServerProcess, load
 
 ASTRONAUT_FACE = (181, 62, 268 - 181, 172 - 62)

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from lavis_ext.describe.faces import open_image
 from lavis_ext.io import atomic_write
 
 COLORS = ((255, 64, 64), (64, 200, 255), (255, 200, 0), (120, 255, 120), (255, 120, 255),
@@ -63,8 +64,6 @@ def draw(image: Image.Image, rows: Iterable[dict[str, Any]]) -> Image.Image:
 
 def annotate_image(path: str | os.PathLike, rows: Sequence[dict[str, Any]],
                    out: str | os.PathLike) -> None:
-    from lavis_ext.pipeline.describe import open_image
-
     image = open_image(Path(path))
     out = Path(out)
     fmt = SAVE_FORMATS.get(out.suffix.lower(), "PNG")

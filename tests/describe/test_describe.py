@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lavis_ext.pipeline.describe import NO_FACE, describe
-from lavis_ext.pipeline.faces import FaceDescriber, WholeImage, iou, load_detector
-from lavis_ext.pipeline.table import AU_COLUMNS, COLUMNS, LANDMARK_COLUMNS, Table
+from lavis_ext.describe.cli import NO_FACE, describe
+from lavis_ext.describe.faces import FaceDescriber, WholeImage, iou, load_detector
+from lavis_ext.describe.table import AU_COLUMNS, COLUMNS, LANDMARK_COLUMNS, Table
 
 ASTRONAUT_FACE = (181, 62, 268 - 181, 172 - 62)  # x, y, w, h
 

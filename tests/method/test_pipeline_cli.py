@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from lavis_ext.pipeline.method import method_steps
+from lavis_ext.method.recipe import method_steps
 
 REPO = Path(__file__).resolve().parents[2]
 PAPER = REPO / "projects" / "pipeline" / "paper.yaml"
@@ -132,7 +132,7 @@ def test_the_old_script_is_a_thin_wrapper(tmp_path):
 def test_preflight_reads_the_llm_a_project_chose():
     """A project's llm_model replaces its model type's opt_model in the weight check: the
     Qwen2.5 config needs no OPT-6.7B; the paper config does."""
-    from lavis_ext.pipeline.paper import _model_config, _weight_requests
+    from lavis_ext.method.paper import _model_config, _weight_requests
 
     projects = Path(__file__).resolve().parents[2] / "projects" / "exp_blip"
     qwen = [name for name, _ in _weight_requests(_model_config(projects /

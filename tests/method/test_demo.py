@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lavis_ext.pipeline.method import method_steps
+from lavis_ext.method.recipe import method_steps
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OPENAI_BASE_URL": "", "OPENAI_API_KEY": ""}
@@ -64,7 +64,7 @@ def test_quick_demo_runs_every_step_resumes_and_feeds_the_tiny_configs(tmp_path)
 
 
 def test_learning_bar_sets_the_demo_exit_code(capsys):
-    from lavis_ext.pipeline.demo import learning_bar
+    from lavis_ext.method.demo import learning_bar
 
     def summary(f1, shuffled):
         return {"Exp-BLIP on emotionet test": {"au_f1": f1, "au_f1_shuffled": shuffled}}

@@ -32,7 +32,7 @@ from lavis_ext.data.records import load_records
 from lavis_ext.errors import UsageError
 from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress, positive_int
 from lavis_ext.io import atomic_write_text
-from lavis_ext.pipeline.method import (Source, pseudo_caption, synthesize, train_model,
+from lavis_ext.method.recipe import (Source, pseudo_caption, synthesize, train_model,
                                        write_corpus)
 
 PROJECTS = Path(lavis_ext.__file__).resolve().parent.parent / "projects"
@@ -125,7 +125,7 @@ def _evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: i
     from lavis_ext.metrics.captioning import MeteorScorer
     from lavis_ext.metrics.evaluate import evaluate_captions, format_table
     from lavis_ext.metrics.recognition import recognition_scores
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
     from PIL import Image
 
     au_subset = facs.AU_SUBSETS[AU_DATASET]
@@ -268,8 +268,8 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from lavis_ext.captions.local_server import LocalLLMServer
-    from lavis_ext.pipeline.method import method_steps
-    from lavis_ext.pipeline.steps import Steps
+    from lavis_ext.method.recipe import method_steps
+    from lavis_ext.method.steps import Steps
 
     started = time.monotonic()
     work = Path(args.workdir).resolve()
@@ -361,6 +361,6 @@ def learning_bar(summary: dict[str, dict[str, Any]]) -> int:
 
 
 def _group_of(model: str) -> str:
-    from lavis_ext.pipeline.method import method_steps
+    from lavis_ext.method.recipe import method_steps
 
     return next(s.group for s in method_steps() if s.model == model and s.action == "train")

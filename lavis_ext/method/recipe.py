@@ -140,7 +140,7 @@ def train_model(work: Path, model: str, templates: dict[int, str | Path], source
                 overrides: dict[int, dict[str, Any]] | None = None, nproc: int = 1) -> str:
     """Stage 1 then stage 2 (each resumed if it crashed); returns the newest stage-2 checkpoint."""
     from lavis_ext.models.checkpoint import newest_checkpoint
-    from lavis_ext.pipeline.steps import train_stage
+    from lavis_ext.method.steps import train_stage
 
     out = ""
     for stage in (1, 2):
@@ -157,8 +157,8 @@ def pseudo_caption(work: Path, checkpoint: str, source: Source, kind: str,
                    generation: dict[str, Any] | None = None, batch_size: int = 32,
                    device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Caption every split of ``source`` with a trained model, as captions of ``kind``."""
-    from lavis_ext.pipeline.captioner import load_captioner
-    from lavis_ext.pipeline.pseudo_caption import pseudo_caption_records
+    from lavis_ext.describe.captioner import load_captioner
+    from lavis_ext.method.pseudo_caption import pseudo_caption_records
 
     captioner = load_captioner(checkpoint, device)
     captioner.generation.update(generation or {})

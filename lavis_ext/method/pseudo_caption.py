@@ -22,7 +22,7 @@ def pseudo_caption_records(records: list[Record], captioner: Any, images_root: s
                            save_every: int = 10, progress: bool = True) -> dict[str, Any]:
     """Add one ``kind`` caption to every record that lacks one; returns a summary.
 
-    ``captioner``: a ``lavis_ext.pipeline.captioner.Captioner`` (anything with ``caption``).
+    ``captioner``: a ``lavis_ext.describe.captioner.Captioner`` (anything with ``caption``).
     """
     from PIL import Image
     from tqdm import tqdm
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     records = load_records(source)
     if source == args.out:
         print(f"resuming from {args.out}")
-    from lavis_ext.pipeline.captioner import load_captioner
+    from lavis_ext.describe.captioner import load_captioner
 
     captioner = load_captioner(args.model, args.device)
     summary = pseudo_caption_records(records, captioner, args.images, args.kind, out=args.out,

@@ -1,6 +1,6 @@
 import json
 
-from lavis_ext.pipeline.steps import Steps, train_stage
+from lavis_ext.method.steps import Steps, train_stage
 
 
 def test_finished_steps_are_skipped(tmp_path):

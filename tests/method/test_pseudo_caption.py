@@ -2,7 +2,7 @@ import pytest
 from PIL import Image
 
 from lavis_ext.data.records import load_records, new_record, save_records
-from lavis_ext.pipeline.pseudo_caption import pseudo_caption_records
+from lavis_ext.method.pseudo_caption import pseudo_caption_records
 
 
 class CountingCaptioner:
