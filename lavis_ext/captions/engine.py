@@ -195,7 +195,12 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
                   emotion_kinds: tuple[str, ...], template: str | None, intensity: bool,
                   prompt_dir: str | None) -> str | None | Exception:
     if kind == "au-rule":
-        return rules.au_caption(present_aus(record), template=template,
+        if not _coded(record):
+            return None
+        aus = present_aus(record)
+        if not aus:  # paper §3.1: "If no AUs are labeled, we use a predetermined description"
+            return rules.neutral_au_caption(prompt_dir)
+        return rules.au_caption(aus, template=template,
                                 intensities=_intensities(record) if intensity else None,
                                 prompt_dir=prompt_dir)
     if kind == "emotion-rule":

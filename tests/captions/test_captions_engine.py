@@ -82,6 +82,14 @@ def test_rule_kinds_and_fusion(server, tmp_path):
                                  cache_path=tmp_path / "c.sqlite", progress=False)
     assert summary.added == 1 and summary.failed == 12 and summary.stats.calls == 1
     fused = both["captions"]["fuse"][0]
+    # coded faces with no AU present get the predetermined description (paper §3.1) by rule
+    # too, and so keep their AU text in concat and fuse
+    calm = [new_record("c.jpg", "calm", "emotionet", "train", aus={"6": 0, "12": 0},
+                       emotions=["neutral"])]
+    for kind in ("au-rule", "emotion-rule", "concat"):
+        assert synthesize_records(calm, kind, progress=False).added == 1
+    assert calm[0]["captions"]["au-rule"] == [rules.neutral_au_caption()]
+    assert calm[0]["captions"]["concat"][0].startswith(rules.neutral_au_caption())
     assert "happy" in fused and validate_answer(fused, "fuse").ok
     assert "no emotion caption to fuse" in records[0]["failures"]["fuse"]
     assert "no AU caption to fuse" in records[7]["failures"]["fuse"]

@@ -21,6 +21,11 @@ def test_no_au_gives_no_rule_caption_and_a_fixed_neutral_description():
     neutral = rules.neutral_au_caption()
     assert "eyes" in neutral and "mouth" in neutral and "brows" in neutral
     assert not au_codes(neutral) and not emotion_words(neutral)
+    # evaluate reads it back as no AU and no emotion (it once read as AU25, lips part)
+    from lavis_ext.metrics.recognition import parse_caption
+
+    parsed = parse_caption(neutral)
+    assert parsed.aus == set() and parsed.emotions == set(), parsed
     assert rules.neutral_au_caption() == neutral
 
 
