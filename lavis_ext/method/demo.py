@@ -52,6 +52,45 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+def summarize_step(name: str, result: Any) -> str:
+    """The console's one line for a finished step, with its counts (details in demo.log)."""
+    if name == "data":
+        parts = []
+        for dataset, report in result.items():
+            skipped = report.get("skipped") or {}
+            why = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+            parts.append(f"{dataset} {report.get('rows_read')} rows, {report.get('kept')} kept"
+                         + (f" (skipped: {why})" if why else ""))
+        return "; ".join(parts)
+    if isinstance(result, str):  # a training step's checkpoint
+        return f"checkpoint {result}"
+    if not isinstance(result, dict):
+        return str(result)
+    if all(isinstance(k, str) and k.count("/") == 2 for k in result):  # synthesis counts
+        by_kind: dict[str, dict[str, int]] = {}
+        for key, counts in result.items():
+            total = by_kind.setdefault(key.rsplit("/", 1)[1], {})
+            for field in ("added", "failed", "calls", "cache_hits"):
+                total[field] = total.get(field, 0) + int(counts.get(field) or 0)
+        parts = []
+        for kind, t in by_kind.items():
+            text = f"{kind} {t['added']} captions"
+            if t["calls"] or t["cache_hits"]:
+                text += f" ({t['calls']} LLM calls, {t['cache_hits']} cached)"
+            if t["failed"]:
+                text += f", {t['failed']} records left out (reasons: failures['{kind}'] in captions/)"
+            parts.append(text)
+        return "; ".join(parts)
+    if all(isinstance(v, dict) and "captioned" in v for v in result.values()):  # pseudo
+        captioned = sum(v["captioned"] for v in result.values())
+        unreadable = sum(v["unreadable"] for v in result.values())
+        return f"{captioned} images captioned" + (f", {unreadable} unreadable" if unreadable
+                                                  else "")
+    if "summary" in result:
+        return f"{len(result['summary'])} test sets scored (results.md)"
+    return ", ".join(f"{k} {v}" for k, v in result.items())
+
+
 def _print_header(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
@@ -240,7 +279,7 @@ def pin_torch(threads: int | None) -> int:
 
 class _LogToFile:
     """Send Python logging (LAVIS's config dumps, per-epoch stats) to ``path``; the console
-    keeps warnings, the steps, the training progress lines and the results."""
+    keeps warnings raised outside the steps (inside them, :class:`Steps` captures all)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -289,9 +328,9 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_text(recorded, json.dumps(settings, indent=1))
     threads = pin_torch(args.threads)
     log_file = work / "demo.log"
-    print(f"Demo ({profile_name}, seed {args.seed}, {threads} torch threads); LAVIS's logs go "
-          f"to {log_file}")
-    steps = Steps(work)
+    print(f"Demo ({profile_name}, seed {args.seed}, {threads} torch threads); one line per "
+          f"step here, each step's details and progress in {log_file}")
+    steps = Steps(work, capture=log_file, summarize=summarize_step)
     progress = not args.no_progress
     with ExitStack() as stack:
         stack.enter_context(_LogToFile(log_file))
@@ -307,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
         config = _llm_config(args, base_url)
 
         _print_header("1. Synthetic faces in native layouts, read back by the readers")
-        print(json.dumps(steps.run("data", make_data, work, profile, args.seed)))
+        steps.run("data", make_data, work, profile, args.seed)
         all_sources = sources(work)
         checkpoints: dict[str, str] = {}
         iters = {"au_blip": profile["au_iters"], "emot_blip": profile["emot_iters"],

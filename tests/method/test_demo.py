@@ -32,7 +32,16 @@ def test_quick_demo_runs_every_step_resumes_and_feeds_the_tiny_configs(tmp_path)
         assert (work / ".steps" / f"{step}.json").exists(), step
     # LAVIS's config dumps go to the log file, not to the console
     assert "Running Parameters" not in first.stdout
-    assert "Running Parameters" in (work / "demo.log").read_text()
+    log = (work / "demo.log").read_text()
+    assert "Running Parameters" in log
+    # one console line per step, with its counts; training lines and progress go to the log
+    step_lines = [line for line in first.stdout.splitlines() if line.startswith("[step] ")]
+    assert [line.split()[1] for line in step_lines] == steps
+    assert all(" ... done (" in line for line in step_lines), step_lines
+    assert "Train: data epoch" not in first.stdout and "Train: data epoch" in log
+    assert "WARNING" not in first.stdout + first.stderr
+    synthesized = next(line for line in step_lines if line.startswith("[step] synthesize "))
+    assert "au-rule" in synthesized and "captions" in synthesized
     results = json.loads((work / "results.json").read_text())
     assert set(results) == {"AU-BLIP on emotionet test", "Emot-BLIP on affectnet test",
                             "Exp-BLIP on emotionet test", "Exp-BLIP on affectnet test"}

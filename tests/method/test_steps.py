@@ -31,3 +31,48 @@ def test_crashed_training_resumes_from_its_newest_checkpoint(tmp_path, monkeypat
     train_stage(cfg)
     assert any(a.startswith("run.resume_ckpt_path=") and a.endswith("checkpoint_0.pth")
                for a in seen[1])
+
+
+def test_captured_step_prints_one_console_line_and_logs_the_rest(tmp_path, capfd):
+    import logging
+    import subprocess
+    import sys
+
+    log = tmp_path / "run.log"
+    console = logging.StreamHandler()  # a console handler, as the demo sets one up
+    logging.getLogger().addHandler(console)
+
+    def noisy(n):
+        print("training line 1")
+        subprocess.run([sys.executable, "-c", "import sys; print('child out'); "
+                        "print('child err', file=sys.stderr)"], check=True)
+        logging.getLogger("lavis_ext.test").warning("record 7: no caption")
+        return {"done": n}
+
+    try:
+        steps = Steps(tmp_path, capture=log, summarize=lambda name, r: f"{r['done']} items")
+        assert steps.run("noisy", noisy, 3) == {"done": 3}
+    finally:
+        logging.getLogger().removeHandler(console)
+    out = capfd.readouterr()
+    assert out.out.startswith("[step] noisy ... done (") and out.out.count("\n") == 1
+    assert "3 items; 1 warnings in run.log" in out.out
+    assert "no caption" not in out.out + out.err and "training line 1" not in out.out
+    assert "training line 1" in log.read_text()
+    assert "child out" not in out.out and "child err" not in out.err
+    assert "child out" in log.read_text() and "child err" in log.read_text()
+    assert console.level == logging.NOTSET  # the console handler is restored
+
+
+def test_captured_step_that_fails_says_where_its_output_is(tmp_path, capsys):
+    import pytest
+
+    def broken():
+        print("the traceback's context")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        Steps(tmp_path, capture=tmp_path / "run.log").run("broken", broken)
+    out = capsys.readouterr().out
+    assert "[step] broken ... failed after" in out and str(tmp_path / "run.log") in out
+    assert not (tmp_path / ".steps" / "broken.json").exists()
