@@ -102,6 +102,33 @@ def test_paper_settings():
                           ).datasets.facial_caption_mix.caption_kinds == ["concat"]
 
 
+CAPTION_CONFIGS = CONFIGS + sorted((PROJECTS / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CAPTION_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_caption_records_follow_the_one_path_rule(path):
+    """Every captioned-records path is <workdir>/captions/<dataset>_<split>.json
+    (lavis_ext.captions.paths): the paper pipeline's workdir, or the demo's for tiny configs."""
+    from lavis_ext.captions.paths import DEFAULT_WORKDIR, captions_path, parse_captions_path
+    from lavis_ext.data.readers import DATASETS
+
+    workdir = "demo_output" if "tiny" in path.name else DEFAULT_WORKDIR
+    sources = OmegaConf.load(path).datasets.facial_caption_mix.build_info.sources
+    assert sources
+    for source in sources:
+        for split, annotation in source.annotations.items():
+            found = parse_captions_path(annotation.storage)
+            assert found[0] == workdir and found[2] == split, annotation.storage
+            assert found[1] in DATASETS and Path(source.images).name == found[1]
+            assert Path(annotation.storage) == captions_path(workdir, found[1], split)
+
+
+def test_paper_pipeline_workdir_is_the_configs_workdir():
+    from lavis_ext.captions.paths import DEFAULT_WORKDIR
+
+    assert OmegaConf.load(PROJECTS / "pipeline" / "paper.yaml").pipeline.workdir == DEFAULT_WORKDIR
+
+
 # The two stage-2 learning-rate schedules of docs/models.md ("Stage-2 learning-rate schedule"):
 # the official configs' (every stage2 config's default) and the paper's main text (one
 # --options line).
