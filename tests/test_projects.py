@@ -102,6 +102,72 @@ def test_paper_settings():
                           ).datasets.facial_caption_mix.caption_kinds == ["concat"]
 
 
+CAPTION_CONFIGS = CONFIGS + sorted((PROJECTS / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CAPTION_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_caption_records_follow_the_one_path_rule(path):
+    """Every captioned-records path is <workdir>/captions/<dataset>_<split>.json
+    (lavis_ext.captions.paths): the paper pipeline's workdir, or the demo's for tiny configs."""
+    from lavis_ext.captions.paths import DEFAULT_WORKDIR, captions_path, parse_captions_path
+    from lavis_ext.data.readers import DATASETS
+
+    workdir = "demo_output" if "tiny" in path.name else DEFAULT_WORKDIR
+    sources = OmegaConf.load(path).datasets.facial_caption_mix.build_info.sources
+    assert sources
+    for source in sources:
+        for split, annotation in source.annotations.items():
+            found = parse_captions_path(annotation.storage)
+            assert found[0] == workdir and found[2] == split, annotation.storage
+            assert found[1] in DATASETS and Path(source.images).name == found[1]
+            assert Path(annotation.storage) == captions_path(workdir, found[1], split)
+
+
+def test_paper_pipeline_workdir_is_the_configs_workdir():
+    from lavis_ext.captions.paths import DEFAULT_WORKDIR
+
+    assert OmegaConf.load(PROJECTS / "pipeline" / "paper.yaml").pipeline.workdir == DEFAULT_WORKDIR
+
+
+# The two stage-2 learning-rate schedules of docs/models.md ("Stage-2 learning-rate schedule"):
+# the official configs' (every stage2 config's default) and the paper's main text (one
+# --options line).
+OFFICIAL_SCHEDULE = {"init_lr": 1e-5, "min_lr": 0, "warmup_lr": 1e-8, "warmup_steps": 1000}
+PAPER_TEXT_OPTIONS = "run.init_lr=1e-4 run.min_lr=5e-5 run.warmup_lr=1e-6 run.warmup_steps=2000"
+PAPER_TEXT_SCHEDULE = {"init_lr": 1e-4, "min_lr": 5e-5, "warmup_lr": 1e-6, "warmup_steps": 2000}
+STAGE2_FULL = [p for p in CONFIGS if p.name.startswith("stage2") and "tiny" not in p.name]
+
+
+@pytest.mark.parametrize("path", STAGE2_FULL, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stage2_schedules_resolve_to_the_documented_values(path):
+    """Default and override, as LAVIS's Config merges them, and as LAVIS's scheduler then sets
+    the lr: warm-up from warmup_lr to the peak in epoch 0, cosine down to min_lr."""
+    from lavis.common.config import Config
+
+    from lavis_ext.entry import parse_args
+
+    docs = (PROJECTS.parent / "docs" / "models.md").read_text()
+    assert f"--options {PAPER_TEXT_OPTIONS}" in docs
+    for options, expected in ((None, OFFICIAL_SCHEDULE),
+                              (PAPER_TEXT_OPTIONS.split(), PAPER_TEXT_SCHEDULE)):
+        argv = ["--cfg-path", str(path)] + (["--options", *options] if options else [])
+        run = Config(parse_args(argv)).run_cfg
+        assert {key: run[key] for key in expected} == expected
+        assert run.lr_sched == "linear_warmup_cosine_lr" and run.max_epoch == 20
+        parameter = torch.nn.Parameter(torch.zeros(1))
+        optimizer = torch.optim.AdamW([parameter], lr=run.init_lr)
+        scheduler = registry.get_lr_scheduler_class(run.lr_sched)(
+            optimizer=optimizer, max_epoch=run.max_epoch, min_lr=run.min_lr,
+            init_lr=run.init_lr, warmup_steps=run.warmup_steps, warmup_start_lr=run.warmup_lr)
+        seen = []
+        for epoch, step in ((0, 0), (0, run.warmup_steps), (run.max_epoch, 0)):
+            scheduler.step(cur_epoch=epoch, cur_step=step)
+            seen.append(optimizer.param_groups[0]["lr"])
+        assert seen == pytest.approx([expected["warmup_lr"], expected["init_lr"],
+                                      expected["min_lr"]], rel=1e-9, abs=1e-15)
+        assert expected["min_lr"] < expected["init_lr"]
+
+
 @pytest.mark.skipif(not _current_stack(), reason="stage2_tiny_qwen2.yaml's Qwen2 LLM needs "
                     "transformers >= 4.46 (.venv-current); the paper stack's 4.26.1 has no "
                     "Qwen2 class")

@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from lavis_ext.captions import prompts, rules
 from lavis_ext.captions.batch import run_batches
@@ -204,6 +204,11 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
                                 intensities=_intensities(record) if intensity else None,
                                 prompt_dir=prompt_dir)
     if kind == "emotion-rule":
+        labels = (record.get("meta") or {}).get("labels")
+        if (template is None and record.get("dataset") == "faceme"
+                and isinstance(labels, Mapping)
+                and any(rules.is_action_group(group) for group in labels)):
+            return rules.faceme_caption(labels, prompt_dir=prompt_dir)
         return rules.emotion_caption(record["emotions"], template=template,
                                      prompt_dir=prompt_dir)
     if kind == "concat":

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
 
+from lavis_ext.captions.paths import DEFAULT_WORKDIR, captions_path
 from lavis_ext.data.records import Record, RecordError, add_captions, load_records, save_records
 from lavis_ext.errors import InputError, NothingSucceeded, UsageError
 
@@ -164,8 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="source", required=True, type=Path,
                         help="LAVIS caption-annotation JSON: [{\"image\", \"caption\"}, ...]")
     parser.add_argument("--ann", required=True, type=Path, help="records JSON to attach to")
-    parser.add_argument("--out", required=True, type=Path,
-                        help="records JSON to write (atomically; may equal --ann)")
+    parser.add_argument("--out", type=Path,
+                        help="records JSON to write (atomically; may equal --ann); default: "
+                             "the caption path rule, WORKDIR/captions/<dataset>_<split>.json "
+                             "of the records (lavis_ext.captions.paths)")
+    parser.add_argument("--workdir", type=Path, default=Path(DEFAULT_WORKDIR),
+                        help=f"work folder for the default --out (default {DEFAULT_WORKDIR}, "
+                             f"the paper pipeline's and the project configs')")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +189,19 @@ def run(args: argparse.Namespace) -> int:
         raise NothingSucceeded(f"no entry of {args.source} matched an image of {args.ann}; "
                                f"nothing written (compare the paths above with the records' "
                                f"'image' fields)")
-    save_records(records, args.out)
-    print(f"wrote {args.out}")
+    out = args.out or default_out(records, args.workdir, args.ann)
+    save_records(records, out)
+    print(f"wrote {out}")
     return 0
+
+
+def default_out(records: Sequence[Record], workdir: Path, where: Path) -> Path:
+    """The rule's path for records of one dataset and one split (else ask for --out)."""
+    pairs = sorted({(str(r.get("dataset")), str(r.get("split"))) for r in records})
+    if len(pairs) != 1:
+        raise UsageError(f"--ann {where}: records of {len(pairs)} dataset/split pairs "
+                         f"({pairs[:4]}); give --out, or one prepared split file per import")
+    try:
+        return captions_path(workdir, *pairs[0])
+    except ValueError as err:
+        raise InputError(f"--ann {where}: {err}") from None

@@ -5,10 +5,11 @@ Templates come from ``prompts/rules.yaml``; words come from :mod:`lavis_ext.facs
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
-from lavis_ext.facs import INTENSITY_ADVERBS, au_name, canonical_emotion, join_words, third_person
-from lavis_ext.captions.prompts import load_prompt
+from lavis_ext.facs import (BASIC_EMOTIONS, INTENSITY_ADVERBS, au_name, canonical_emotion,
+                            join_words, third_person)
+from lavis_ext.captions.prompts import load_prompt, prompt_file
 
 
 def _rules(prompt_dir: str | Path | None) -> dict:
@@ -64,6 +65,52 @@ def emotion_caption(emotions: list[str], *, template: str | None = None,
     if not phrase:
         return None
     return (template or _rules(prompt_dir)["emotion_template"]).format(emotions=phrase)
+
+
+def _template(key: str, prompt_dir: str | Path | None) -> str:
+    table = _rules(prompt_dir)
+    if not isinstance(table.get(key), str) or not table[key].strip():
+        raise KeyError(f"{prompt_file('rules', prompt_dir)} has no '{key}' entry (a template)")
+    return table[key]
+
+
+def is_action_group(group: str | None) -> bool:
+    """FaceME's "actions" label group (as the CSV header names it, any case)."""
+    return (group or "").strip().lower() in ("action", "actions")
+
+
+def _faceme_word(label: str) -> str:
+    """A FaceME label inside its caption: lowercased; a basic emotion's adjective becomes its
+    noun ("sad" -> "sadness"), but near-synonyms stay apart ("grief" and "sadness" both appear
+    in the paper's Fig. 5 caption)."""
+    word = " ".join(str(label).lower().replace("_", " ").split())
+    for emotion in BASIC_EMOTIONS.values():
+        if word == emotion.adjective:
+            return emotion.name
+    return word
+
+
+def faceme_caption(labels: Mapping[str, Sequence[str]], *,
+                   prompt_dir: str | Path | None = None) -> str | None:
+    """FaceME's caption from its labels by group (``meta.labels``): with action labels, the
+    paper's second template (what the person does, then what those actions show); without,
+    the emotion caption of all labels. None when there is no label."""
+    actions: list[str] = []
+    others: list[str] = []
+    for group, names in labels.items():
+        for name in names:
+            bucket = actions if is_action_group(group) else others
+            word = _faceme_word(name)
+            if word and word not in bucket:
+                bucket.append(word)
+    if not actions:
+        return emotion_caption(others, prompt_dir=prompt_dir)
+    text = _template("faceme_actions_template", prompt_dir).format(actions=join_words(actions))
+    written = _rules(prompt_dir).get("emotion_phrases") or {}
+    phrase = join_words(written.get(w, w) for w in others)
+    if phrase:
+        text += " " + _template("faceme_emotions_template", prompt_dir).format(emotions=phrase)
+    return text
 
 
 def concat_caption(au_caption: str, emotion_caption: str, *,

@@ -78,8 +78,7 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
         records = present
 
     n_kept = len(records)
-    split_info = apply_split(name, records, fold=fold, seed=seed, test_subjects=test_subjects,
-                             subset=options.get("subset"))
+    split_info = apply_split(name, records, fold=fold, seed=seed, test_subjects=test_subjects)
     sampling: dict[str, Any] = {}
     if name in VIDEO_DATASETS:
         every = DEFAULT_EVERY if sample_every is None else sample_every

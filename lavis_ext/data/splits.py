@@ -3,9 +3,10 @@
 - BP4D, DISFA, GFT: subject independent. ``fold=1..3`` is the common 3-fold protocol (test on
   part k, train on the other two); ``fold=None`` is the paper's split (BP4D 28/13 subjects:
   parts 1+2 / part 3; DISFA 24/3; GFT 78/18: the public test groups 008 010 019 022 028 030).
-- RAF-AU, EmotioNet, RAF-DB compound: seeded random, with the paper's test fraction applied to
-  the number of images the user has.
-- AffectNet, RAF-DB basic: official (set by the reader). FaceME: all for training.
+- RAF-AU, EmotioNet: seeded random, with the paper's test fraction applied to the number of
+  images the user has.
+- AffectNet, RAF-DB (compound and basic): official (set by the reader; RAF-DB by the
+  ``train_``/``test_`` name prefix). FaceME: all for training.
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ GFT_PAPER_TEST_GROUPS: tuple[str, ...] = ("008", "010", "019", "022", "028", "03
 RANDOM_TEST_FRACTION: dict[str, float] = {
     "rafau": 868 / (3733 + 868),
     "emotionet": 2117 / (19046 + 2117),
-    "rafdb": 792 / (3162 + 792),
 }
 SUBJECT_DATASETS = ("bp4d", "disfa", "gft")
 
@@ -92,7 +92,7 @@ def random_split(records: Sequence[Record], test_fraction: float, seed: int) -> 
 
 
 def apply_split(dataset: str, records: list[Record], *, fold: int | None = None, seed: int = 0,
-                test_subjects: Iterable[str] | None = None, subset: str | None = None) -> dict:
+                test_subjects: Iterable[str] | None = None) -> dict:
     """Set ``split`` on every record; returns a description for the report."""
     if dataset in SUBJECT_DATASETS:
         subjects = {r["subject"] for r in records}
@@ -114,7 +114,7 @@ def apply_split(dataset: str, records: list[Record], *, fold: int | None = None,
         raise ValueError(f"--fold applies to bp4d, disfa and gft, not {dataset}")
     if test_subjects is not None:
         raise ValueError(f"test subjects apply to bp4d, disfa and gft, not {dataset}")
-    if dataset in ("rafau", "emotionet") or (dataset == "rafdb" and subset != "basic"):
+    if dataset in RANDOM_TEST_FRACTION:
         fraction = RANDOM_TEST_FRACTION[dataset]
         random_split(records, fraction, seed)
         return {"kind": "seeded random", "seed": seed, "test_fraction": round(fraction, 6)}

@@ -1,22 +1,20 @@
-"""Caption metrics with the paper's multi-reference rule: score each reference, keep the best.
+"""Caption metrics for the paper's Table 2: METEOR, ROUGE-L (pycocoevalcap) and embedding cosine.
 
 - METEOR: pycocoevalcap's METEOR 1.5 jar (Java). One ``MeteorScorer`` process serves a whole
   evaluation (the JVM takes seconds to start); use it as a context manager so it is closed.
-- ROUGE-L: the LCS F-measure with beta = 1.2 as defined by the COCO caption toolkit
-  (pycocoevalcap), applied to one reference at a time. ``rouge_l(..., beta=1)`` gives the
-  plain F1 that the ``rouge-score`` package reports.
-- Embedding similarity: cosine of sentence embeddings (see ``embeddings.py``).
+- ROUGE-L: pycocoevalcap's ``Rouge`` (LCS F-measure, beta 1.2).
+- Embedding similarity: cosine of sentence embeddings (see ``embeddings.py``), best reference.
 
-Two protocols (``PROTOCOLS``):
+Both protocols (``PROTOCOLS``) tokenize with pycocoevalcap's PTB tokenizer (Stanford CoreNLP,
+lowercased, punctuation tokens dropped), so both need Java:
 
-- ``coco`` (default; what LAVIS's caption evaluation, and so the official Exp-BLIP code,
-  runs): pycocoevalcap's pipeline as is. Texts go through its PTB tokenizer (Stanford
-  CoreNLP, lowercased, punctuation tokens dropped); METEOR is the jar's multi-reference
-  score (each segment against all references, the best one counts), reported as the jar's
-  corpus-level aggregate; ROUGE-L is pycocoevalcap's ``Rouge`` (best precision and best
-  recall over references, beta 1.2), averaged over images. Needs Java.
-- ``best``: every reference scored on its own and the best kept, means over images; texts
-  normalised by a regular expression (lowercase, punctuation removed), no tokenizer JVM.
+- ``best`` (default; the paper's §4.1: "computed the metrics between the predicted caption and
+  each ground truth, and then chose the highest score"): every reference is scored on its own,
+  as pycocoevalcap scores a one-reference image, the highest score of each image is kept, and
+  images are averaged (METEOR too: the mean of per-image maxima, not the jar's corpus score).
+- ``coco`` (COCO's caption evaluation, what LAVIS's ``captioning`` task runs on COCO): METEOR
+  is the jar's multi-reference score reported as its corpus-level aggregate; ROUGE-L takes the
+  best precision and the best recall over the references apart, averaged over images.
 """
 from __future__ import annotations
 
@@ -29,17 +27,19 @@ import numpy as np
 from lavis_ext.metrics.embeddings import TextEncoder
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-PROTOCOLS = ("coco", "best")
+PROTOCOLS = ("best", "coco")
+DEFAULT_PROTOCOL = "best"
 
 
 def normalize_caption(text: str) -> str:
+    """Lowercased words only: decides whether a caption or reference is empty."""
     return " ".join(_WORD.findall((text or "").lower()))
 
 
 def _require_java(what: str) -> None:
     if shutil.which("java") is None:
         raise RuntimeError(f"{what} needs Java on PATH (pycocoevalcap runs a jar); install a "
-                           f"JRE, or score with protocol 'best' and METEOR disabled")
+                           f"JRE (17 works)")
 
 
 def check_protocol(protocol: str, where: str = "protocol") -> str:
@@ -78,30 +78,6 @@ def coco_rouge_l(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
     mean, scores = Rouge().compute_score({k: list(r) for k, r in zip(keys, references)},
                                          {k: [h] for k, h in zip(keys, hypotheses)})
     return float(mean), [float(s) for s in scores]
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    previous = [0] * (len(b) + 1)
-    for x in a:
-        current = [0]
-        for j, y in enumerate(b, 1):
-            current.append(previous[j - 1] + 1 if x == y else max(previous[j], current[j - 1]))
-        previous = current
-    return previous[-1]
-
-
-def rouge_l(candidate: str, reference: str, beta: float = 1.2) -> float:
-    """LCS-based F-measure of one normalised candidate against one reference."""
-    c, r = candidate.split(), reference.split()
-    if not c or not r:
-        return 0.0
-    lcs = lcs_length(c, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(c), lcs / len(r)
-    return (1 + beta ** 2) * precision * recall / (recall + beta ** 2 * precision)
 
 
 class MeteorScorer:
@@ -210,12 +186,7 @@ def score_captions_coco(predictions: Sequence[str], references: Sequence[Sequenc
     kept = _kept_references(references)
     n = len(predictions)
     flat = [r for refs in kept for r in refs]
-    tokens = ptb_tokenize([p or "" for p in predictions] + flat)
-    hyps, rest = tokens[:n], tokens[n:]
-    refs_tok: list[list[str]] = []
-    for refs in kept:
-        refs_tok.append(rest[:len(refs)])
-        rest = rest[len(refs):]
+    hyps, refs_tok = _tokenized(predictions, kept)
     per_sample: dict[str, list[float]] = {}
     mean: dict[str, float | None] = {}
     rouge_mean, per_sample["rouge_l"] = coco_rouge_l(hyps, refs_tok)
@@ -242,56 +213,54 @@ def score_captions_coco(predictions: Sequence[str], references: Sequence[Sequenc
             "n_empty_predictions": sum(1 for h in predictions if not normalize_caption(h))}
 
 
+def _tokenized(predictions: Sequence[str], kept: Sequence[Sequence[str]]
+               ) -> tuple[list[str], list[list[str]]]:
+    """PTB tokens of the predictions and of each sample's references (one tokenizer run)."""
+    n = len(predictions)
+    tokens = ptb_tokenize([p or "" for p in predictions] + [r for refs in kept for r in refs])
+    hyps, rest = tokens[:n], tokens[n:]
+    refs_tok: list[list[str]] = []
+    for refs in kept:
+        refs_tok.append(rest[:len(refs)])
+        rest = rest[len(refs):]
+    return hyps, refs_tok
+
+
 def score_captions(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
                    meteor: MeteorScorer | None = None, encoder: TextEncoder | None = None,
-                   rouge_beta: float = 1.2,
                    groups: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
-    """Per-sample best-over-references METEOR, ROUGE-L and embedding similarity, and means.
+    """The paper's protocol: each sample's best single-reference METEOR, ROUGE-L and embedding
+    similarity, and their means over samples (``mean``; per group in ``group_mean``).
 
-    Every sample must have at least one non-empty reference (the caller counts and drops
-    those that do not). An empty prediction scores 0 on every metric. Metrics whose scorer is
-    None are left out. ``groups`` (name -> sample positions) adds ``group_mean``.
+    A single-reference score is what pycocoevalcap gives an image with that one reference
+    (PTB tokens, ``Meteor`` segment score, ``Rouge``). Every sample must have at least one
+    non-empty reference (the caller counts and drops those that do not). Metrics whose scorer
+    is None are left out. ``groups`` names subsets of sample positions (e.g. one per dataset).
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
-    hyps = [normalize_caption(p) for p in predictions]
-    pairs_h: list[str] = []
-    pairs_r: list[str] = []
-    owners: list[int] = []
-    raw_h: list[str] = []
-    raw_r: list[str] = []
-    for i, (hyp, refs) in enumerate(zip(hyps, references)):
-        kept = [r for r in refs if normalize_caption(r)]
-        if not kept:
-            raise ValueError(f"sample {i} has no non-empty reference caption")
-        for ref in kept:
-            pairs_h.append(hyp)
-            pairs_r.append(normalize_caption(ref))
-            raw_h.append(predictions[i] or "")
-            raw_r.append(ref)
-            owners.append(i)
-    n = len(hyps)
-    empty = [not h for h in hyps]
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    kept = _kept_references(references)
+    n = len(predictions)
+    hyps, refs_tok = _tokenized(predictions, kept)
+    owners = [i for i, refs in enumerate(kept) for _ in refs]
+    pairs_h = [hyps[i] for i in owners]
+    pairs_r = [r for refs in refs_tok for r in refs]
     per_sample: dict[str, list[float]] = {}
+    rouge = Rouge()
     per_sample["rouge_l"] = _max_per_sample(
-        [rouge_l(h, r, rouge_beta) for h, r in zip(pairs_h, pairs_r)], owners, n)
+        [float(rouge.calc_score([h], [r])) for h, r in zip(pairs_h, pairs_r)], owners, n)
     if meteor is not None:
-        live = [k for k, h in enumerate(pairs_h) if h]
-        scores = meteor.score_pairs([pairs_h[k] for k in live], [pairs_r[k] for k in live])
-        pair_scores = [0.0] * len(pairs_h)
-        for k, s in zip(live, scores):
-            pair_scores[k] = s
-        per_sample["meteor"] = _max_per_sample(pair_scores, owners, n)
+        per_sample["meteor"] = _max_per_sample(meteor.score_pairs(pairs_h, pairs_r), owners, n)
     if encoder is not None:
-        per_sample["embedding_sim"] = _best_similarity(raw_h, raw_r, owners, n, encoder)
-    for values in per_sample.values():
-        for i in range(n):
-            if empty[i]:
-                values[i] = 0.0
+        per_sample["embedding_sim"] = _best_similarity(
+            [predictions[i] or "" for i in owners], [r for refs in kept for r in refs],
+            owners, n, encoder)
     means = {name: float(np.mean(values)) if values else None
              for name, values in per_sample.items()}
     group_mean = {group: {name: float(np.mean([values[i] for i in positions]))
                           if positions else None for name, values in per_sample.items()}
                   for group, positions in (groups or {}).items()}
     return {"per_sample": per_sample, "mean": means, "group_mean": group_mean,
-            "n_empty_predictions": sum(empty)}
+            "n_empty_predictions": sum(1 for h in predictions if not normalize_caption(h))}

@@ -16,7 +16,8 @@ from lavis_ext.data.records import RecordError, load_records
 from lavis_ext.errors import InputError, UsageError
 from lavis_ext.flags import add_base_url
 from lavis_ext.io import atomic_write_text
-from lavis_ext.metrics.captioning import (PROTOCOLS, MeteorScorer, check_protocol,
+from lavis_ext.metrics.captioning import (DEFAULT_PROTOCOL, PROTOCOLS, MeteorScorer,
+                                          check_protocol,
                                           normalize_caption, score_captions,
                                           score_captions_coco)
 from lavis_ext.metrics.embeddings import TextEncoder, build_encoder
@@ -24,12 +25,13 @@ from lavis_ext.metrics.recognition import parse_caption, recognition_scores
 
 ROUGE_L_DEFINITION = "ROUGE-L = LCS F-measure with beta 1.2 (pycocoevalcap definition)"
 PROTOCOL_DEFINITIONS = {
+    "best": ("the paper's protocol (§4.1): PTB tokenizer; each reference scored on its own "
+             "with pycocoevalcap (METEOR 1.5 segment score, ROUGE-L, embedding similarity), "
+             "the highest score of each image kept, mean over images"),
     "coco": ("COCO caption evaluation (pycocoevalcap): PTB tokenizer; METEOR 1.5 against all "
              "references at once, corpus-level score; ROUGE-L with the best precision and the "
              "best recall over references, mean over images; embedding similarity: best "
              "reference, mean over images"),
-    "best": ("each reference scored on its own and the best kept, mean over images; texts "
-             "lowercased with punctuation removed"),
 }
 CAPTION_METRICS = ("meteor", "rouge_l", "embedding_sim")
 REPORT_BY = (None, "dataset", "split")
@@ -86,7 +88,8 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
                       encoder: TextEncoder | None = None, meteor: bool | MeteorScorer = True,
                       skip_missing: bool = False, au_subset: Iterable[int] | None = None,
                       where: str = "predictions", ref_kinds: Sequence[str] | None = None,
-                      report_by: str | None = None, protocol: str = "coco") -> dict[str, Any]:
+                      report_by: str | None = None, protocol: str = DEFAULT_PROTOCOL
+                      ) -> dict[str, Any]:
     """Score ``[{"image_id", "caption"}]`` against records (``caption`` = references).
 
     Ids absent from the records raise ``EvaluationError`` unless ``skip_missing`` (then they
@@ -95,7 +98,8 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
     without a non-empty reference are left out of the caption metrics (counted) but still
     count for recognition. ``report_by`` (``"dataset"``) adds one result per value of that
     record field in ``groups``, each scored as if evaluated alone; the top level is the
-    pooled result. ``protocol``: ``coco`` or ``best`` (see ``metrics.captioning``).
+    pooled result. ``protocol``: ``best`` (the paper's) or ``coco`` (see
+    ``metrics.captioning``).
     ``meteor`` may be an open ``MeteorScorer`` to reuse, True to start (and close) one here,
     or False to skip METEOR.
     """
@@ -283,10 +287,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "default: every caption of a record")
     parser.add_argument("--by", choices=[b for b in REPORT_BY if b], dest="report_by",
                         help="one row per value of this record field, plus the pooled row")
-    parser.add_argument("--protocol", choices=PROTOCOLS, default="coco",
-                        help="coco: pycocoevalcap's pipeline (PTB tokenizer, multi-reference "
-                             "METEOR and ROUGE-L; needs Java; default); best: each reference "
-                             "scored alone, the best kept")
+    parser.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                        help="best (default; the paper's Table 2): each reference scored "
+                             "alone with pycocoevalcap, the highest kept per image; coco: "
+                             "COCO's multi-reference pipeline (corpus METEOR, ROUGE-L with "
+                             "precision and recall maxima apart). Both need Java")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,9 +15,9 @@ set); ``select_metric`` (default ``meteor``); ``embedding_encoder`` (``minilm``,
 ``meteor`` (default true); ``au_subset`` (list of AU numbers or a ``facs.AU_SUBSETS`` name);
 ``report_metric`` (default true); ``ref_kinds`` (score only against these caption kinds,
 e.g. ``[au-rule, au-llm]`` for the paper's Table 2; default every caption); ``report_by``
-(``dataset``: one result per dataset besides the pooled one); ``score_protocol`` (``coco``,
-default, or ``best``; see ``lavis_ext.metrics.captioning``). ``select_metric`` reads the
-pooled result.
+(``dataset``: one result per dataset besides the pooled one); ``score_protocol`` (``best``,
+the paper's and the default, or ``coco``; see ``lavis_ext.metrics.captioning``).
+``select_metric`` reads the pooled result.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from tqdm import tqdm
 from lavis_ext import facs
 from lavis_ext.data.records import atomic_write_text
 from lavis_ext.metrics.embeddings import build_encoder
-from lavis_ext.metrics.captioning import check_protocol
+from lavis_ext.metrics.captioning import DEFAULT_PROTOCOL, check_protocol
 from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY, ROUGE_L_DEFINITION,
                                         evaluate_captions, format_table)
 from lavis_ext.tasks.references import annotation_storage, records_for_dataset
@@ -74,7 +74,8 @@ class FacialCaptioningTask(BaseTask):
                  embedding_encoder: Any = "minilm", meteor: bool = True,
                  report_metric: bool = True, au_subset: Any = None,
                  result_dir: str | None = None, ref_kinds: Any = None,
-                 report_by: str | None = None, score_protocol: str = "coco") -> None:
+                 report_by: str | None = None,
+                 score_protocol: str = DEFAULT_PROTOCOL) -> None:
         super().__init__()
         if isinstance(ref_kinds, str):
             ref_kinds = [k.strip() for k in ref_kinds.split(",") if k.strip()]
@@ -119,7 +120,7 @@ class FacialCaptioningTask(BaseTask):
                    report_metric=run_cfg.get("report_metric", True), au_subset=au_subset,
                    result_dir=run_cfg.get("result_dir"), ref_kinds=ref_kinds,
                    report_by=run_cfg.get("report_by"),
-                   score_protocol=run_cfg.get("score_protocol", "coco"))
+                   score_protocol=run_cfg.get("score_protocol", DEFAULT_PROTOCOL))
 
     # --- data ------------------------------------------------------------------------------
     def build_datasets(self, cfg: Any) -> dict[str, Any]:

@@ -49,6 +49,42 @@ def test_round_trip_with_another_root_prefix(tmp_path, capsys):
     assert "6: 3 with captions['au-llm'], 3 without" in printed
 
 
+def test_default_out_is_the_caption_path_rule(tmp_path, capsys, monkeypatch):
+    """Without --out, one prepared split goes where the configs and the pipeline read it."""
+    from lavis_ext.captions.paths import captions_path
+
+    monkeypatch.chdir(tmp_path)
+    rafau = [r for r in records() if r["dataset"] == "rafau"]
+    save_records(rafau, tmp_path / "test.json")
+    (tmp_path / "released.json").write_text(json.dumps(
+        [{"image": "/x/RAF-AU/aligned/0001_aligned.jpg", "caption": "The lips part."}]))
+    argv = ["import-captions", "--kind", "au-llm", "--from", str(tmp_path / "released.json"),
+            "--ann", str(tmp_path / "test.json")]
+    assert main(argv) == 0
+    written = tmp_path / "runs" / "paper" / "captions" / "rafau_test.json"
+    assert written.resolve() == (tmp_path / captions_path("runs/paper", "rafau", "test")).resolve()
+    assert load_records(written)[0]["captions"]["au-llm"] == ["The lips part."]
+    assert main(argv + ["--workdir", str(tmp_path / "w")]) == 0
+    assert (tmp_path / "w" / "captions" / "rafau_test.json").is_file()
+    save_records(records(), tmp_path / "mixed.json")  # two datasets: the rule cannot choose
+    assert main(argv[:-1] + [str(tmp_path / "mixed.json")]) == 2
+    assert "dataset/split pairs" in capsys.readouterr().err
+
+
+def test_caption_path_rule_round_trip():
+    from lavis_ext.captions.paths import captions_path, parse_captions_path
+
+    path = captions_path("runs/paper", "bp4d_probe", "train")
+    assert path.as_posix() == "runs/paper/captions/bp4d_probe_train.json"
+    assert parse_captions_path(path) == ("runs/paper", "bp4d_probe", "train")
+    for bad in ("runs/paper/rafau_test.json", "runs/paper/captions/rafau.json",
+                "runs/paper/captions/rafau_dev.json"):
+        with pytest.raises(ValueError, match="<workdir>/captions/<dataset>_<split>.json"):
+            parse_captions_path(bad)
+    with pytest.raises(ValueError, match="split"):
+        captions_path("runs/paper", "rafau", "dev")
+
+
 def test_suffix_rule():
     assert path_parts("C:\\a\\b.jpg")[-2:] == ("a", "b.jpg")
     index = SuffixIndex([{"image": "RAF-AU/aligned/1.jpg"}, {"image": "other/1.jpg"}])

@@ -51,3 +51,48 @@ def test_concat_caption_for_cat_blip():
     assert rules.concat_caption(au, emo) == f"{au} {emo}"
     assert rules.concat_caption("It is a people who raises cheek", emo).startswith(
         "It is a people who raises cheek. The face")
+
+
+def test_faceme_second_template_from_the_label_groups(tmp_path):
+    """A FaceME label CSV (the documented layout) through the reader and emotion-rule: images
+    with action labels get the paper's second template (Fig. 5), the others the first."""
+    import csv
+
+    from lavis_ext.captions.engine import synthesize_records
+    from lavis_ext.data.readers import READERS, SkipReport
+
+    header = ["image", "annotator", "actions/frowning", "actions/Crying", "emotions/unhappiness",
+              "emotions/grief", "emotions/sad", "emotions/happy"]
+    rows = [header]
+    for annotator in "abc":  # image 1: two actions and three other labels, all 3 votes
+        rows.append(["images/1.jpg", annotator, "1", "1", "1", "1", "1", "0"])
+    rows += [["images/2.jpg", "a", "0", "0", "0", "0", "0", "1"],  # emotions only
+             ["images/2.jpg", "b", "0", "0", "0", "0", "0", "1"],
+             ["images/3.jpg", "a", "1", "0", "0", "0", "0", "0"],  # an action only
+             ["images/3.jpg", "b", "1", "0", "0", "0", "0", "0"]]
+    with (tmp_path / "faceme_labels.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    records = READERS["faceme"].read(tmp_path, SkipReport("faceme"))
+    summary = synthesize_records(records, "emotion-rule", progress=False)
+    assert summary.added == 3
+    caption = {r["image_id"]: r["captions"]["emotion-rule"][0] for r in records}
+    assert caption["images_1"] == ("The people is frowning and crying. The actions on the face "
+                                   "show unhappiness, grief and sadness.")
+    assert caption["images_2"] == "The face shows happiness."
+    assert caption["images_3"] == "The people is frowning."
+    # a --template given by the user applies to every image, FaceME's included
+    again = READERS["faceme"].read(tmp_path, SkipReport("faceme"))
+    synthesize_records(again, "emotion-rule", template="They look {emotions}.", progress=False)
+    assert again[0]["captions"]["emotion-rule"][0].startswith("They look frowning")
+
+
+def test_faceme_template_missing_from_a_custom_rules_file_is_a_clear_error(tmp_path):
+    import pytest
+
+    (tmp_path / "rules.yaml").write_text('au_template: "It is a people who {actions}."\n'
+                                         'emotion_template: "The face shows {emotions}."\n')
+    labels = {"actions": ["talking"], "health status": ["tired"]}
+    assert rules.faceme_caption({"health status": ["tired"]}, prompt_dir=tmp_path) == \
+        "The face shows tired."
+    with pytest.raises(KeyError, match="has no 'faceme_actions_template' entry"):
+        rules.faceme_caption(labels, prompt_dir=tmp_path)

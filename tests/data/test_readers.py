@@ -253,6 +253,9 @@ def test_rafdb_compound_and_basic(tmp_path):
     records, report = read("rafdb", tmp_path)
     assert records["compound_train_0001"]["emotions"] == ["happiness", "surprise"]
     assert records["compound_test_0001"]["emotions"] == ["anger", "disgust"]
+    # the release's own partition, from the name prefix
+    assert records["compound_train_0001"]["split"] == "train"
+    assert records["compound_test_0001"]["split"] == "test"
     assert records["compound_train_0001"]["image"] == \
         "compound/Image/aligned/train_0001_aligned.jpg"
     assert report.skipped == {"value out of range": 1, "wrong number of fields": 1}

@@ -60,10 +60,10 @@ def test_gft_splits():
 
 
 def test_random_split_is_seeded_and_sized():
-    records = [{"image_id": f"{i:04d}", "split": "train"} for i in range(3954)]
-    info = apply_split("rafdb", records, seed=1, subset="compound")
+    records = [{"image_id": f"{i:04d}", "split": "train"} for i in range(4601)]
+    info = apply_split("rafau", records, seed=1)
     assert info["kind"] == "seeded random"
-    assert sum(r["split"] == "test" for r in records) == 792  # the paper's 3,162 / 792
+    assert sum(r["split"] == "test" for r in records) == 868  # the paper's 3,733 / 868
     first = [r["split"] for r in records]
     random_split(records, info["test_fraction"], 1)
     assert [r["split"] for r in records] == first
@@ -72,3 +72,30 @@ def test_random_split_is_seeded_and_sized():
     emotionet = [{"image_id": str(i), "split": "train"} for i in range(21163)]
     apply_split("emotionet", emotionet, seed=0)
     assert sum(r["split"] == "test" for r in emotionet) == 2117
+
+
+def test_rafdb_compound_split_is_the_release_partition(tmp_path):
+    """The label file's train_/test_ prefixes decide, as in the release (3,162 / 792 of 3,954
+    in Table 1); no seed changes it."""
+    from lavis_ext.data.prepare import prepare_dataset
+    from lavis_ext.data.records import load_records
+
+    labels = tmp_path / "raw" / "compound" / "EmoLabel"
+    labels.mkdir(parents=True)
+    lines = [f"train_{i:04d}.jpg {1 + i % 11}" for i in range(1, 3163)]
+    lines += [f"test_{i:04d}.jpg {1 + i % 11}" for i in range(1, 793)]
+    lines.insert(100, "extra_0001.jpg 3")  # neither prefix: counted, not guessed
+    (labels / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    tests = []
+    for seed in (0, 1):
+        out = tmp_path / f"out{seed}"
+        report = prepare_dataset("rafdb", tmp_path / "raw", out, seed=seed)
+        assert report["split"] == {"kind": "official"}
+        assert report["records_written"] == {"train": 3162, "test": 792}
+        assert report["skipped"] == {"name has no train_/test_ prefix": 1}
+        test = load_records(out / "test.json")
+        assert all(r["image_id"].startswith("compound_test_") for r in test)
+        assert all(r["image_id"].startswith("compound_train_")
+                   for r in load_records(out / "train.json"))
+        tests.append([r["image_id"] for r in test])
+    assert tests[0] == tests[1]

@@ -1,8 +1,9 @@
-"""Table 2 protocol: AU references only, one row per dataset, equal to pycocoevalcap's pipeline.
+"""Table 2 protocols: AU references only, one row per dataset, equal to pycocoevalcap.
 
-The expected numbers are computed here the way COCO's caption evaluation does it (PTB
-tokenizer, then METEOR and ROUGE-L), per dataset, on the AU captions alone, with nothing of
-lavis_ext's scoring code involved.
+The expected numbers are computed here with pycocoevalcap alone (PTB tokenizer, then METEOR
+and ROUGE-L), per dataset, on the AU captions alone, with nothing of lavis_ext's scoring code
+involved: for ``best`` (the paper's), one pycocoevalcap run per reference, each image keeping
+its highest score; for ``coco``, COCO's caption evaluation with all references at once.
 """
 import json
 
@@ -58,9 +59,10 @@ def meteor():
         scorer.meteor_p.wait()
 
 
-def coco_pipeline(meteor, gts, res):
+def coco_pipeline(meteor, gts, res, per_image=False):
     """PTB tokenizer, then METEOR and ROUGE-L, as COCOEvalCap runs them (one tokenizer call
-    for references and predictions, keys kept apart)."""
+    for references and predictions, keys kept apart): the corpus scores, or with
+    ``per_image`` the per-image scores by key."""
     from pycocoevalcap.rouge.rouge import Rouge
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
@@ -69,13 +71,16 @@ def coco_pipeline(meteor, gts, res):
     tokens = PTBTokenizer().tokenize(both)
     gts = {k: tokens[("gt", k)] for k in gts}
     res = {k: tokens[("res", k)] for k in res}
-    meteor_score, _ = meteor.compute_score(gts, res)
-    rouge_score, _ = Rouge().compute_score(gts, res)
+    meteor_score, meteor_images = meteor.compute_score(gts, res)
+    rouge_score, rouge_images = Rouge().compute_score(gts, res)
+    if per_image:  # both scorers keep the order of gts.keys()
+        return ({k: float(m) for k, m in zip(gts, meteor_images)},
+                {k: float(r) for k, r in zip(gts, rouge_images)})
     return meteor_score, rouge_score
 
 
 @pytest.mark.slow  # two METEOR JVMs and five tokenizer runs: ~40 s on a busy 2-core machine
-def test_ref_kinds_by_dataset_equals_the_coco_pipeline_per_dataset(tmp_path, capsys, meteor):
+def test_coco_protocol_by_dataset_equals_the_coco_pipeline_per_dataset(tmp_path, capsys, meteor):
     records = table2_records()
     save_records(records, tmp_path / "gt.json")
     preds = [{"image_id": r["image_id"], "caption": p} for r, p in zip(records, PREDICTIONS)]
@@ -84,7 +89,7 @@ def test_ref_kinds_by_dataset_equals_the_coco_pipeline_per_dataset(tmp_path, cap
     code = main(["evaluate", "--pred", str(tmp_path / "pred.json"), "--ann",
                  str(tmp_path / "gt.json"), "--split", "test", "--out", str(out),
                  "--encoder", "none", "--ref-kinds", "au-rule,au-llm", "--by", "dataset",
-                 "--name", "AU-BLIP"])
+                 "--name", "AU-BLIP", "--protocol", "coco"])
     printed = capsys.readouterr().out
     assert code == 0
     result = json.loads(out.read_text())["AU-BLIP"]
@@ -112,9 +117,64 @@ def test_ref_kinds_by_dataset_equals_the_coco_pipeline_per_dataset(tmp_path, cap
     # with every caption as a reference (fuse included) the scores change: the filter matters
     everything = tmp_path / "all.json"
     main(["evaluate", "--pred", str(tmp_path / "pred.json"), "--ann", str(tmp_path / "gt.json"),
-          "--split", "test", "--out", str(everything), "--encoder", "none", "--no-meteor"])
+          "--split", "test", "--out", str(everything), "--encoder", "none", "--no-meteor",
+          "--protocol", "coco"])
     pooled_all = json.loads(everything.read_text())["pred"]["metrics"]["rouge_l"]
     assert pooled_all != pytest.approx(rouge)
+
+
+@pytest.mark.slow  # two METEOR JVMs and several tokenizer runs: ~40 s on a busy 2-core machine
+def test_best_protocol_by_dataset_is_the_best_single_reference_pycocoevalcap_score(
+        tmp_path, capsys, meteor):
+    records = table2_records()
+    save_records(records, tmp_path / "gt.json")
+    preds = [{"image_id": r["image_id"], "caption": p} for r, p in zip(records, PREDICTIONS)]
+    (tmp_path / "pred.json").write_text(json.dumps(preds))
+    out = tmp_path / "scores.json"
+    code = main(["evaluate", "--pred", str(tmp_path / "pred.json"), "--ann",
+                 str(tmp_path / "gt.json"), "--split", "test", "--out", str(out),
+                 "--encoder", "none", "--ref-kinds", "au-rule,au-llm", "--by", "dataset",
+                 "--name", "AU-BLIP"])  # best is the default protocol
+    printed = capsys.readouterr().out
+    assert code == 0
+    result = json.loads(out.read_text())["AU-BLIP"]
+    assert result["protocol"] == "best" and "§4.1" in result["protocol_definition"]
+    by_id = {r["image_id"]: r for r in records if r["split"] == "test"}
+    caption = {p["image_id"]: p["caption"] for p in preds}
+    # one pycocoevalcap run per reference position (rule, then LLM): single-reference scores
+    singles = {"meteor": {i: [] for i in by_id}, "rouge_l": {i: [] for i in by_id}}
+    for kind in ("au-rule", "au-llm"):
+        gts = {i: [r["captions"][kind][0]] for i, r in by_id.items()}
+        m, r = coco_pipeline(meteor, gts, {i: [caption[i]] for i in gts}, per_image=True)
+        for i in gts:
+            singles["meteor"][i].append(m[i])
+            singles["rouge_l"][i].append(r[i])
+    best = {metric: {i: max(v) for i, v in values.items()} for metric, values in singles.items()}
+    # the best reference differs between images
+    assert len({v.index(max(v)) for v in singles["rouge_l"].values()}) == 2
+    per_sample = {s["image_id"]: s for s in result["per_sample"]}
+    for metric in ("meteor", "rouge_l"):
+        for i in by_id:
+            assert per_sample[i][metric] == pytest.approx(best[metric][i], abs=1e-12)
+    coco_meteor, _ = coco_pipeline(
+        meteor, {i: r["captions"]["au-rule"] + r["captions"]["au-llm"] for i, r in by_id.items()},
+        {i: [caption[i]] for i in by_id})
+    for dataset in ("rafau", "gft"):
+        ids = [i for i, r in by_id.items() if r["dataset"] == dataset]
+        got = result["groups"][dataset]["metrics"]
+        expected = {m: sum(best[m][i] for i in ids) / len(ids) for m in best}
+        assert got["meteor"] == pytest.approx(expected["meteor"], abs=1e-12)
+        assert got["rouge_l"] == pytest.approx(expected["rouge_l"], abs=1e-12)
+        assert f"| AU-BLIP | {dataset} | {expected['meteor']:.3f} | {expected['rouge_l']:.3f} |" \
+            in printed
+    pooled = {m: sum(best[m].values()) / len(by_id) for m in best}
+    assert result["metrics"]["meteor"] == pytest.approx(pooled["meteor"], abs=1e-12)
+    assert result["metrics"]["rouge_l"] == pytest.approx(pooled["rouge_l"], abs=1e-12)
+    # METEOR: the mean of per-image maxima is not COCO's corpus score (for ROUGE-L the two
+    # rules part where precision and recall peak on different references:
+    # test_captioning.py::test_best_protocol_keeps_the_best_single_reference_rouge)
+    assert pooled["meteor"] != pytest.approx(coco_meteor, abs=1e-4)
+    assert caption["gft_3"] == "" and per_sample["gft_3"]["rouge_l"] == 0.0
 
 
 def test_ref_kinds_that_no_record_has_is_a_clear_error(tmp_path, capsys):

@@ -17,7 +17,11 @@ from lavis_ext.captions import rules
 from lavis_ext.data.records import add_captions, new_record, save_records
 
 PROJECTS = Path(__file__).resolve().parents[2] / "projects" / "eval"
-MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
+MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip",
+          "blip2_pretrained", "blip2_coco")
+# the two BLIP-2 rows: LAVIS's blip2_opt as released (model type, released weights, image size)
+BLIP2 = {"blip2_pretrained": ("pretrain_opt6.7b", "blip2_pretrained_opt6.7b.pth", 224),
+         "blip2_coco": ("caption_coco_opt6.7b", "blip2_caption_opt6.7b.pth", 364)}
 CONFIGS = [PROJECTS / f"table2_{m}.yaml" for m in MODELS]
 
 
@@ -63,10 +67,22 @@ def test_table2_config_runs_one_evaluation_step(path, tmp_path, tiny_models):
     # the paper's protocol, as written in the file
     assert run.task == "facial_captioning" and run.evaluate is True
     assert list(run.ref_kinds) == ["au-rule", "au-llm"] and run.report_by == "dataset"
-    assert run.score_protocol == "coco" and run.meteor is True
+    assert run.score_protocol == "best" and run.meteor is True
     assert run.embedding_encoder.name == "openai"
     assert run.embedding_encoder.model == "text-embedding-ada-002"
-    assert list(run.test_splits) == ["test"] and cfg.model.load_finetuned is True
+    assert list(run.test_splits) == ["test"]
+    if path.stem[len("table2_"):] in BLIP2:
+        model_type, weights, size = BLIP2[path.stem[len("table2_"):]]
+        assert cfg.model.arch == "blip2_opt" and cfg.model.model_type == model_type
+        # as LAVIS's Config merges it: the model type's defaults under the file's model section
+        model_cfg = Config.build_model_config(cfg).model
+        loaded = model_cfg.finetuned if model_cfg.get("load_finetuned") else model_cfg.pretrained
+        assert loaded.endswith("/" + weights) and model_cfg.image_size == size
+        assert cfg.datasets.facial_caption_mix.vis_processor.eval.image_size == size
+        stand_in = "exp_blip"  # tiny stand-in for the 6.7B model
+    else:
+        assert cfg.model.load_finetuned is True
+        stand_in = cfg.model.arch
     sources = cfg.datasets.facial_caption_mix.build_info.sources
     assert [Path(s.annotations.test.storage).name for s in sources] == \
         ["rafau_test.json", "gft_test.json"]
@@ -84,7 +100,7 @@ def test_table2_config_runs_one_evaluation_step(path, tmp_path, tiny_models):
     datasets_cfg = Config.build_dataset_config(cfg).datasets
     datasets = task.build_datasets(SimpleNamespace(datasets_cfg=datasets_cfg))
     test = datasets["facial_caption_mix"]["test"]
-    model = tiny_models(cfg.model.arch)
+    model = tiny_models(stand_in)
     task.before_evaluation(model=model, dataset=test)
     loader = torch.utils.data.DataLoader(test, batch_size=len(test), collate_fn=test.collater)
     results = task.evaluation(model, loader, cuda_enabled=False)

@@ -1,9 +1,10 @@
 """RAF-DB: ``<subset>/EmoLabel/list_patition_label.txt`` (sic), lines ``train_00001.jpg 5``.
 
 ``subset="compound"`` (what the paper uses): labels 1-11 become emotion pairs
-(``lavis_ext.facs.RAFDB_COMPOUND``); the split is a seeded random one (see ``splits``).
-``subset="basic"``: labels 1-7 (``RAFDB_BASIC``); split by the ``train_``/``test_`` name
-prefix (official). Images: ``<subset>/Image/aligned/<stem>_aligned.jpg``.
+(``lavis_ext.facs.RAFDB_COMPOUND``). ``subset="basic"``: labels 1-7 (``RAFDB_BASIC``). Both
+are split by the ``train_``/``test_`` name prefix, the release's own partition (compound:
+3,162 / 792, Table 1 of the paper); a name without either prefix is skipped and counted.
+Images: ``<subset>/Image/aligned/<stem>_aligned.jpg``.
 """
 from __future__ import annotations
 
@@ -52,16 +53,13 @@ def read(root: str | Path, report: SkipReport, *, subset: str = "compound",
         seen.add(stem)
         value = table[code]
         emotions = list(value) if isinstance(value, tuple) else [value]
-        if subset == "basic":
-            if stem.startswith("train_"):
-                split = "train"
-            elif stem.startswith("test_"):
-                split = "test"
-            else:
-                report.skip("name has no train_/test_ prefix", path, line_no, name)
-                continue
-        else:
+        if stem.startswith("train_"):
             split = "train"
+        elif stem.startswith("test_"):
+            split = "test"
+        else:
+            report.skip("name has no train_/test_ prefix", path, line_no, name)
+            continue
         records.append({
             "image": f"{subset}/{image_pattern.format(stem=stem, name=name)}",
             "image_id": f"{subset}_{stem}", "dataset": NAME, "subject": None,
