@@ -12,7 +12,7 @@ behaviour it changes:
 * ``scaler``: ``torch.amp.GradScaler`` enabled only for float16 on CUDA (``amp.py``).
 * ``create_loaders``: no ``PrefetchLoader`` or pinned memory off CUDA, no 2 s pause per pass
   without workers (``loaders.py`` says why super() cannot be used).
-* ``_save_checkpoint`` / ``_load_checkpoint``: atomic, trainable weights only (also for
+* ``_save_checkpoint`` / ``_load_checkpoint`` (both runners, by ``PROGRESS``): atomic, trainable weights only (also for
   ``RunnerIter``), weights-only loads, strict-but-frozen-allowed resume at the right epoch or
   iteration (``checkpoints.py``).
 * ``setup_output_dir``: a relative ``run.output_dir`` is taken from the working directory (LAVIS
@@ -151,6 +151,25 @@ class ExpBlipRunnerMixin:
                 built.append(one(dataset, batch_size, is_train, collate_fn))
         return built
 
+    # (checkpoint key, added on resume, runner attributes of the end and of the start)
+    PROGRESS: tuple[str, int, str, str]
+
+    def _save_checkpoint(self, progress: int, is_best: bool = False) -> None:
+        if is_main_process():
+            save_runner_checkpoint(self, self.PROGRESS[0], progress, is_best)
+
+    def _load_checkpoint(self, url_or_filename: Any) -> None:
+        """Restore model, optimizer, scaler and where training continues."""
+        key, step, end_attr, start_attr = self.PROGRESS
+        path, checkpoint = restore_training_state(self, url_or_filename, key)
+        start, end = int(checkpoint[key]) + step, getattr(self, end_attr)
+        if start >= end:
+            raise ValueError(
+                f"run.resume_ckpt_path: {path} was saved at {key} {checkpoint[key]}, the end of "
+                f"run.{end_attr}={end}; raise run.{end_attr} to train further")
+        logging.info("Resumed from %s: continuing at %s %d", path, key, start)
+        setattr(self, start_attr, start)
+
     def train(self) -> None:
         with world_of_one(self.device):
             super().train()
@@ -162,41 +181,17 @@ class ExpBlipRunnerMixin:
 
 @registry.register_runner(RUNNER)
 class ExpBlipRunner(ExpBlipRunnerMixin, RunnerBase):
-    """LAVIS's epoch-based runner with the plugin's overrides."""
+    """LAVIS's epoch-based runner with the plugin's overrides; resumes at the next epoch."""
 
-    def _save_checkpoint(self, cur_epoch: int, is_best: bool = False) -> None:
-        if is_main_process():
-            save_runner_checkpoint(self, "epoch", cur_epoch, is_best)
-
-    def _load_checkpoint(self, url_or_filename: Any) -> None:
-        """Restore model, optimizer, scaler and the next epoch."""
-        path, checkpoint = restore_training_state(self, url_or_filename, "epoch")
-        self.start_epoch = int(checkpoint["epoch"]) + 1
-        if self.start_epoch >= self.max_epoch:
-            raise ValueError(
-                f"run.resume_ckpt_path: {path} was saved after epoch {checkpoint['epoch']}, the last one "
-                f"for run.max_epoch={self.max_epoch}; raise run.max_epoch to train further")
-        logging.info("Resumed from %s: continuing at epoch %d", path, self.start_epoch)
+    PROGRESS = ("epoch", 1, "max_epoch", "start_epoch")
 
 
 @registry.register_runner(RUNNER_ITER)
 class ExpBlipRunnerIter(ExpBlipRunnerMixin, RunnerIter):
-    """LAVIS's iteration-based runner with the plugin's overrides."""
+    """LAVIS's iteration-based runner with the plugin's overrides.
 
-    def _save_checkpoint(self, cur_iters: int, is_best: bool = False) -> None:
-        if is_main_process():
-            save_runner_checkpoint(self, "iters", cur_iters, is_best)
+    The saved ``iters`` is the end (exclusive) of the inner epoch just finished, so training
+    resumes there (LAVIS adds 1, which shifts every later inner epoch by one iteration).
+    """
 
-    def _load_checkpoint(self, url_or_filename: Any) -> None:
-        """Restore model, optimizer, scaler and the next iteration.
-
-        The saved ``iters`` is the end (exclusive) of the inner epoch just finished, so training
-        continues there (LAVIS adds 1, which shifts every later inner epoch by one iteration).
-        """
-        path, checkpoint = restore_training_state(self, url_or_filename, "iters")
-        self.start_iters = int(checkpoint["iters"])
-        if self.start_iters >= self.max_iters:
-            raise ValueError(
-                f"run.resume_ckpt_path: {path} was saved at iteration {checkpoint['iters']}, the end of "
-                f"run.max_iters={self.max_iters}; raise run.max_iters to train further")
-        logging.info("Resumed from %s: continuing at iteration %d", path, self.start_iters)
+    PROGRESS = ("iters", 0, "max_iters", "start_iters")

@@ -24,23 +24,21 @@ def apply_lr_scales(optimizer: Any) -> None:
         group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
 
 
-@registry.register_lr_scheduler(COSINE)
-class ScaledWarmupCosineLRScheduler(LinearWarmupCosineLRScheduler):
-    """``linear_warmup_cosine_lr`` with per-group ``lr_scale``."""
+class LrScaleMixin:
+    """Placed before a LAVIS scheduler: its step, then each group's ``lr_scale``."""
 
-    honours_lr_scale = True
+    honours_lr_scale = True  # the runners refuse other schedulers with run.lr_layer_decay
 
     def step(self, cur_epoch: int, cur_step: int) -> None:
         super().step(cur_epoch, cur_step)
         apply_lr_scales(self.optimizer)
+
+
+@registry.register_lr_scheduler(COSINE)
+class ScaledWarmupCosineLRScheduler(LrScaleMixin, LinearWarmupCosineLRScheduler):
+    """``linear_warmup_cosine_lr`` with per-group ``lr_scale``."""
 
 
 @registry.register_lr_scheduler(STEP)
-class ScaledWarmupStepLRScheduler(LinearWarmupStepLRScheduler):
+class ScaledWarmupStepLRScheduler(LrScaleMixin, LinearWarmupStepLRScheduler):
     """``linear_warmup_step_lr`` with per-group ``lr_scale``."""
-
-    honours_lr_scale = True
-
-    def step(self, cur_epoch: int, cur_step: int) -> None:
-        super().step(cur_epoch, cur_step)
-        apply_lr_scales(self.optimizer)

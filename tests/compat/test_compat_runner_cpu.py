@@ -139,7 +139,7 @@ def test_resume_reports_missing_file_and_finished_runs(tmp_path: Path, plain_pro
     runner = _runner(compat_toy.write_run_config(tmp_path, run={"max_epoch": 1}))
     runner._save_checkpoint(0)
     ckpt = next(Path(runner.output_dir).glob("checkpoint_0.pth"))
-    with pytest.raises(ValueError, match=r"epoch 0, the last one for run\.max_epoch=1"):
+    with pytest.raises(ValueError, match=r"epoch 0, the end of run\.max_epoch=1"):
         runner._load_checkpoint(str(ckpt))
 
 
