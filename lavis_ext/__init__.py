@@ -4,15 +4,16 @@ Importing the package is light: it imports neither torch, LAVIS nor transformers
 layers (``facs``, ``data``, ``captions``, ``metrics``) and the ``expblip`` commands built on
 them start in a fraction of a second. Instead it registers a post-import hook on ``lavis``
 (``wrapt.register_post_import_hook``): as soon as LAVIS finishes importing, whoever imports it,
-the hook applies the LAVIS 1.0.2 compatibility fixes (``lavis_ext.compat``) and registers the
-plugin's processors, dataset builders, models and tasks with LAVIS's registry. If LAVIS is
+the hook applies the few LAVIS 1.0.2 fixes no subclass can make (``lavis_ext.compat``) and
+registers the plugin's processors, dataset builders, models, tasks, runners and learning-rate
+schedulers with LAVIS's registry. If LAVIS is
 already imported, the hook runs at once. On current transformers, LAVIS imports names that
 moved; hooks on those modules (``compat.PROVIDES``) put them back before LAVIS imports them,
 so on that stack ``lavis_ext`` must be imported before ``lavis``.
 
 An error inside the hook (for example an unsupported LAVIS version) never breaks ``import
 lavis``: it is kept, reported once as a warning, and raised again by :func:`ensure_registered`
-and whenever ``lavis_ext.models``, ``.datasets``, ``.tasks`` or ``.processors`` is reached
+and whenever ``lavis_ext.models``, ``.datasets``, ``.tasks``, ``.processors`` or ``.runners`` is reached
 through this package. See ``docs/architecture.md``.
 """
 from __future__ import annotations
@@ -39,6 +40,11 @@ KNOWN_THIRD_PARTY_WARNINGS: tuple[tuple[str, str], ...] = (
     ("fairscale.experimental.nn.offload",
      "`torch.cuda.amp.custom_bwd(args...)` is deprecated. "
      "Please use `torch.amp.custom_bwd(args..., device_type='cuda')` instead."),
+    # LAVIS's BaseTask train loop (left stock) enters torch.cuda.amp.autocast at every step; the
+    # plugin's tasks autocast inside it with torch.amp (lavis_ext.tasks.run).
+    ("lavis.tasks.base_task",
+     "`torch.cuda.amp.autocast(args...)` is deprecated. "
+     "Please use `torch.amp.autocast('cuda', args...)` instead."),
 )
 
 for _module, _message in KNOWN_THIRD_PARTY_WARNINGS:
@@ -46,7 +52,7 @@ for _module, _message in KNOWN_THIRD_PARTY_WARNINGS:
                             module=re.escape(_module) + r"\Z")
 
 # Subpackages that need LAVIS (and register with it); reached lazily through __getattr__.
-LAVIS_SUBPACKAGES = ("processors", "datasets", "models", "tasks")
+LAVIS_SUBPACKAGES = ("processors", "datasets", "models", "tasks", "runners")
 
 _registration_error: BaseException | None = None
 _registered = False

@@ -9,9 +9,9 @@ Behaves like the ``train.py`` of the LAVIS repository:
 
 ``--options`` takes ``key=value`` overrides merged over the YAML. The run is seeded with
 ``run.seed + rank``; the runner is the class registered under ``run.runner``
-(``runner_base`` when unset). ``lavis_ext`` is imported first, so its models, datasets and tasks
-are registered and the LAVIS 1.0.2 fixes in ``lavis_ext.compat`` are applied (CPU/gloo runs,
-``load_pretrained: False``, safe checkpoint loading, ``run.amp_dtype``).
+(``runner_expblip``, the plugin's, when unset; ``runner_base`` is LAVIS's stock runner). ``lavis_ext`` is imported first, so its models, datasets, tasks, runners
+and schedulers are registered. The process group is started by
+``lavis_ext.runners.distributed.start_process_group`` (gloo on CPU, nccl on CUDA).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from lavis.common.dist_utils import get_rank
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from lavis.common.utils import now
-from lavis_ext.compat.distributed import init_distributed_mode, shared_value
+from lavis_ext.runners.distributed import shared_value, start_process_group
 
 
 def parse_args(argv: Sequence[str] | None = None, description: str = "Training") -> argparse.Namespace:
@@ -61,8 +61,13 @@ def setup_seeds(cfg: Config) -> None:
     cudnn.deterministic = True
 
 
+DEFAULT_RUNNER = "runner_expblip"
+
+
 def get_runner_class(cfg: Config) -> type:
-    name = cfg.run_cfg.get("runner", "runner_base")
+    # Unset: the plugin's runner, so a YAML written for lavis_ext's train.py keeps working on
+    # CPU; `run.runner: runner_base` asks for LAVIS's stock runner (docs/compat.md).
+    name = cfg.run_cfg.get("runner", None) or DEFAULT_RUNNER
     runner_cls = registry.get_runner_class(name)
     if runner_cls is None:
         known = ", ".join(sorted(registry.mapping["runner_name_mapping"]))
@@ -74,7 +79,7 @@ def build_runner(args: argparse.Namespace) -> Any:
     """Config, process group, seeds, logger, task, datasets, model and runner, in LAVIS's order."""
     job_id = now()  # taken before start-up, then rank 0's value is shared by all ranks
     cfg = Config(args)
-    init_distributed_mode(cfg.run_cfg)
+    start_process_group(cfg.run_cfg)
     job_id = shared_value(job_id)
     setup_seeds(cfg)
     setup_logger()

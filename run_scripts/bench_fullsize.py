@@ -16,7 +16,7 @@ for 1 until it becomes compute-bound.
 
 With several types, each runs in its own child process, so each peak memory is its own.
 ``--runner-iters N`` also trains stage 2 for N iterations through LAVIS's runner
-(``runner_iter``, one process, nccl on CUDA / gloo on CPU) on synthetic faces and prints
+(``runner_expblip_iter``, one process, nccl on CUDA / gloo on CPU) on synthetic faces and prints
 samples/s. Weights are random: no download, nothing to configure.
 """
 from __future__ import annotations
@@ -259,7 +259,7 @@ def bench_type(model_type: str, device_name: str, llm_dtype: str, beams: int, ne
 
 def runner_iterations(model_type: str, device_name: str, iters: int, batch: int,
                       llm_dtype: str, train_vit: bool) -> dict[str, Any]:
-    """Stage 2 through LAVIS's runner (runner_iter) on synthetic faces; samples/s from the
+    """Stage 2 through the plugin's iteration runner (runner_expblip_iter) on synthetic faces; samples/s from the
     model's own forward calls after two warm-up iterations."""
     with tempfile.TemporaryDirectory(prefix="bench_runner_") as folder:
         return _runner_iterations(Path(folder), model_type, device_name, iters, batch,
@@ -293,7 +293,7 @@ def _runner_iterations(work: Path, model_type: str, device_name: str, iters: int
                  overrides_for(model_type, 2, llm_dtype, train_vit).items()}
     overrides["run.output_dir"] = str(work / "runs")
     overrides.update({
-        "model.model_type": model_type, "run.runner": "runner_iter", "run.max_iters": iters,
+        "model.model_type": model_type, "run.runner": "runner_expblip_iter", "run.max_iters": iters,
         "run.iters_per_inner_epoch": iters, "run.batch_size_train": batch,
         "run.batch_size_eval": batch, "run.test_splits": [], "run.valid_splits": [],
         "run.num_workers": 2, "run.warmup_steps": 1, "run.device": device_name,

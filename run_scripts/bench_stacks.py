@@ -1,7 +1,7 @@
 """The same tiny stage-2 training run on both stacks, side by side (docs/hardware.md).
 
 Runs ``run_scripts/bench_fullsize.py --types tiny --skip-bench --runner-iters N`` (stage 2
-through LAVIS's ``runner_iter`` on synthetic faces, random tiny weights) once with the paper
+through the plugin's ``runner_expblip_iter`` on synthetic faces, random tiny weights) once with the paper
 stack's python and once with the current stack's, alternating for ``--repeats`` rounds so
 that a busy machine slows both alike, and prints one row per stack: versions, samples/s
 (median over rounds) and peak memory (the process's VmHWM, largest over rounds).

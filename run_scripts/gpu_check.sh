@@ -4,7 +4,7 @@
 #      bf16, ViT trained in the stage-2 step as in the paper): build, one stage-1 and one stage-2
 #      step, generate (beam 5, 20 new tokens) at batch 1 and 8 with per-phase times;
 #   2. 50 stage-2 iterations of vitg_opt2.7b on synthetic faces through LAVIS's runner
-#      (runner_iter, one process, an nccl process group): samples/s and peak GPU memory.
+#      (runner_expblip_iter, one process, an nccl process group): samples/s and peak GPU memory.
 # Results: printed, and as JSON under $OUT (default gpu_check_out/). The rows go in
 # docs/hardware.md.
 #

@@ -68,12 +68,14 @@ def ours():
     m = registry.mapping
     return {section: sorted(k for k, v in m[section].items() if v.__module__.startswith("lavis_ext."))
             for section in ("model_name_mapping", "builder_name_mapping", "task_name_mapping",
-                            "processor_name_mapping")}
+                            "processor_name_mapping", "runner_name_mapping",
+                            "lr_scheduler_name_mapping")}
 """
 
 WALK_ALL = """
 import importlib, pkgutil
-for package in ("lavis_ext.processors", "lavis_ext.datasets", "lavis_ext.models", "lavis_ext.tasks"):
+for package in ("lavis_ext.processors", "lavis_ext.datasets", "lavis_ext.models", "lavis_ext.tasks",
+                "lavis_ext.runners"):
     module = importlib.import_module(package)
     for info in pkgutil.walk_packages(getattr(module, "__path__", []), package + "."):
         importlib.import_module(info.name)

@@ -1,4 +1,4 @@
-"""The one mechanism every LAVIS 1.0.2 patch goes through: records, a ledger, overlays.
+"""The one mechanism the remaining LAVIS 1.0.2 patches go through: records and a ledger.
 
 A :class:`Patch` names its target as ``"module:qualname"`` (for example
 ``"lavis.runners.runner_base:RunnerBase.scaler"``) and its ``apply`` as ``"module:function"``:
@@ -10,11 +10,8 @@ strings, so the list of patches can be read without importing LAVIS or torch.
 patched raises :class:`PatchConflict` naming both patches: two fixes of one attribute would
 otherwise silently depend on their order. :func:`original` gives back what LAVIS shipped.
 
-:class:`Overlay` stands in for a module *reference inside one LAVIS module* (for example the
-name ``torch`` inside ``lavis.runners.runner_base``) and overrides only the few attributes
-that are wrong there (``torch.load``), delegating everything else. This changes one call
-site's behaviour without copying the LAVIS method around it and without touching torch
-itself for the rest of the process.
+Only the few records that no subclass or registration can replace go through it
+(``lavis_ext.compat.PATCHES``).
 """
 from __future__ import annotations
 
@@ -190,25 +187,3 @@ def original(owner: Any, name: str) -> Any:
     """The attribute as LAVIS shipped it (the current one when no patch is applied)."""
     entry = _LEDGER.get((id(owner), name))
     return _get(owner, name) if entry is None else entry.original
-
-
-class Overlay:
-    """A read-only view of ``target`` where the attributes in ``overrides`` win."""
-
-    def __init__(self, target: Any, **overrides: Any) -> None:
-        object.__setattr__(self, "_target", target)
-        object.__setattr__(self, "_overrides", overrides)
-
-    def __getattr__(self, name: str) -> Any:
-        overrides = object.__getattribute__(self, "_overrides")
-        if name in overrides:
-            return overrides[name]
-        return getattr(object.__getattribute__(self, "_target"), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{self!r} is read-only")
-
-    def __repr__(self) -> str:
-        target = object.__getattribute__(self, "_target")
-        names = sorted(object.__getattribute__(self, "_overrides"))
-        return f"<lavis_ext overlay of {getattr(target, '__name__', target)!r} overriding {names}>"

@@ -129,7 +129,7 @@ def train(work: Path, experiment: str, datasets: list[str], kinds: list[str],
     runner), with the tiny configs; a fixed budget keeps the demo's run time predictable."""
     common = {"model.image_size": size, "run.batch_size_train": profile["batch"],
               "run.batch_size_eval": profile["batch"], "run.test_splits": [],
-              "run.runner": "runner_iter",
+              "run.runner": "runner_expblip_iter",
               "run.seed": 42 + seed,  # 42: the tiny configs' run.seed, the measured default
               **{f"datasets.facial_caption_mix.vis_processor.{split}.image_size": size
                  for split in ("train", "eval")}}

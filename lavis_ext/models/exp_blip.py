@@ -31,7 +31,10 @@ from lavis_ext.models.llm import (choose_llm_model, estimate_parameters, llm_con
                                   resolve_llm_dtype)
 from lavis_ext.models.llm_family import family_of
 from lavis_ext.models.vision import VIT_PARTS, build_vision_encoder, vit_weights_source
+from lavis_ext.models.lavis_hooks import autocast_context
 from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_all
+from lavis_ext.runners.checkpoints import load_from_config
+from lavis_ext.runners.distributed import world_of_one
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 STAGE1_TYPES = ("vitg", "vitb", "tiny")
@@ -110,6 +113,14 @@ class ExpBlipParts:
         self.Qformer, self.query_tokens = build_qformer(
             num_query_token, self.visual_encoder.num_features, cross_attention_freq,
             qformer_weights, qformer)
+
+    def maybe_autocast(self, dtype: torch.dtype = torch.float16) -> Any:
+        """``torch.amp`` autocast for the model's device; on CPU only for bfloat16."""
+        return autocast_context(self.device, dtype, super().maybe_autocast)
+
+    def load_checkpoint_from_config(self, cfg: Any, **kwargs: Any) -> None:
+        """Honours ``load_pretrained: False``; errors name the file and the config key."""
+        load_from_config(self, cfg, **kwargs)
 
     def _required_from_checkpoint(self, parts: tuple[str, ...]) -> tuple[str, ...]:
         vit = ("visual_encoder", "ln_vision") if self._vit_from_checkpoint else ()
@@ -283,6 +294,11 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
     @staticmethod
     def _stage_args(cfg: Any) -> dict[str, Any]:
         return {"embed_dim": cfg.get("embed_dim", 256)}
+
+    def forward(self, samples: dict[str, Any]) -> Any:
+        # Blip2Qformer.forward calls dist.get_rank() and gathers features over the group.
+        with world_of_one(self.device):
+            return super().forward(samples)
 
 
 @registry.register_model("exp_blip")

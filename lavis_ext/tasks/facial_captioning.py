@@ -41,6 +41,7 @@ from lavis_ext.metrics.captioning import DEFAULT_PROTOCOL, check_protocol
 from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY, ROUGE_L_DEFINITION,
                                         evaluate_captions, format_table)
 from lavis_ext.tasks.references import annotation_storage, records_for_dataset
+from lavis_ext.tasks.run import RunBoundTask
 
 # run_cfg key -> keyword of ``generate``.
 GENERATION_KEYS = {
@@ -69,7 +70,7 @@ def _au_subset(value: Any) -> tuple[int, ...] | None:
 
 
 @registry.register_task("facial_captioning")
-class FacialCaptioningTask(BaseTask):
+class FacialCaptioningTask(RunBoundTask, BaseTask):
     def __init__(self, generate_kwargs: Mapping[str, Any], *, select_metric: str = "meteor",
                  embedding_encoder: Any = "minilm", meteor: bool = True,
                  report_metric: bool = True, au_subset: Any = None,

@@ -1,7 +1,7 @@
 """A toy LAVIS plugin for the runner tests: linear regression on seeded random tensors.
 
-Registered under test-only names so that LAVIS's stock runner, config system, task and
-checkpointing can be exercised end to end in seconds, without the BLIP-2 models. The model has
+Registered under test-only names so that the plugin's runners (subclasses of LAVIS's), LAVIS's
+config system, task loop and checkpointing can be exercised end to end in seconds, without the BLIP-2 models. The model has
 a frozen layer (like BLIP-2's frozen image encoder), which LAVIS leaves out of its checkpoints.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import lavis_ext  # noqa: F401  (applies the compat fixes)
+import lavis_ext  # noqa: F401  (registers the plugin when LAVIS is imported)
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,9 @@ from lavis.common.registry import registry
 from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from lavis.models.base_model import BaseModel
 from lavis.tasks.base_task import BaseTask
+
+from lavis_ext.runners.checkpoints import load_from_config
+from lavis_ext.tasks.run import RunBoundTask
 
 NAME = "lavis_ext_toy_regression"
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -47,6 +50,9 @@ class ToyRegression(BaseModel):
         model = cls(dim=int(cfg.get("dim", 8)))
         model.load_checkpoint_from_config(cfg)
         return model
+
+    def load_checkpoint_from_config(self, cfg: Any, **kwargs: Any) -> None:
+        load_from_config(self, cfg, **kwargs)  # as the plugin's models do (ExpBlipParts)
 
     def load_from_pretrained(self, url_or_filename: str) -> Any:
         return self.load_checkpoint(url_or_filename)
@@ -80,7 +86,7 @@ class ToyRegressionBuilder(BaseDatasetBuilder):
         return {"train": data, "test": data}
 
 
-class ToyRegressionTask(BaseTask):
+class ToyRegressionTask(RunBoundTask, BaseTask):
     """Trains like ``image_text_pretrain``; evaluates the mean squared error into a JSON file."""
 
     def valid_step(self, model: Any, samples: dict) -> list:
@@ -112,7 +118,7 @@ def write_run_config(folder: Path, run: dict | None = None, model: dict | None =
     """A run YAML for the toy model in ``folder``; ``run`` overrides the defaults below."""
     run_cfg = {
         "task": NAME,
-        "lr_sched": "linear_warmup_cosine_lr",
+        "lr_sched": "expblip_linear_warmup_cosine_lr",
         "init_lr": 0.05,
         "min_lr": 0.001,
         "warmup_lr": 0.05,

@@ -1,4 +1,5 @@
-"""Mixed precision follows the run device and run.amp_dtype, through torch.amp."""
+"""Mixed precision follows the run device and run.amp_dtype, through torch.amp: the plugin's
+runner (scaler), tasks (train-step autocast, bind_run) and models (maybe_autocast)."""
 from __future__ import annotations
 
 import types
@@ -11,11 +12,10 @@ import torch
 import compat_toy
 import train
 from lavis.models.blip2_models.blip2 import Blip2Base
-from lavis.tasks import base_task
 from omegaconf import OmegaConf
 
-from lavis_ext.compat.amp import amp_plan
-from lavis_ext.compat.run_context import running
+from lavis_ext.models.lavis_hooks import autocast_context
+from lavis_ext.runners.amp import amp_plan, plan_for_runner
 
 
 @pytest.mark.parametrize(
@@ -41,31 +41,53 @@ def test_bad_amp_dtype_names_the_key() -> None:
 
 def _fake_runner(device: str, **run: object) -> types.SimpleNamespace:
     config = types.SimpleNamespace(run_cfg=OmegaConf.create(run))
-    return types.SimpleNamespace(device=torch.device(device), config=config)
+    runner = types.SimpleNamespace(device=torch.device(device), config=config)
+    runner.amp_plan = plan_for_runner(runner)
+    return runner
 
 
-def test_train_loop_autocast_uses_torch_amp_for_the_run_device() -> None:
-    with running(_fake_runner("cpu", amp=True, amp_dtype="bfloat16")):
-        with base_task.torch.cuda.amp.autocast(enabled=True):
-            assert torch.is_autocast_enabled("cpu")
-            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-        with base_task.torch.cuda.amp.autocast(enabled=False):
-            assert not torch.is_autocast_enabled("cpu")
-    with running(_fake_runner("cpu", amp=True, amp_dtype="float16")):
-        with base_task.torch.cuda.amp.autocast(enabled=True):
-            assert not torch.is_autocast_enabled("cpu")
+def _autocast_seen_by_train_step(runner: types.SimpleNamespace) -> tuple[bool, torch.dtype]:
+    task = compat_toy.ToyRegressionTask()
+    task.bind_run(runner)
+    seen = []
+
+    class Model:
+        def __call__(self, samples: dict) -> dict:
+            seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+            return {"loss": torch.zeros(())}
+
+    task.train_step(Model(), {})
+    return seen[0]
+
+
+def test_train_step_autocasts_for_the_bound_run() -> None:
+    assert _autocast_seen_by_train_step(_fake_runner("cpu", amp=True, amp_dtype="bfloat16")) == (True, torch.bfloat16)
+    assert _autocast_seen_by_train_step(_fake_runner("cpu", amp=False, amp_dtype="bfloat16"))[0] is False
+    assert _autocast_seen_by_train_step(_fake_runner("cpu", amp=True, amp_dtype="float16"))[0] is False
+
+
+def test_evaluation_batches_stay_on_the_bound_run_device() -> None:
+    task = compat_toy.ToyRegressionTask()
+    seen = []
+    task.valid_step = lambda model, samples: seen.append(samples["x"].device) or [0.0]
+    loader = [{"x": torch.zeros(2)}]
+    task.bind_run(_fake_runner("cpu"))
+    task.evaluation(None, loader)  # LAVIS's default cuda_enabled=True would call .cuda()
+    assert seen == [torch.device("cpu")]
 
 
 def test_maybe_autocast_by_device() -> None:
     on_cpu = types.SimpleNamespace(device=torch.device("cpu"))
-    with Blip2Base.maybe_autocast(on_cpu):
+    stock = Blip2Base.maybe_autocast.__get__(on_cpu)
+    with autocast_context(on_cpu.device, torch.float16, stock):
         assert not torch.is_autocast_enabled("cpu")
-    with Blip2Base.maybe_autocast(on_cpu, dtype=torch.bfloat16):
+    with autocast_context(on_cpu.device, torch.bfloat16, stock):
         assert torch.is_autocast_enabled("cpu")
-    on_gpu = types.SimpleNamespace(device=torch.device("cuda", 0))
+    with stock(torch.bfloat16):  # LAVIS's own never autocasts on CPU
+        assert not torch.is_autocast_enabled("cpu")
     with warnings.catch_warnings():  # torch warns that CUDA autocast is off without a GPU
         warnings.simplefilter("ignore", UserWarning)
-        ctx = Blip2Base.maybe_autocast(on_gpu)
+        ctx = autocast_context(torch.device("cuda", 0), torch.float16, stock)
     assert type(ctx) is torch.amp.autocast and ctx.device == "cuda"  # not torch.cuda.amp.autocast
 
 

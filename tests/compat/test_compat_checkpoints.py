@@ -1,7 +1,7 @@
-"""load_pretrained: False, clear missing-file errors, weights_only loading and atomic saves."""
+"""load_pretrained: False, clear missing-file errors (the plugin's models), weights_only loading
+and atomic saves (the plugin's runners)."""
 from __future__ import annotations
 
-import importlib
 import pickle
 from pathlib import Path
 
@@ -10,9 +10,10 @@ import torch
 from omegaconf import OmegaConf
 
 import compat_toy
+import train
 from lavis.models.base_model import BaseModel
-from lavis_ext.compat import _patch
-from lavis_ext.compat.checkpoints import CHECKPOINT_MODULES, atomic_save, safe_load
+from lavis_ext.io import atomic_save_torch as atomic_save
+from lavis_ext.runners.checkpoints import safe_load
 
 
 def _cfg(**entries: object):
@@ -25,8 +26,9 @@ def test_load_pretrained_false_skips_loading() -> None:
 
 
 def test_stock_lavis_fails_on_load_pretrained_false() -> None:
-    """Documents the LAVIS 1.0.2 bug the patch replaces (and that the original stays reachable)."""
-    stock = _patch.original(BaseModel, "load_checkpoint_from_config")
+    """Documents the LAVIS 1.0.2 bug the models' override fixes (LAVIS's method stays stock)."""
+    stock = BaseModel.load_checkpoint_from_config
+    assert stock.__module__ == "lavis.models.base_model"
     with pytest.raises(TypeError):
         stock(compat_toy.ToyRegression(), _cfg(load_finetuned=False, load_pretrained=False))
 
@@ -74,21 +76,33 @@ class _Payload:
         return (Path.touch, (self.target,))
 
 
-def test_checkpoint_with_pickled_object_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The switch older torch versions behave like by default: plain torch.load would unpickle.
-    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+def _evil_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     sentinel = tmp_path / "code_ran"
     path = tmp_path / "evil.pth"
-    torch.save({"model": compat_toy.ToyRegression().state_dict(), "extra": _Payload(sentinel)}, path)
+    model = compat_toy.ToyRegression()
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 0, "extra": _Payload(sentinel)}, path)
+    return path, sentinel
 
-    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pth: refused to load"):
-        compat_toy.ToyRegression().load_checkpoint(str(path))
-    for name in CHECKPOINT_MODULES:
-        module = importlib.import_module(name)
-        with pytest.raises(pickle.UnpicklingError):
-            module.torch.load(str(path), map_location="cpu")
+
+def test_lavis_loaders_are_weights_only_by_torch_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why the torch.load overlays went away: torch >= 2.6 defaults to weights_only=True."""
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    path, sentinel = _evil_checkpoint(tmp_path)
     with pytest.raises(pickle.UnpicklingError):
+        compat_toy.ToyRegression().load_checkpoint(str(path))  # LAVIS's BaseModel.load_checkpoint
+    assert not sentinel.exists()
+
+
+def test_runner_resume_refuses_pickled_objects_even_when_torch_would_not(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, plain_process_env: None) -> None:
+    # The switch older torch versions behave like by default: plain torch.load would unpickle.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    path, sentinel = _evil_checkpoint(tmp_path)
+    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pth: refused to load"):
         safe_load(str(path), weights_only=False)
+    runner = train.build_runner(train.parse_args(["--cfg-path", str(compat_toy.write_run_config(tmp_path))]))
+    with pytest.raises(pickle.UnpicklingError, match=r"evil\.pth"):
+        runner._load_checkpoint(str(path))
     assert not sentinel.exists()
 
 

@@ -1,4 +1,5 @@
-"""Process groups on CPU: backend choice, guarded barriers, the logger's sync, torchrun with gloo."""
+"""Process groups on CPU: backend choice, a world of one for LAVIS's unguarded collectives, the
+logger's sync, torchrun with gloo."""
 from __future__ import annotations
 
 import subprocess
@@ -14,7 +15,7 @@ import compat_toy
 from lavis.common.logger import MetricLogger, SmoothedValue
 from lavis.runners import runner_base, runner_iter
 from lavis_ext.compat import _patch
-from lavis_ext.compat.distributed import BACKEND_ENV, choose_backend, init_distributed_mode
+from lavis_ext.runners.distributed import BACKEND_ENV, choose_backend, start_process_group, world_of_one
 
 
 HERE = Path(__file__).resolve().parent
@@ -38,26 +39,39 @@ def test_backend_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on machines without CUDA")
 def test_cuda_device_without_cuda_is_a_clear_error(plain_process_env: None) -> None:
     with pytest.raises(RuntimeError, match=r"run\.device is 'cuda'"):
-        init_distributed_mode(_run_cfg(device="cuda"))
+        start_process_group(_run_cfg(device="cuda"))
 
 
 def test_nccl_for_a_cpu_run_is_refused(single_rank_env: None) -> None:
     with pytest.raises(RuntimeError, match=r"nccl backend needs run\.device: cuda"):
-        init_distributed_mode(_run_cfg(dist_backend="nccl"))
+        start_process_group(_run_cfg(dist_backend="nccl"))
     assert not dist.is_initialized()
 
 
 def test_plain_process_stays_non_distributed(plain_process_env: None) -> None:
     cfg = _run_cfg()
-    init_distributed_mode(cfg)
+    start_process_group(cfg)
     assert cfg.distributed is False and not dist.is_initialized()
-    for module in (runner_base, runner_iter):
-        assert module.dist.barrier() is None  # LAVIS calls it after every epoch
+    for module in (runner_base, runner_iter):  # LAVIS's runner modules keep torch's dist
+        assert module.dist is dist
+        with pytest.raises((RuntimeError, ValueError)):
+            module.dist.barrier()  # what LAVIS's train() calls after every epoch
+    with world_of_one() as started:
+        assert started and dist.get_world_size() == 1 and dist.get_rank() == 0
+        runner_base.dist.barrier()
+    assert not dist.is_initialized()
+
+
+def test_world_of_one_leaves_an_existing_group_alone(single_rank_env: None) -> None:
+    start_process_group(_run_cfg())
+    with world_of_one() as started:
+        assert started is False
+    assert dist.is_initialized()
 
 
 def test_logger_sync_on_a_gloo_group(single_rank_env: None) -> None:
     cfg = _run_cfg()
-    init_distributed_mode(cfg)
+    start_process_group(cfg)
     assert cfg.distributed is True and cfg.dist_backend == "gloo"
     assert dist.is_initialized() and dist.get_backend() == "gloo"
 

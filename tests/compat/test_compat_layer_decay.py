@@ -1,4 +1,4 @@
-"""run.lr_layer_decay: per-depth lr scales for the image encoder survive LAVIS's schedulers."""
+"""run.lr_layer_decay: per-depth lr scales for the image encoder, kept by the plugin's schedulers."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,10 +7,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import lavis_ext  # noqa: F401  (applies the fixes)
-from lavis.common.optims import LinearWarmupCosineLRScheduler, LinearWarmupStepLRScheduler
-from lavis.runners.runner_base import RunnerBase
-from lavis_ext.compat.layer_decay import encoder_layer, layer_decay_groups
+import lavis_ext  # noqa: F401  (registers the plugin)
+from lavis.common.optims import LinearWarmupCosineLRScheduler
+from lavis.common.registry import registry
+from lavis_ext.runners import ExpBlipRunner
+from lavis_ext.runners.layer_decay import encoder_layer, layer_decay_groups
+from lavis_ext.runners.schedulers import (COSINE, STEP, ScaledWarmupCosineLRScheduler,
+                                          ScaledWarmupStepLRScheduler)
 from lavis_ext.models.vision import TokenViT
 
 
@@ -22,12 +25,20 @@ class _Captioner(torch.nn.Module):
         self.ln_vision = torch.nn.LayerNorm(32)
         self.opt_proj = torch.nn.Linear(32, 16)
 
+    @property
+    def device(self) -> torch.device:
+        return self.opt_proj.weight.device
 
-def _runner(**run: object) -> SimpleNamespace:
-    cfg = {"init_lr": 1e-3, "weight_decay": 0.05, **run}
-    return SimpleNamespace(_optimizer=None, model=_Captioner(),
-                           config=SimpleNamespace(run_cfg=OmegaConf.create(cfg)),
-                           unwrap_dist_model=lambda model: model)
+
+def _runner(**run: object) -> ExpBlipRunner:
+    """The runner's optimizer and scheduler properties, without datasets or output folders."""
+    cfg = {"init_lr": 1e-3, "min_lr": 0.0, "weight_decay": 0.05, "device": "cpu",
+           "distributed": False, "max_epoch": 2, "lr_sched": COSINE, **run}
+    runner = ExpBlipRunner.__new__(ExpBlipRunner)
+    runner.config = SimpleNamespace(run_cfg=OmegaConf.create(cfg))
+    runner._model, runner._wrapped_model, runner._device = _Captioner(), None, None
+    runner._optimizer = runner._lr_sched = None
+    return runner
 
 
 def _lr_of(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> float:
@@ -61,31 +72,39 @@ def test_groups_scale_by_depth_and_keep_weight_decay_rule() -> None:
 
 def test_runner_optimizer_and_schedulers_apply_the_scales() -> None:
     runner = _runner(lr_layer_decay=0.5)
-    optimizer = RunnerBase.optimizer.fget(runner)
-    assert RunnerBase.optimizer.fget(runner) is optimizer  # built once
+    optimizer = runner.optimizer
+    assert runner.optimizer is optimizer  # built once
     vit = runner.model.visual_encoder.vit
-    cosine = LinearWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
+    assert type(runner.lr_scheduler) is registry.get_lr_scheduler_class(COSINE)
+    cosine = ScaledWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
                                            warmup_steps=0)
     cosine.step(cur_epoch=0, cur_step=0)
     assert _lr_of(optimizer, runner.model.opt_proj.weight) == pytest.approx(1e-3)
     assert _lr_of(optimizer, vit.blocks[1].mlp.fc1.weight) == pytest.approx(5e-4)
     assert _lr_of(optimizer, vit.patch_embed.proj.weight) == pytest.approx(1.25e-4)
-    warmup = LinearWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
+    warmup = ScaledWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
                                            warmup_steps=10, warmup_start_lr=0.0)
     warmup.step(cur_epoch=0, cur_step=5)
     assert _lr_of(optimizer, vit.blocks[0].attn.qkv.weight) == pytest.approx(5e-4 * 0.25)
-    step = LinearWarmupStepLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
+    assert registry.get_lr_scheduler_class(STEP) is ScaledWarmupStepLRScheduler
+    step = ScaledWarmupStepLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
                                        decay_rate=0.5, warmup_steps=0)
     step.step(cur_epoch=1, cur_step=0)
     assert _lr_of(optimizer, vit.blocks[1].mlp.fc1.weight) == pytest.approx(5e-4 * 0.5)
+    # LAVIS's own scheduler (stock) writes one lr everywhere, so the runner refuses it
+    LinearWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
+                                  warmup_steps=0).step(cur_epoch=0, cur_step=0)
+    assert _lr_of(optimizer, vit.patch_embed.proj.weight) == pytest.approx(1e-3)
+    with pytest.raises(ValueError, match=r"run\.lr_sched='linear_warmup_cosine_lr'.*lr_layer_decay"):
+        _runner(lr_layer_decay=0.5, lr_sched="linear_warmup_cosine_lr").lr_scheduler
 
 
 def test_without_decay_lavis_optimizer_is_unchanged() -> None:
     runner = _runner()
-    optimizer = RunnerBase.optimizer.fget(runner)
+    optimizer = runner.optimizer
     assert len(optimizer.param_groups) == 2 and "lr_scale" not in optimizer.param_groups[0]
-    LinearWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
+    ScaledWarmupCosineLRScheduler(optimizer, max_epoch=2, min_lr=0.0, init_lr=1e-3,
                                   warmup_steps=0).step(cur_epoch=0, cur_step=0)
     assert all(g["lr"] == pytest.approx(1e-3) for g in optimizer.param_groups)
     with pytest.raises(ValueError, match="lr_layer_decay"):
-        RunnerBase.optimizer.fget(_runner(lr_layer_decay=-1))
+        _runner(lr_layer_decay=-1).optimizer

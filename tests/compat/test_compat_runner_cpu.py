@@ -1,4 +1,5 @@
-"""LAVIS's stock RunnerBase trains, checkpoints and resumes the toy model on CPU, one process."""
+"""The plugin's runners (runner_expblip, runner_expblip_iter) train, checkpoint and resume the
+toy model on CPU in one process, through LAVIS's RunnerBase / RunnerIter bodies."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,11 @@ from torch.utils.data import DataLoader
 
 import compat_toy
 import train
-from lavis_ext.compat import loaders
+from lavis.common.registry import registry
+from lavis.datasets.datasets.dataloader_utils import IterLoader
+from lavis.runners.runner_base import RunnerBase
+
+from lavis_ext.runners import ExpBlipRunner, loaders
 
 
 def _runner(cfg_path: Path, *options: str):
@@ -53,19 +58,26 @@ def test_prefetch_still_used_for_cuda_runs(monkeypatch: pytest.MonkeyPatch) -> N
         def __init__(self, loader: object) -> None:
             made.append(loader)
 
-    factory = loaders.patch_prefetch_loader(RecordingPrefetch)
+    monkeypatch.setattr(loaders, "PrefetchLoader", RecordingPrefetch)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    token = loaders._RUN_DEVICE.set(torch.device("cuda"))
-    try:
-        assert isinstance(factory("cuda-loader"), RecordingPrefetch)
-    finally:
-        loaders._RUN_DEVICE.reset(token)
-    token = loaders._RUN_DEVICE.set(torch.device("cpu"))
-    try:
-        assert factory("cpu-loader") == "cpu-loader"
-    finally:
-        loaders._RUN_DEVICE.reset(token)
-    assert made == ["cuda-loader"]
+    data = list(range(4))
+    common = dict(batch_size=2, num_workers=0, is_train=False, collate_fn=None, sampler=None,
+                  distributed=False)
+    on_cuda = loaders.build_loader(data, device=torch.device("cuda"), **common)
+    assert isinstance(on_cuda, RecordingPrefetch) and made[0].pin_memory is True
+    on_cpu = loaders.build_loader(data, device=torch.device("cpu"), **common)
+    assert isinstance(on_cpu, DataLoader) and on_cpu.pin_memory is False and len(made) == 1
+
+
+def test_yaml_without_runner_gets_the_plugin_runner(tmp_path: Path, plain_process_env: None) -> None:
+    runner = _runner(compat_toy.write_run_config(tmp_path))
+    assert type(runner) is ExpBlipRunner and isinstance(runner, RunnerBase)
+    assert isinstance(runner.dataloaders["train"], IterLoader)  # what LAVIS's loop expects
+    for name in ("output_dir", "result_dir"):  # stock LAVIS cannot register them twice
+        registry.mapping["paths"].pop(name)
+    stock = _runner(compat_toy.write_run_config(tmp_path, run={"runner": "runner_base"}))
+    assert type(stock) is RunnerBase  # asked for by name: LAVIS's own, unchanged
+    assert stock.model is None  # LAVIS 1.0.2's bug on CPU, which runner_expblip fixes
 
 
 def test_model_property_on_cpu_returns_the_model(tmp_path: Path, plain_process_env: None) -> None:
@@ -94,7 +106,7 @@ def test_resume_continues_epoch_with_saved_weights(tmp_path: Path, plain_process
     ckpt_path = _only_job(first / "out") / "checkpoint_1.pth"
     saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert saved["epoch"] == 1 and isinstance(saved["config"], dict)
-    assert "frozen.weight" not in saved["model"]  # LAVIS leaves frozen parameters out
+    assert "frozen.weight" not in saved["model"]  # frozen parameters are left out
 
     second = tmp_path / "second"
     second.mkdir()
@@ -127,7 +139,7 @@ def test_resume_reports_missing_file_and_finished_runs(tmp_path: Path, plain_pro
     runner = _runner(compat_toy.write_run_config(tmp_path, run={"max_epoch": 1}))
     runner._save_checkpoint(0)
     ckpt = next(Path(runner.output_dir).glob("checkpoint_0.pth"))
-    with pytest.raises(ValueError, match=r"epoch 0, the last one for run\.max_epoch=1"):
+    with pytest.raises(ValueError, match=r"epoch 0, the end of run\.max_epoch=1"):
         runner._load_checkpoint(str(ckpt))
 
 
@@ -147,12 +159,14 @@ def test_relative_output_dir_resolves_against_cwd(tmp_path: Path, plain_process_
     runner = _runner(compat_toy.write_run_config(tmp_path, run={"output_dir": "rel_out"}))
     assert Path(runner.output_dir).parent == tmp_path / "rel_out"
     assert runner.config.run_cfg.output_dir == str(tmp_path / "rel_out")
+    second = _runner(compat_toy.write_run_config(tmp_path, run={"output_dir": "rel_out2"}))
+    assert Path(second.output_dir).parent == tmp_path / "rel_out2"  # a second runner, one process
 
 
 def test_iteration_runner_trains_and_resumes(tmp_path: Path, plain_process_env: None) -> None:
     first = tmp_path / "first"
     first.mkdir()
-    run = {"runner": "runner_iter", "max_iters": 8, "iters_per_inner_epoch": 4}
+    run = {"runner": "runner_expblip_iter", "max_iters": 8, "iters_per_inner_epoch": 4}
     cfg = compat_toy.write_run_config(first, run=run)
     assert train.main(["--cfg-path", str(cfg)]) == 0
     job = _only_job(first / "out")

@@ -152,7 +152,7 @@ def test_missing_weight_files_give_clear_errors(tmp_path, monkeypatch):
         ExpBlipQformer.from_config(cfg)
     monkeypatch.delenv("LAVIS_EXT_EXP_BLIP_CKPT", raising=False)
     with pytest.raises(MissingModelFileError, match="LAVIS_EXT_EXP_BLIP_CKPT"):
-        load_model_and_preprocess("exp_blip", is_eval=True)  # "base": the released model
+        load_model_and_preprocess("exp_blip", "base", is_eval=True)  # the released model
     _, cfg = _tiny_cfg("exp_blip", load_finetuned=True, finetuned=str(tmp_path / "no.pth"))
     with pytest.raises(FileNotFoundError, match="model.finetuned.*no.pth"):
         ExpBlip.from_config(cfg)
@@ -195,11 +195,3 @@ def test_probe_features(tiny_stage2, images):
     model.eval()
 
 
-def test_model_type_defaults_to_base():
-    """LAVIS 1.0.2 requires a model type; lavis_ext makes it default to the model's base."""
-    import inspect
-
-    from lavis.models import load_model
-
-    for func in (load_model, load_model_and_preprocess):
-        assert inspect.signature(func).parameters["model_type"].default == "base"

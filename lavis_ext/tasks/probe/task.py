@@ -47,12 +47,13 @@ from lavis_ext.tasks.probe.features import (FeatureCache, broadcast_from_rank0,
 from lavis_ext.tasks.probe.labels import TARGETS, LabelSpace, default_names, parse_aus
 from lavis_ext.tasks.probe.model import MODES, SOURCES, ProbeModel
 from lavis_ext.tasks.references import records_for_dataset
+from lavis_ext.tasks.run import RunBoundTask
 
 logger = logging.getLogger(__name__)
 
 
 @registry.register_task("probe")
-class ProbeTask(BaseTask):
+class ProbeTask(RunBoundTask, BaseTask):
     def __init__(self, target: str = "au", source: str = "qformer", mode: str = "linear", *,
                  aus: Any = None, emotions: Sequence[str] | None = None,
                  threshold: float = 0.5, row_name: str | None = None,

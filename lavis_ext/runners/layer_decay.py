@@ -6,14 +6,15 @@ groups (with and without weight decay), and its schedule functions (``cosine_lr_
 ``warmup_lr_schedule``, ``step_lr_schedule``) write one lr into every group at each step. Later
 LAVIS releases added ``lr_layer_decay`` with an ``lr_scale`` per group; this does the same here:
 
-* ``RunnerBase.optimizer`` (both runners): with ``run.lr_layer_decay`` below 1, the image
+* the plugin's runners' ``optimizer`` (``lavis_ext.runners``): with ``run.lr_layer_decay`` below 1, the image
   encoder's parameters are grouped by depth. Embeddings (patch/conv stem, class token,
   positions) are layer 0, block ``i`` is layer ``i + 1``, the rest of the encoder is layer
   ``n + 1``; a group's ``lr_scale`` is ``decay ** (n + 1 - layer)``. Everything outside the
   encoder (Q-Former, projection) keeps scale 1. Weight decay follows LAVIS's rule. Without the
   setting (or at 1) LAVIS's own optimizer is built, unchanged.
-* the three schedule functions multiply the lr by the group's ``lr_scale`` (default 1), so
-  runs without it see exactly LAVIS's rates.
+* the plugin's schedulers (``lavis_ext.runners.schedulers``) multiply the lr LAVIS's
+  schedulers write by the group's ``lr_scale`` (default 1), so runs without it see exactly
+  LAVIS's rates.
 """
 from __future__ import annotations
 
@@ -65,38 +66,19 @@ def layer_decay_groups(named_parameters: Iterable[tuple[str, torch.nn.Parameter]
     return list(groups.values())
 
 
-def patch_optimizer(stock: property) -> property:
-    """Patch factory for ``RunnerBase.optimizer``: AdamW with per-depth lr scales for the
-    image encoder when ``run.lr_layer_decay`` < 1, LAVIS's own optimizer otherwise."""
-
-    def _optimizer(self: Any) -> torch.optim.Optimizer:
-        """The optimizer, with layer-wise lr decay for the image encoder if configured."""
-        run = self.config.run_cfg
-        decay = float(run.get("lr_layer_decay", 1.0) or 1.0)
-        if self._optimizer is None and decay < 1.0:
-            if decay <= 0:
-                raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
-            model = self.unwrap_dist_model(self.model)
-            groups = layer_decay_groups(model.named_parameters(), float(run.weight_decay), decay)
-            scales = sorted({g["lr_scale"] for g in groups})
-            logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",
-                         decay, len(groups), scales[0], scales[-1])
-            self._optimizer = torch.optim.AdamW(groups, lr=float(run.init_lr),
-                                                weight_decay=float(run.weight_decay),
-                                                betas=(0.9, run.get("beta2", 0.999)))
-        return stock.fget(self)
-
-    return property(_optimizer, doc=_optimizer.__doc__)
-
-
-def patch_schedule(schedule: Any) -> Any:
-    """Patch factory for LAVIS's schedule functions: run LAVIS's schedule, then apply each
-    group's ``lr_scale`` to the lr it wrote."""
-
-    def scaled_schedule(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> None:
-        schedule(optimizer, *args, **kwargs)
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * group.get("lr_scale", 1.0)
-
-    scaled_schedule.__doc__ = schedule.__doc__
-    return scaled_schedule
+def layer_decay_optimizer(model: torch.nn.Module, run_cfg: Any) -> torch.optim.Optimizer | None:
+    """AdamW with per-depth lr scales for the image encoder when ``run.lr_layer_decay`` < 1;
+    None when the setting is unset or 1 (the runner then builds LAVIS's own optimizer)."""
+    decay = float(run_cfg.get("lr_layer_decay", 1.0) or 1.0)
+    if decay >= 1.0:
+        if decay > 1.0:
+            raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+        return None
+    if decay <= 0:
+        raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+    groups = layer_decay_groups(model.named_parameters(), float(run_cfg.weight_decay), decay)
+    scales = sorted({g["lr_scale"] for g in groups})
+    logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",
+                 decay, len(groups), scales[0], scales[-1])
+    return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), weight_decay=float(run_cfg.weight_decay),
+                             betas=(0.9, run_cfg.get("beta2", 0.999)))
