@@ -15,12 +15,7 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from lavis_ext.memory import map_large_allocations
 from lavis_ext.tasks.facial_captioning import GENERATION_KEYS
-
-
-# From this size on, memory (not the page faults of fresh mappings) is what limits CPU runs.
-FULL_SIZE_PARAMETERS = 1_000_000_000
 
 
 @dataclass
@@ -53,11 +48,8 @@ def generation_kwargs(settings: Any) -> dict[str, Any]:
 def load_captioner(model: str, device: str = "cpu") -> Captioner:
     """``model``: a training checkpoint (.pth) or ``arch[:model_type]``.
 
-    On CPU, a full-size model (``FULL_SIZE_PARAMETERS`` or more) makes blocks of 1 MiB or more
-    get their own mappings for the rest of the process (``lavis_ext/memory.py``): beam search
-    over its LLM otherwise piles freed key/value tensors up in glibc's heap. Small models skip
-    it: with it, the page faults of fresh mappings held the tiny model's batched serving to
-    1.93x the unbatched throughput (the serve test asks for 2x).
+    Loading changes nothing process-wide: whether glibc maps large blocks is the command's
+    decision (``lavis_ext.memory.heap_mapping_pays``, from the loaded model's size).
     """
     import lavis_ext  # noqa: F401  (registers models)
     from lavis.common.registry import registry
@@ -102,8 +94,5 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
         processor_cfg = cfg.preprocess.vis_processor.eval
         generation = generation_kwargs(cfg.model.get("generation"))
     processor = load_processor(processor_cfg.name, processor_cfg)
-    if torch.device(device).type == "cpu" and \
-            sum(p.numel() for p in net.parameters()) >= FULL_SIZE_PARAMETERS:
-        map_large_allocations()
     net = net.to(device).eval()
     return Captioner(net, processor, generation, model)
