@@ -75,6 +75,24 @@ def get_runner_class(cfg: Config) -> type:
     return runner_cls
 
 
+def build_model(task: Any, cfg: Config) -> Any:
+    """``task.build_model(cfg)`` for the run's device: ``run.device`` reaches the model as
+    ``model.device`` (unless the model config sets one), so its precisions follow the device
+    it will train on (``lavis_ext.models.precision``). The config the runner saves is left as
+    written."""
+    from omegaconf import OmegaConf
+
+    model_cfg = cfg.model_cfg
+    if model_cfg.get("device") is not None:
+        return task.build_model(cfg)
+    OmegaConf.update(model_cfg, "device", str(cfg.run_cfg.get("device", "cpu")),
+                     force_add=True)
+    try:
+        return task.build_model(cfg)
+    finally:
+        del model_cfg["device"]
+
+
 def build_runner(args: argparse.Namespace) -> Any:
     """Config, process group, seeds, logger, task, datasets, model and runner, in LAVIS's order."""
     job_id = now()  # taken before start-up, then rank 0's value is shared by all ranks
@@ -87,7 +105,7 @@ def build_runner(args: argparse.Namespace) -> Any:
 
     task = tasks.setup_task(cfg)
     datasets = task.build_datasets(cfg)
-    model = task.build_model(cfg)
+    model = build_model(task, cfg)
     return get_runner_class(cfg)(cfg=cfg, job_id=job_id, task=task, model=model, datasets=datasets)
 
 

@@ -15,12 +15,8 @@ from typing import Any, Callable
 import torch
 from omegaconf import OmegaConf
 
-from lavis_ext.memory import map_large_allocations
+from lavis_ext.errors import InputError, UsageError
 from lavis_ext.tasks.facial_captioning import GENERATION_KEYS
-
-
-# From this size on, memory (not the page faults of fresh mappings) is what limits CPU runs.
-FULL_SIZE_PARAMETERS = 1_000_000_000
 
 
 @dataclass
@@ -53,11 +49,8 @@ def generation_kwargs(settings: Any) -> dict[str, Any]:
 def load_captioner(model: str, device: str = "cpu") -> Captioner:
     """``model``: a training checkpoint (.pth) or ``arch[:model_type]``.
 
-    On CPU, a full-size model (``FULL_SIZE_PARAMETERS`` or more) makes blocks of 1 MiB or more
-    get their own mappings for the rest of the process (``lavis_ext/memory.py``): beam search
-    over its LLM otherwise piles freed key/value tensors up in glibc's heap. Small models skip
-    it: with it, the page faults of fresh mappings held the tiny model's batched serving to
-    1.93x the unbatched throughput (the serve test asks for 2x).
+    Loading changes nothing process-wide: whether glibc maps large blocks is the command's
+    decision (``lavis_ext.memory.heap_mapping_pays``, from the loaded model's size).
     """
     import lavis_ext  # noqa: F401  (registers models)
     from lavis.common.registry import registry
@@ -71,7 +64,7 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
             checkpoint, dict) else None
         del checkpoint
         if not config or "arch" not in config:
-            raise ValueError(f"{model}: the checkpoint holds no model config (LAVIS training "
+            raise InputError(f"{model}: the checkpoint holds no model config (LAVIS training "
                              "checkpoints do); load it with --model ARCH:TYPE and set "
                              "model.finetuned instead")
         cfg = OmegaConf.create(config)
@@ -81,9 +74,10 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
         # Inference trains nothing: the image encoder is frozen in half precision, as in the
         # inference configs (fp16 on GPU, the LLM's bf16 on CPU; ViT-G 2 GB instead of 4).
         cfg.freeze_vit, cfg.vit_precision = True, "fp16"
+        cfg.device = str(device)  # what the precisions follow (lavis_ext.models.precision)
         cls = registry.get_model_class(cfg.arch)
         if cls is None:
-            raise ValueError(f"{model}: model architecture {cfg.arch!r} is not registered")
+            raise InputError(f"{model}: model architecture {cfg.arch!r} is not registered")
         net = cls.from_config(cfg)
         preprocess = OmegaConf.load(cls.default_config_path(cfg.get("model_type", "base"))
                                     ).preprocess
@@ -91,19 +85,21 @@ def load_captioner(model: str, device: str = "cpu") -> Captioner:
         processor_cfg.image_size = cfg.get("image_size", processor_cfg.get("image_size"))
         generation = generation_kwargs(cfg.get("generation"))
     else:
-        from lavis.models import load_model_and_preprocess
-
         arch, _, model_type = model.partition(":")
-        if registry.get_model_class(arch) is None:
-            raise ValueError(f"--model {model!r}: neither a checkpoint file nor a registered "
+        cls = registry.get_model_class(arch)
+        if cls is None:
+            raise UsageError(f"--model {model!r}: neither a checkpoint file nor a registered "
                              "model name (e.g. exp_blip:tiny)")
-        net, _, _ = load_model_and_preprocess(arch, model_type or "base", is_eval=True)
-        cfg = OmegaConf.load(net.default_config_path(model_type or "base"))
+        # What LAVIS's load_model_and_preprocess does, with the target device in the model
+        # config: LAVIS passes none to from_config, and the precisions follow it.
+        cfg = OmegaConf.load(cls.default_config_path(model_type or "base"))
+        model_cfg = cfg.model
+        model_cfg.device = str(device)
+        net = cls.from_config(model_cfg)
+        if torch.device(device).type == "cpu":
+            net = net.float()  # as LAVIS on CPU (the plugin's models keep their half parts)
         processor_cfg = cfg.preprocess.vis_processor.eval
         generation = generation_kwargs(cfg.model.get("generation"))
     processor = load_processor(processor_cfg.name, processor_cfg)
-    if torch.device(device).type == "cpu" and \
-            sum(p.numel() for p in net.parameters()) >= FULL_SIZE_PARAMETERS:
-        map_large_allocations()
     net = net.to(device).eval()
     return Captioner(net, processor, generation, model)

@@ -282,9 +282,22 @@ def build_describer(args: argparse.Namespace, batch_size: int) -> FaceDescriber:
                                      "max_length": args.max_length})
 
 
+def map_heap_for_model(describer: FaceDescriber, device: str) -> bool:
+    """Commands call this once the model is loaded: a model that takes a large share of the
+    machine's memory gets glibc's large-block mapping (``lavis_ext/memory.py``), so the
+    key/value tensors freed by beam search go back to the OS. True when it was switched on."""
+    from lavis_ext.memory import heap_mapping_pays, map_large_allocations
+
+    net = describer.captioner.model
+    size = sum(t.numel() * t.element_size()
+               for t in (*net.parameters(), *net.buffers()))
+    return heap_mapping_pays(size, device) and map_large_allocations()
+
+
 def run(args: argparse.Namespace) -> int:
     table = Table(args.out)
     describer = build_describer(args, args.batch_size)
+    map_heap_for_model(describer, args.device)
     summary = describe(args.paths, describer, table, stride=args.stride,
                        annotate=args.annotate, progress=not args.no_progress)
     skipped = (f"; skipped {summary.skipped_files} files and {summary.skipped_frames} frames "

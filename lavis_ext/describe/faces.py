@@ -11,7 +11,6 @@ confidence), so its faces are cropped square around the box instead of aligned.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any, Iterable, Protocol, Sequence
 
@@ -144,31 +143,64 @@ class TooManyPixels(ValueError):
     """An image larger than the caller allows (checked from the header, before decoding)."""
 
 
-_TRUNCATION_LOCK = threading.Lock()
+class _EndWatch:
+    """A read-only binary stream that notes a read at its end while ``watching`` is set.
+
+    PIL's decoders stop reading once the image is complete, so a read that finds no bytes
+    while the pixels are decoded means the file ends before the image does. This is how a
+    truncated file is told apart whatever ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` says: LAVIS
+    sets that process-wide flag on import (a cut-off JPEG then loads with a grey lower half),
+    and toggling it here would change it for every other thread.
+    """
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self.watching = False
+        self.hit_end = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        if self.watching and not data and size != 0:
+            self.hit_end = True
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def readline(self, size: int = -1) -> bytes:
+        return self._raw.readline(size)
 
 
 def open_image(source: Any, max_pixels: int | None = None) -> Image.Image:
     """An RGB image, upright per its EXIF orientation; a truncated file raises ``OSError``.
 
-    LAVIS sets ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES = True`` when its caption datasets are
-    imported, which makes a cut-off JPEG load with a grey lower half that then gets
-    "described". Here the flag is off while the pixels are decoded, so such a file is
-    reported instead.
+    ``source``: a path or a binary file object. Truncation is detected from the stream (see
+    ``_EndWatch``), never by changing PIL's global ``LOAD_TRUNCATED_IMAGES``.
     """
-    from PIL import ImageFile, ImageOps
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            return _open_stream(handle, max_pixels, str(source))
+    return _open_stream(source, max_pixels, getattr(source, "name", None) or "the image")
 
-    with Image.open(source) as img:
+
+def _open_stream(handle: Any, max_pixels: int | None, name: str) -> Image.Image:
+    from PIL import ImageOps
+
+    stream = _EndWatch(handle)
+    with Image.open(stream) as img:
         pixels = img.width * img.height
         if max_pixels is not None and pixels > max_pixels:
             raise TooManyPixels(f"the image is {img.width}x{img.height} = {pixels} pixels, "
                                 f"over the limit of {max_pixels}")
-        with _TRUNCATION_LOCK:
-            saved = ImageFile.LOAD_TRUNCATED_IMAGES
-            ImageFile.LOAD_TRUNCATED_IMAGES = False
-            try:
-                img.load()
-            finally:
-                ImageFile.LOAD_TRUNCATED_IMAGES = saved
+        stream.watching = True
+        img.load()
+        stream.watching = False
+        if stream.hit_end:
+            raise OSError(f"image file is truncated: {name} ends before its {img.format} "
+                          "data does")
         return ImageOps.exif_transpose(img).convert("RGB")
 
 

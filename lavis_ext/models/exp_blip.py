@@ -30,6 +30,7 @@ from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_fil
 from lavis_ext.models.llm import (choose_llm_model, estimate_parameters, llm_config, load_llm,
                                   resolve_llm_dtype)
 from lavis_ext.models.llm_family import family_of
+from lavis_ext.models.precision import VIT_PRECISIONS, parse_dtype
 from lavis_ext.models.vision import VIT_PARTS, build_vision_encoder, vit_weights_source
 from lavis_ext.models.lavis_hooks import autocast_context
 from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_all
@@ -87,23 +88,27 @@ class ExpBlipParts:
                         vision: dict[str, Any] | None, num_query_token: int,
                         cross_attention_freq: int, bert_path: str | None,
                         qformer: dict[str, Any] | None,
-                        qformer_weights: str | None = None) -> None:
+                        qformer_weights: str | None = None, device: str = "cpu",
+                        llm_dtype: torch.dtype | None = None) -> None:
         """Tokenizer, image encoder (+ ln_vision) and Q-Former, under BLIP-2's names.
 
         ``qformer_weights``: a bert-base-uncased folder, ``random``, or None when a
-        checkpoint supplies the Q-Former (see ``resolve_weights``).
+        checkpoint supplies the Q-Former (see ``resolve_weights``). ``device``: where the
+        model will run (``model.device``), which decides what ``vit_precision`` means.
         """
         self.tokenizer = qformer_tokenizer(bert_path)
-        if vit_precision == "fp16" and not freeze_vit:
-            logging.warning("model.vit_precision is fp16 but freeze_vit is False: the image "
-                            "encoder is trained, so its weights stay float32")
-            vit_precision = "fp32"
+        if parse_dtype(vit_precision, "model.vit_precision", VIT_PRECISIONS) != "float32" \
+                and not freeze_vit:
+            logging.warning(f"model.vit_precision is {vit_precision} but freeze_vit is False: "
+                            "the image encoder is trained, so its weights stay float32")
+            vit_precision = "float32"
         self._vit_from_checkpoint = (vit_weights_optional and vit_model in VIT_PARTS and
                                      vit_weights_source(vit_model, vit_weights, True) == RANDOM)
         self.visual_encoder, self.ln_vision = build_vision_encoder(
             vit_model, img_size, drop_path_rate=drop_path_rate,
             use_grad_checkpoint=use_grad_checkpoint, precision=vit_precision,
-            weights=vit_weights, weights_optional=vit_weights_optional, options=vision)
+            weights=vit_weights, weights_optional=vit_weights_optional, options=vision,
+            device=device, llm_dtype=llm_dtype)
         if freeze_vit:
             for param in self.visual_encoder.parameters():
                 param.requires_grad = False
@@ -184,7 +189,7 @@ class ExpBlipParts:
             vit_weights_optional=bool(cfg.get("load_finetuned", False)
                                       and cfg.get("finetuned")),
             bert_path=cfg.get("bert_path"), qformer=as_dict(cfg.get("qformer")),
-            vision=as_dict(cfg.get("vision")),
+            vision=as_dict(cfg.get("vision")), device=str(cfg.get("device") or "cpu"),
         )
 
     @classmethod
@@ -272,12 +277,13 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
                  cross_attention_freq: int = 2, embed_dim: int = 256, max_txt_len: int = 32,
                  vit_weights: str | None = None, vit_weights_optional: bool = False,
                  bert_path: str | None = None, qformer: dict[str, Any] | None = None,
-                 vision: dict[str, Any] | None = None, qformer_weights: str | None = None):
+                 vision: dict[str, Any] | None = None, qformer_weights: str | None = None,
+                 device: str = "cpu"):
         BaseModel.__init__(self)
         self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
                              vit_precision, freeze_vit, vit_weights, vit_weights_optional,
                              vision, num_query_token, cross_attention_freq, bert_path, qformer,
-                             qformer_weights)
+                             qformer_weights, device)
         self.Qformer.resize_token_embeddings(len(self.tokenizer))
         # The query branch starts as a copy of the text branch, as BLIP-2 initialises it.
         state = self.Qformer.state_dict()
@@ -322,7 +328,7 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  prompt: str = "", llm_dtype: str = "auto",
                  tiny_lm: dict[str, Any] | None = None,
                  generation: dict[str, Any] | None = None, qformer_weights: str | None = None,
-                 llm_model: str | None = None):
+                 llm_model: str | None = None, device: str = "cpu"):
         BaseModel.__init__(self)
         if opt_model is None and llm_model is None:
             opt_model = "facebook/opt-2.7b"
@@ -330,11 +336,11 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         # The LLM's config and dtype first: a bad opt_model fails before the encoders build.
         llm_cfg = llm_config(opt_model, tiny_lm) if opt_model else None
         self.llm_dtype = resolve_llm_dtype(
-            llm_dtype, parameters=estimate_parameters(llm_cfg) if llm_cfg else None)
+            llm_dtype, device, parameters=estimate_parameters(llm_cfg) if llm_cfg else None)
         self._build_encoders(vit_model, img_size, drop_path_rate, use_grad_checkpoint,
                              vit_precision, freeze_vit, vit_weights, vit_weights_optional,
                              vision, num_query_token, cross_attention_freq, bert_path, qformer,
-                             qformer_weights)
+                             qformer_weights, device, self.llm_dtype)
         # Stage 2 uses only the query branch: drop the text-side parts, as BLIP-2 does.
         self.Qformer.cls = None
         self.Qformer.bert.embeddings.word_embeddings = None
@@ -343,13 +349,9 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             layer.output = None
             layer.intermediate = None
 
-        # A frozen half-precision encoder (vit_precision: fp16) on a machine without CUDA:
-        # LAVIS keeps it float32 there; in the half LLM's dtype (bf16) it runs under the same
-        # autocast, and ViT-G takes 2 GB instead of 4 beside OPT-6.7B on a 24 GB CPU box.
-        self._half_vit = (vit_precision == "fp16" and freeze_vit
-                          and self.llm_dtype != torch.float32)
-        if self._half_vit and next(self.visual_encoder.parameters()).dtype == torch.float32:
-            self.visual_encoder.to(self.llm_dtype)
+        # A frozen half-precision encoder (vit_precision: fp16, see precision.vit_dtype):
+        # fp16 on CUDA as in LAVIS, the half LLM's dtype (bf16) on CPU; float() keeps it.
+        self._half_vit = next(self.visual_encoder.parameters()).dtype != torch.float32
         self.opt_tokenizer, self.opt_model = load_llm(opt_model, self.llm_dtype, tiny_lm,
                                                       llm_cfg)
         for param in self.opt_model.parameters():

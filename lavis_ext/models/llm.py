@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lavis_ext.models import precision
 from lavis_ext.models.paths import MissingModelFileError
 
 OPT_SHAPES: dict[str, dict[str, int]] = {
@@ -29,10 +30,6 @@ OPT_SHAPES: dict[str, dict[str, int]] = {
                      ffn_dim=16384, word_embed_proj_dim=4096),
 }
 OPT_VOCAB = 50272
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-          "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-# From this size on, ``auto`` keeps an LLM in bf16 on CPU: in fp32, OPT-6.7B alone needs 27 GB.
-CPU_BF16_FROM_PARAMS = 1_000_000_000
 
 
 # The generic (inputs_embeds) path needs decoder-only ``generate(inputs_embeds=...)`` that
@@ -82,22 +79,11 @@ def estimate_parameters(config: Any) -> int:
     return total
 
 
-def resolve_llm_dtype(name: str | None = "auto", device: str | None = None,
+def resolve_llm_dtype(name: str | None, device: str | torch.device,
                       parameters: int | None = None) -> torch.dtype:
-    """An explicit dtype as given, on any device. ``auto``: bf16 on GPUs that have it (else
-    fp16); on CPU bf16 for LLMs of ``CPU_BF16_FROM_PARAMS`` or more, float32 below."""
-    name = (name or "auto").lower()
-    if name != "auto":
-        if name not in DTYPES:
-            raise ValueError(f"model.llm_dtype must be auto or one of {sorted(DTYPES)}, "
-                             f"got {name!r}")
-        return DTYPES[name]
-    on_gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    if on_gpu:
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if parameters is not None and parameters >= CPU_BF16_FROM_PARAMS:
-        return torch.bfloat16
-    return torch.float32
+    """``model.llm_dtype`` for the device the model will run on (``lavis_ext.models.precision``:
+    one dtype table; ``auto`` follows the target device, not this machine's GPUs)."""
+    return precision.llm_dtype(name, device, parameters)
 
 
 def llm_source(opt_model: str | None) -> str:

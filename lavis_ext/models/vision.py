@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lavis_ext.models import precision as precision_policy
 from lavis_ext.models.checkpoint import load_weights_file
 from lavis_ext.models.weights import PARTS, RANDOM, resolve
 
@@ -194,8 +195,13 @@ def build_tiny_eva(img_size: int, drop_path_rate: float = 0.0, patch_size: int =
 def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.0,
                          use_grad_checkpoint: bool = False, precision: str = "fp32",
                          weights: str | None = None, weights_optional: bool = False,
-                         options: dict[str, Any] | None = None) -> tuple[nn.Module, nn.Module]:
+                         options: dict[str, Any] | None = None,
+                         device: str | torch.device = "cpu",
+                         llm_dtype: torch.dtype | None = None) -> tuple[nn.Module, nn.Module]:
     """Build ``visual_encoder`` and its ``ln_vision`` LayerNorm, as BLIP-2 names them.
+
+    ``precision`` (``model.vit_precision``) is read for the ``device`` the model will run on,
+    beside an LLM of ``llm_dtype`` (``lavis_ext.models.precision.vit_dtype``).
 
     ``weights_optional``: a finetuned checkpoint will overwrite the encoder (see
     ``vit_weights_source``).
@@ -203,6 +209,7 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
     from lavis.models.blip2_models.blip2 import LayerNorm
 
     options = dict(options or {})
+    dtype = precision_policy.vit_dtype(precision, device, llm_dtype)  # bad values before building
     if name not in ENCODERS:
         raise ValueError(f"model.vit_model must be one of {ENCODERS}, got {name!r}")
     if name == "tiny":
@@ -217,6 +224,6 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
             encoder = TokenViT(img_size=img_size, drop_path_rate=drop_path_rate, **options)
             if path != RANDOM:
                 encoder.load_report = load_mae_weights(encoder, path)
-    if precision == "fp16" and torch.cuda.is_available():
-        encoder = encoder.half()
+    if dtype != torch.float32:
+        encoder = encoder.to(dtype)
     return encoder, LayerNorm(encoder.num_features)

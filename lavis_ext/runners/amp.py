@@ -36,12 +36,6 @@ from typing import Any
 import torch
 
 
-_DTYPES = {
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
 @dataclass(frozen=True)
 class AmpPlan:
     """What mixed precision does for one run."""
@@ -56,15 +50,11 @@ _warned_cpu_fp16 = False
 
 
 def parse_amp_dtype(value: Any) -> torch.dtype:
-    """``run.amp_dtype`` as a torch dtype (float16 when unset, as LAVIS always used)."""
-    if value is None:
-        return torch.float16
-    if isinstance(value, torch.dtype):
-        return value
-    key = str(value).lower().replace("torch.", "")
-    if key not in _DTYPES:
-        raise ValueError(f"run.amp_dtype={value!r}: expected float16 or bfloat16")
-    return _DTYPES[key]
+    """``run.amp_dtype`` as a torch dtype (float16 when unset, as LAVIS always used); the
+    names are those of every precision field (``lavis_ext.models.precision``)."""
+    from lavis_ext.models import precision  # at call time: compat loads while LAVIS imports
+
+    return precision.amp_dtype(value)
 
 
 def amp_plan(device: torch.device | str, amp: bool, amp_dtype: Any = None) -> AmpPlan:

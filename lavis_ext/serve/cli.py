@@ -86,7 +86,7 @@ def build_batch_fn(describer: Any):
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from lavis_ext.describe.cli import build_describer
+    from lavis_ext.describe.cli import build_describer, map_heap_for_model
     from lavis_ext.serve.app import Limits, create_app
 
     key = check(args)
@@ -94,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"expblip serve: warning: binding {args.host} without --api-key lets anyone "
               "who can reach it use the model", file=sys.stderr)
     describer = build_describer(args, args.max_batch)
+    map_heap_for_model(describer, args.device)
     limits = Limits(max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                     max_queue=args.max_queue,
                     max_body_bytes=int(args.max_body_mb * 1024 * 1024),

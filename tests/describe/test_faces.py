@@ -1,4 +1,5 @@
 """Detection with landmarks, alignment, the IoU tracker and the table (no captioner here)."""
+import io
 import json
 import sys
 
@@ -122,16 +123,72 @@ def test_open_image_refuses_truncated_and_oversized(tmp_path, astronaut):
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     previous = ImageFile.LOAD_TRUNCATED_IMAGES
-    ImageFile.LOAD_TRUNCATED_IMAGES = True  # as LAVIS sets it on import
     try:
-        with pytest.raises(OSError, match="truncated"):
-            open_image(cut)
-        assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+        for flag in (True, False):  # True as LAVIS sets it on import
+            ImageFile.LOAD_TRUNCATED_IMAGES = flag
+            with pytest.raises(OSError, match="truncated"):
+                open_image(cut)
+            with pytest.raises(OSError, match="truncated"):
+                open_image(io.BytesIO(cut.read_bytes()))
+            assert ImageFile.LOAD_TRUNCATED_IMAGES is flag
+            assert open_image(path).size == (512, 512)
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
-    assert open_image(path).size == (512, 512)
     with pytest.raises(TooManyPixels, match="512x512"):
         open_image(path, max_pixels=512 * 511)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF", "WEBP"])
+def test_open_image_tells_complete_from_cut_files_of_other_formats(tmp_path, astronaut, fmt):
+    """The end-of-data check reads every format's complete file as complete."""
+    from PIL import ImageFile
+
+    path = tmp_path / f"a.{fmt.lower()}"
+    astronaut.save(path, format=fmt)
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        assert open_image(path).size == (512, 512)
+        if fmt in ("PNG", "BMP"):
+            cut = tmp_path / f"cut.{fmt.lower()}"
+            cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+            with pytest.raises(OSError, match="truncated"):
+                open_image(cut)
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def test_open_image_leaves_pils_global_flag_alone_for_other_threads(tmp_path, astronaut):
+    """While one thread opens (cut and whole) images, another thread's view of
+    LOAD_TRUNCATED_IMAGES never changes."""
+    import threading
+
+    from PIL import ImageFile
+
+    path = tmp_path / "a.jpg"
+    astronaut.save(path, quality=90)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    seen, done = set(), threading.Event()
+
+    def watch():
+        while not done.is_set():
+            seen.add(ImageFile.LOAD_TRUNCATED_IMAGES)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for _ in range(20):
+            with pytest.raises(OSError, match="truncated"):
+                open_image(cut)
+            open_image(path)
+    finally:
+        done.set()
+        watcher.join()
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+    assert seen == {True}
 
 
 # -- tracker ------------------------------------------------------------------------------------

@@ -140,3 +140,44 @@ def test_preflight_reads_the_llm_a_project_chose():
     paper = [name for name, _ in _weight_requests(_model_config(projects / "stage2.yaml"))]
     assert "opt-6.7b" in paper and "opt-6.7b" not in qwen
     assert "eva_vit_g" in qwen
+
+
+def test_preflight_asks_the_resolver_not_to_download_and_leaves_the_environment(monkeypatch):
+    """The weight check passes download=False; it never sets LAVIS_EXT_OFFLINE (other
+    threads, and the steps the pipeline then runs, would see it)."""
+    from lavis_ext.models import weights
+    from lavis_ext.method.paper import _check_weights
+
+    monkeypatch.delenv("LAVIS_EXT_OFFLINE", raising=False)
+    seen = []
+
+    def resolve(name, value=None, download=True):
+        seen.append((name, download, os.environ.get("LAVIS_EXT_OFFLINE")))
+        return "/somewhere"
+
+    monkeypatch.setattr(weights, "resolve", resolve)
+    problems, notes = [], []
+    _check_weights({"vit_model": "eva_clip_g", "opt_model": "facebook/opt-6.7b"}, problems,
+                   notes)
+    assert seen == [("eva_vit_g", False, None), ("opt-6.7b", False, None)]
+    assert problems == [] and "LAVIS_EXT_OFFLINE" not in os.environ
+
+
+def test_preflight_names_the_local_llm_folder_the_config_chose(tmp_path):
+    """A missing local LLM folder is reported under the key that chose it, not as OPT-6.7B."""
+    from lavis_ext.method.paper import _check_weights
+
+    missing = tmp_path / "qwen2.5-1.5b"
+    problems = []
+    _check_weights({"vit_model": "eva_clip_g", "vit_weights_optional": True,
+                    "llm_model": str(missing), "opt_model": "facebook/opt-6.7b",
+                    "_default_llm": "facebook/opt-6.7b"}, problems, [])
+    assert problems == [f"LLM folder '{missing}' (model.llm_model) does not exist: set "
+                        "model.llm_model to a local copy of the LLM or to its Hugging Face "
+                        "hub id"]
+    assert not any("OPT" in p for p in problems)
+    missing.mkdir()
+    problems = []
+    _check_weights({"vit_model": "eva_clip_g", "vit_weights_optional": True,
+                    "opt_model": str(missing)}, problems, [])
+    assert problems == []

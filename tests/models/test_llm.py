@@ -5,15 +5,19 @@ from lavis_ext.models.llm import resolve_llm_dtype
 from lavis_ext.models.tiny_lm import build_tiny_lm
 
 
-def test_llm_dtype_follows_device(monkeypatch):
+def test_llm_dtype_follows_the_target_device_not_the_host(monkeypatch):
+    """A CPU model on a CUDA host gets the CPU policy (the host is faked to have CUDA)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_llm_dtype("auto", "cpu") == torch.float32
+    assert resolve_llm_dtype("auto", "cpu", parameters=6_700_000_000) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
     assert resolve_llm_dtype("auto", "cuda:0") == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
     assert resolve_llm_dtype("auto", "cuda") == torch.float16
     assert resolve_llm_dtype("float16", "cpu") == torch.float16
+    assert resolve_llm_dtype("half", "cpu") == torch.float16  # the aliases of run.amp_dtype
     with pytest.raises(ValueError, match="llm_dtype"):
-        resolve_llm_dtype("int8")
+        resolve_llm_dtype("int8", "cpu")
 
 
 def test_half_llm_on_cpu_runs_as_given():
@@ -169,21 +173,27 @@ def _tiny_eva(**overrides):
     return ExpBlip.from_config(cfg)
 
 
-def test_frozen_half_vit_runs_in_the_llm_dtype_on_cpu(caplog):
-    """vit_precision: fp16 with a frozen encoder and a bf16 LLM: the encoder is bf16 on a
-    machine without CUDA (ViT-G: 2 GB instead of 4), LAVIS's CPU float() keeps it so, and its
-    features match the float32 encoder's; a trained encoder stays float32."""
+def test_frozen_half_vit_runs_in_the_llm_dtype_on_cpu(caplog, monkeypatch):
+    """vit_precision: fp16 with a frozen encoder and a bf16 LLM, for a CPU model: the encoder
+    is bf16 (ViT-G: 2 GB instead of 4) even on a CUDA host (faked here), LAVIS's CPU float()
+    keeps it so, and its features match the float32 encoder's; a trained encoder stays
+    float32. The same config for a CUDA model gets LAVIS's fp16 encoder."""
     import lavis  # noqa: F401  (registers lavis_ext's models)
 
-    if torch.cuda.is_available():
-        pytest.skip("on a CUDA machine fp16 encoders are cast to fp16, as in LAVIS")
+    # Built before the host is faked: the tiny LM's one-off pre-training (cached) runs an
+    # optimizer, which asks a "CUDA host" for its current stream.
+    full = _tiny_eva(vit_precision="fp32", freeze_vit=True, llm_dtype="float32").eval()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    cuda = _tiny_eva(vit_precision="fp16", freeze_vit=True, llm_dtype="bfloat16",
+                     device="cuda")
+    assert {p.dtype for p in cuda.visual_encoder.parameters()} == {torch.float16}
+    assert {p.dtype for p in cuda.opt_model.parameters()} == {torch.bfloat16}
     torch.manual_seed(0)
     half = _tiny_eva(vit_precision="fp16", freeze_vit=True, llm_dtype="bfloat16").eval()
     assert {p.dtype for p in half.visual_encoder.parameters()} == {torch.bfloat16}
     half.float()  # what load_model_and_preprocess does on CPU
     assert {p.dtype for p in half.visual_encoder.parameters()} == {torch.bfloat16}
     assert half.query_tokens.dtype == torch.float32
-    full = _tiny_eva(vit_precision="fp32", freeze_vit=True, llm_dtype="float32").eval()
     full.load_state_dict({k: v.float() for k, v in half.state_dict().items()})
     image = torch.randn(2, 3, 112, 112)
     with torch.no_grad():

@@ -128,7 +128,7 @@ def test_llm_dtype_explicit_or_auto_by_size():
     assert resolve_llm_dtype("auto", device="cpu", parameters=2_700_000_000) == torch.bfloat16
     assert resolve_llm_dtype("auto", device="cpu", parameters=2_000_000) == torch.float32
     with pytest.raises(ValueError, match="model.llm_dtype"):
-        resolve_llm_dtype("int8")
+        resolve_llm_dtype("int8", "cpu")
 
 
 def test_bf16_llm_on_cpu_trains_and_generates(one_torch_thread):
