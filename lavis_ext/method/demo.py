@@ -3,7 +3,7 @@
 1. Draw labelled faces in two native layouts (EmotioNet: AUs; AffectNet: emotions) and
    read them back with the dataset readers.
 2. Synthesize captions: AU captions by rule and by LLM, emotion captions by rule.
-3. Train AU-BLIP and Emot-BLIP (stage 1, then stage 2) with the stock LAVIS runner.
+3. Train AU-BLIP and Emot-BLIP (stage 1, then stage 2) with the plugin's iteration runner (runner_expblip_iter).
 4. Pseudo-caption the aspect each image lacks, fuse AU and emotion captions with the LLM.
 5. Train Exp-BLIP on the fused descriptions, then evaluate AU-BLIP, Emot-BLIP and Exp-BLIP on
    held-out faces: METEOR, ROUGE-L and the AUs/emotions read back from the captions, beside
