@@ -3,7 +3,7 @@ choices follow the target device, on every host (a CUDA host is faked where it m
 import pytest
 import torch
 
-from lavis_ext.compat.amp import parse_amp_dtype
+from lavis_ext.runners.amp import parse_amp_dtype
 from lavis_ext.errors import InputError
 from lavis_ext.models import precision
 from lavis_ext.models.llm import resolve_llm_dtype
