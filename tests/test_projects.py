@@ -153,7 +153,7 @@ def test_stage2_schedules_resolve_to_the_documented_values(path):
         argv = ["--cfg-path", str(path)] + (["--options", *options] if options else [])
         run = Config(parse_args(argv)).run_cfg
         assert {key: run[key] for key in expected} == expected
-        assert run.lr_sched == "linear_warmup_cosine_lr" and run.max_epoch == 20
+        assert run.lr_sched == "expblip_linear_warmup_cosine_lr" and run.max_epoch == 20
         parameter = torch.nn.Parameter(torch.zeros(1))
         optimizer = torch.optim.AdamW([parameter], lr=run.init_lr)
         scheduler = registry.get_lr_scheduler_class(run.lr_sched)(

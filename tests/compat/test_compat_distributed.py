@@ -99,7 +99,7 @@ def test_torchrun_two_cpu_ranks_train(tmp_path: Path) -> None:
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
-    assert "world 2, backend gloo" in output
+    assert "rank 0 of 2, gloo" in output and "rank 1 of 2, gloo" in output
     jobs = compat_toy.job_dirs(tmp_path / "out")
     assert len(jobs) == 1, jobs  # both ranks agreed on the job id
     assert sorted(p.name for p in jobs[0].glob("checkpoint_*.pth")) == ["checkpoint_0.pth", "checkpoint_1.pth"]
