@@ -32,8 +32,8 @@ from lavis_ext.data.records import load_records
 from lavis_ext.errors import UsageError
 from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress, positive_int
 from lavis_ext.io import atomic_write_text
-from lavis_ext.method.recipe import (Source, pseudo_caption, synthesize, train_model,
-                                       write_corpus)
+from lavis_ext.method.recipe import (MethodStep, Source, method_steps, pseudo_caption,
+                                     run_method, synthesize, train_model, write_corpus)
 
 PROJECTS = Path(lavis_ext.__file__).resolve().parent.parent / "projects"
 AU_DATASET, EMOTION_DATASET = "emotionet", "affectnet"
@@ -307,7 +307,6 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from lavis_ext.captions.local_server import LocalLLMServer
-    from lavis_ext.method.recipe import method_steps
     from lavis_ext.method.steps import Steps
 
     started = time.monotonic()
@@ -351,29 +350,39 @@ def run(args: argparse.Namespace) -> int:
         checkpoints: dict[str, str] = {}
         iters = {"au_blip": profile["au_iters"], "emot_blip": profile["emot_iters"],
                  "exp_blip": profile["exp_iters"]}
-        for step in method_steps(baselines=False):  # the paper pipeline's table
+
+        def synthesize_step(step: MethodStep) -> Any:
+            kinds = {d: list(k) for group, k in step.kinds.items() for d in DATASETS_OF[group]}
+            options = {"au_kinds": DEMO_FUSE_AU_KINDS} if step.name == "fuse" else {}
+            return steps.run(step.name, synthesize, work,
+                             {d: all_sources[d] for d in DATASETS_OF[step.group]}, kinds,
+                             config, args.concurrency, progress=progress, **options)
+
+        def train_step(step: MethodStep) -> Any:
+            checkpoints[step.model] = steps.run(
+                step.name, train, work, step.model, DATASETS_OF[step.group],
+                DEMO_TRAIN_KINDS[step.model], profile, iters[step.model], size, args.seed)
+            return checkpoints[step.model]
+
+        def pseudo_step(step: MethodStep) -> Any:
+            (kind,) = next(iter(step.kinds.values()))
+            (dataset,) = DATASETS_OF[step.group]
+            return steps.run(step.name, pseudo_caption, work, checkpoints[step.model],
+                             all_sources[dataset], kind, {"num_beams": 1}, progress=progress)
+
+        def evaluate_step(step: MethodStep) -> Any:
+            return steps.run(step.name, evaluate, work, {
+                SHOWN_NAMES[m]: (checkpoints[m], DATASETS_OF[_group_of(m)])
+                for m in step.uses}, args.seed)
+
+        def header(step: MethodStep) -> None:
             if step.name in HEADERS:
                 _print_header(HEADERS[step.name])
-            datasets = DATASETS_OF[step.group]
-            if step.action == "synthesize":
-                kinds = {d: list(k) for group, k in step.kinds.items() for d in DATASETS_OF[group]}
-                options = {"au_kinds": DEMO_FUSE_AU_KINDS} if step.name == "fuse" else {}
-                steps.run(step.name, synthesize, work,
-                          {d: all_sources[d] for d in datasets}, kinds, config,
-                          args.concurrency, progress=progress, **options)
-            elif step.action == "train":
-                checkpoints[step.model] = steps.run(
-                    step.name, train, work, step.model, datasets, DEMO_TRAIN_KINDS[step.model],
-                    profile, iters[step.model], size, args.seed)
-            elif step.action == "pseudo":
-                (kind,) = next(iter(step.kinds.values()))
-                (dataset,) = datasets
-                steps.run(step.name, pseudo_caption, work, checkpoints[step.model],
-                          all_sources[dataset], kind, {"num_beams": 1}, progress=progress)
-            elif step.action == "evaluate":
-                evaluation = steps.run(step.name, evaluate, work, {
-                    SHOWN_NAMES[m]: (checkpoints[m], DATASETS_OF[_group_of(m)])
-                    for m in step.uses}, args.seed)
+
+        done = run_method(method_steps(baselines=False), {
+            "synthesize": synthesize_step, "train": train_step, "pseudo": pseudo_step,
+            "evaluate": evaluate_step}, before=header)
+        evaluation = done["evaluate"]
     show_results(work, evaluation)
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s; outputs in {work} "
           "(results.md, results.json, configs/, runs/, demo.log). The tiny configs "
@@ -400,6 +409,4 @@ def learning_bar(summary: dict[str, dict[str, Any]]) -> int:
 
 
 def _group_of(model: str) -> str:
-    from lavis_ext.method.recipe import method_steps
-
     return next(s.group for s in method_steps() if s.model == model and s.action == "train")

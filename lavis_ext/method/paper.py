@@ -408,35 +408,39 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
                   for k, v in pseudo.items()}
     checkpoints: dict[str, str] = {}
     results: dict[str, Any] = {}
-    for step in method_steps(cfg.baselines):
-        sources = cfg.sources(step.group)
-        if step.action == "synthesize":
-            kinds = {name: list(k) for group, k in step.kinds.items()
-                     for name in cfg.sources(group)}
-            results[step.name] = steps.run(step.name, method.synthesize, work, sources, kinds,
-                                           llm, cfg.concurrency, progress=progress)
-        elif step.action == "train":
-            checkpoints[step.model] = steps.run(
-                step.name, method.train_model, work, step.model, cfg.models[step.model],
-                list(sources.values()), None, cfg.nproc)
-        elif step.action == "pseudo":
-            (kind,) = next(iter(step.kinds.values()))
-            for source in sources.values():
-                results[f"{step.name}-{source.name}"] = steps.run(
-                    f"{step.name}-{source.name}", method.pseudo_caption, work,
-                    checkpoints[step.model], source, kind, generation, batch_size, cfg.device,
-                    progress)
-            steps.run(step.name, lambda: "all datasets pseudo-captioned")
-        elif step.action == "evaluate":
-            for model in step.uses:
-                overrides = ["model.load_finetuned=True", f"model.finetuned={checkpoints[model]}",
-                             f"run.output_dir={work / 'runs' / model / 'evaluate'}"]
-                results[f"evaluate-{model}"] = steps.run(
-                    f"evaluate-{model}", train_stage, work / "configs" / model / "stage2.yaml",
-                    overrides, nproc=cfg.nproc, action="evaluate")
-            steps.run(step.name, lambda: "all models evaluated")
-        if until == step.name:
-            break
+
+    def synthesize_step(step: MethodStep) -> None:
+        kinds = {name: list(k) for group, k in step.kinds.items() for name in cfg.sources(group)}
+        results[step.name] = steps.run(step.name, method.synthesize, work,
+                                       cfg.sources(step.group), kinds, llm, cfg.concurrency,
+                                       progress=progress)
+
+    def train_step(step: MethodStep) -> None:
+        checkpoints[step.model] = steps.run(
+            step.name, method.train_model, work, step.model, cfg.models[step.model],
+            list(cfg.sources(step.group).values()), None, cfg.nproc)
+
+    def pseudo_step(step: MethodStep) -> None:
+        (kind,) = next(iter(step.kinds.values()))
+        for source in cfg.sources(step.group).values():
+            results[f"{step.name}-{source.name}"] = steps.run(
+                f"{step.name}-{source.name}", method.pseudo_caption, work,
+                checkpoints[step.model], source, kind, generation, batch_size, cfg.device,
+                progress)
+        steps.run(step.name, lambda: "all datasets pseudo-captioned")
+
+    def evaluate_step(step: MethodStep) -> None:
+        for model in step.uses:
+            overrides = ["model.load_finetuned=True", f"model.finetuned={checkpoints[model]}",
+                         f"run.output_dir={work / 'runs' / model / 'evaluate'}"]
+            results[f"evaluate-{model}"] = steps.run(
+                f"evaluate-{model}", train_stage, work / "configs" / model / "stage2.yaml",
+                overrides, nproc=cfg.nproc, action="evaluate")
+        steps.run(step.name, lambda: "all models evaluated")
+
+    method.run_method(method_steps(cfg.baselines), {
+        "synthesize": synthesize_step, "train": train_step, "pseudo": pseudo_step,
+        "evaluate": evaluate_step}, until=until)
     return {"checkpoints": checkpoints, "results": results, "timings": steps.timings}
 
 

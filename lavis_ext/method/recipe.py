@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 from omegaconf import OmegaConf
 
+from lavis_ext.captions.paths import captions_path
 from lavis_ext.data.records import load_records, save_records
 from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_write_text
@@ -39,7 +40,7 @@ class MethodStep:
     """
 
     name: str
-    action: str  # synthesize | train | pseudo | concat | evaluate
+    action: str  # synthesize | train | pseudo | evaluate
     group: str  # au | emotion | all: the datasets it works on
     model: str | None = None
     kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> kinds
@@ -79,8 +80,27 @@ def method_steps(baselines: bool = False) -> list[MethodStep]:
     return steps
 
 
-def captions_path(work: Path, dataset: str, split: str) -> Path:
-    return work / "captions" / f"{dataset}_{split}.json"
+StepAction = Callable[[MethodStep], Any]
+
+
+def run_method(table: Sequence[MethodStep], actions: Mapping[str, StepAction], *,
+               until: str | None = None,
+               before: Callable[[MethodStep], None] | None = None) -> dict[str, Any]:
+    """Run the step table with one handler per action (synthesize, train, pseudo, evaluate):
+    the one interpreter of the method, for the paper pipeline and the demo alike, so that a
+    step added to :func:`method_steps` runs in both or fails in both. ``before`` sees each
+    step first (the demo prints section headers); ``until`` stops after that step."""
+    missing = sorted({step.action for step in table} - set(actions))
+    if missing:
+        raise TypeError(f"run_method: no handler for the step actions {missing}")
+    results: dict[str, Any] = {}
+    for step in table:
+        if before is not None:
+            before(step)
+        results[step.name] = actions[step.action](step)
+        if until == step.name:
+            break
+    return results
 
 
 def synthesize(work: Path, sources: dict[str, Source], kinds: dict[str, list[str]], config: Any,

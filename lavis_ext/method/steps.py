@@ -134,18 +134,35 @@ class Steps:
         return result
 
 
+# Written in a training run's output folder when the run ends; a rerun of a step whose
+# first stage finished and whose second was killed must not train (or resume) the first again.
+FINISHED = "stage_finished.json"
+
+
+def _budget(cfg: Any) -> dict[str, Any]:
+    """What a finished run was trained for: a config that asks for more resumes it."""
+    return {key: cfg.run.get(key) for key in ("max_epoch", "max_iters")}
+
+
 def train_stage(cfg_path: str | os.PathLike, options: list[str] | None = None, *,
                 nproc: int = 1, action: str = "train") -> str:
     """Train (or evaluate) one configured stage; returns the run's output folder.
 
-    A folder already holding checkpoints (a crashed earlier attempt) is resumed from its
-    newest checkpoint.
+    A run that finished (its output folder holds ``stage_finished.json`` for the same
+    ``max_epoch`` / ``max_iters``) is not trained again. A folder holding checkpoints but no
+    such record (a crashed or killed attempt) is resumed from its newest checkpoint.
     """
     from lavis_ext.models.checkpoint import newest_checkpoint
 
     options = list(options or [])
     cfg = OmegaConf.merge(OmegaConf.load(str(cfg_path)), OmegaConf.from_dotlist(options))
     output_dir = str(cfg.run.output_dir)
+    finished = Path(output_dir) / FINISHED
+    if action == "train" and finished.exists():
+        record = json.loads(finished.read_text())
+        if record.get("budget") == _budget(cfg):
+            print(f"{cfg_path}: finished earlier ({finished}), not trained again")
+            return output_dir
     previous = newest_checkpoint(output_dir) if action == "train" else None
     if previous and not cfg.run.get("resume_ckpt_path"):
         print(f"resuming {cfg_path} from {previous}")
@@ -159,4 +176,7 @@ def train_stage(cfg_path: str | os.PathLike, options: list[str] | None = None, *
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
                    "-m", "lavis_ext.entry", action, *argv]
         subprocess.run(command, check=True)
+    if action == "train":
+        atomic_write_text(finished, json.dumps({"budget": _budget(cfg),
+                                                "checkpoint": newest_checkpoint(output_dir)}))
     return output_dir

@@ -27,6 +27,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from lavis.datasets.datasets.base_dataset import ConcatDataset
 from lavis.datasets.datasets.dataloader_utils import IterLoader, MultiIterLoader, PrefetchLoader
 
+from lavis_ext.errors import InputError
+
 
 def _num_workers(loader: Any) -> int:
     """Worker processes behind a (possibly prefetch-wrapped) loader; 1 when unknown."""
@@ -85,6 +87,13 @@ def build_loader(dataset: Dataset, *, batch_size: int, num_workers: int, is_trai
                              pin_memory=on_cuda, sampler=sampler,
                              shuffle=is_train and sampler is None, collate_fn=collate_fn,
                              drop_last=is_train)
+    if is_train and len(loader) == 0:
+        # LAVIS would divide by the zero batches of an epoch (ZeroDivisionError in its logger).
+        per_rank = len(sampler) if sampler is not None else len(dataset)
+        raise InputError(
+            f"the training split has {per_rank} samples per process, fewer than one batch "
+            f"(run.batch_size_train={batch_size}; the last incomplete batch is dropped): "
+            "lower run.batch_size_train or add training data")
     if on_cuda:
         loader = PrefetchLoader(loader)
     return WorkerAwareIterLoader(loader, use_distributed=distributed) if is_train else loader

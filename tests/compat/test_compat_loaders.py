@@ -70,3 +70,18 @@ def test_concat_of_datasets_drops_skipped_samples() -> None:
     assert batch["id"] == ["0", "0", "1", "2"]
     with pytest.raises(TypeError):  # LAVIS's collater, left stock, fails on the None sample
         concat.collater([concat[0], concat[1]])
+
+
+def test_a_training_split_smaller_than_a_batch_is_a_clear_error() -> None:
+    """LAVIS's loop would divide by the epoch's zero batches (ZeroDivisionError in its logger)."""
+    from lavis_ext.errors import InputError
+
+    with pytest.raises(InputError, match=r"9 samples per process, fewer than one batch "
+                                         r"\(run.batch_size_train=16"):
+        build_loader(list(range(9)), batch_size=16, num_workers=0, is_train=True,
+                     collate_fn=None, device=torch.device("cpu"), sampler=None,
+                     distributed=False)
+    evaluation = build_loader(list(range(9)), batch_size=16, num_workers=0, is_train=False,
+                              collate_fn=None, device=torch.device("cpu"), sampler=None,
+                              distributed=False)
+    assert [len(b) for b in evaluation] == [9]  # evaluation keeps its incomplete batch

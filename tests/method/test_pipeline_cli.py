@@ -3,7 +3,10 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from lavis_ext.method.recipe import method_steps
 
@@ -48,13 +51,13 @@ def _gpus():
     return torch.cuda.device_count()
 
 
-def _config(tmp_path, server_url):
+def _config(tmp_path, server_url, n_images=12):
     """A pipeline config beside its data, with paths relative to its own folder."""
     from lavis_ext.data.prepare import prepare_dataset
     from lavis_ext.data.synthetic.writers import make_synthetic
 
     for name in ("emotionet", "affectnet"):
-        make_synthetic(name, tmp_path / "data" / name, 12, seed=1, variant="csv")
+        make_synthetic(name, tmp_path / "data" / name, n_images, seed=1, variant="csv")
         prepare_dataset(name, tmp_path / "data" / name, tmp_path / "prepared" / name)
     config = tmp_path / "pipeline.yaml"
     config.write_text(json.dumps({"pipeline": {
@@ -181,3 +184,65 @@ def test_preflight_names_the_local_llm_folder_the_config_chose(tmp_path):
     _check_weights({"vit_model": "eva_clip_g", "vit_weights_optional": True,
                     "opt_model": str(missing)}, problems, [])
     assert problems == []
+
+
+def _newest(folder: Path, pattern: str) -> list[Path]:
+    return sorted(folder.glob(pattern)) if folder.exists() else []
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~3 min on 2 idle cores; seven tiny training runs and three evaluations
+def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
+    """Every step of the shared table on tiny models and synthetic faces: synthesize, AU-BLIP
+    and Emot-BLIP (stage 1 + 2), pseudo captions, fuse, concat, Exp-BLIP, evaluate. The
+    process is killed in the middle of Exp-BLIP's stage 2 (after its first checkpoint); the
+    rerun resumes from that checkpoint and loses at most one checkpoint interval."""
+    from support.llm_server import FaultyLLMServer
+
+    with FaultyLLMServer() as server:
+        # 48 faces each: every training split holds more than one batch of the tiny configs
+        config = _config(tmp_path, server.base_url, n_images=48)
+        stage2 = tmp_path / "work" / "runs" / "exp_blip" / "stage2"
+        command = [sys.executable, "-m", "lavis_ext.cli", "pipeline", "--config", str(config),
+                   "--no-progress"]
+        log = (tmp_path / "first.log").open("w")
+        first = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                                 env={**os.environ, **NO_LLM})
+        deadline = time.monotonic() + 900
+        while not _newest(stage2, "*/checkpoint_0.pth"):
+            assert first.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
+            assert time.monotonic() < deadline, "no Exp-BLIP stage-2 checkpoint in 15 min"
+            time.sleep(0.5)
+        first.kill()  # SIGKILL: no clean-up, as an OOM kill or a lost node would leave it
+        first.wait()
+        log.close()
+        assert not (tmp_path / "work" / ".steps" / "train-exp-blip.json").exists()
+        killed_at = {p.name for p in _newest(stage2, "*/checkpoint_*.pth")}
+        assert "checkpoint_2.pth" not in killed_at, "killed before stage 2 ended"
+
+        second = _expblip("pipeline", "--config", str(config), "--no-progress", cwd=tmp_path)
+        assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    out = second.stdout
+    for step in method_steps(baselines=False):
+        assert f"{step.name}" in out, step.name
+    for done in ("synthesize", "train-au-blip", "train-emot-blip", "pseudo-au",
+                 "pseudo-emotion", "fuse", "concat"):
+        assert f"[done] {done}" in out, done  # finished in the first process: skipped
+    newest = max(killed_at, key=lambda name: int(name.split("_")[1].split(".")[0]))
+    assert f"from {next(iter(_newest(stage2, '*/' + newest)))}" in out, out[-3000:]
+    jobs = [p for p in stage2.iterdir() if p.is_dir()]
+    assert len(jobs) == 2, jobs  # the killed job and the resumed one
+    resumed = max(jobs, key=lambda p: p.stat().st_mtime)
+    resumed_epochs = sorted(p.name for p in resumed.glob("checkpoint_*.pth"))
+    # resumed after the newest checkpoint: only the epochs after it are trained again
+    assert newest not in resumed_epochs and "checkpoint_2.pth" in resumed_epochs
+    assert len(killed_at) + len(resumed_epochs) == 3  # no epoch trained twice
+    # the captions every step wrote, and every model evaluated
+    au = json.loads((tmp_path / "work" / "captions" / "emotionet_train.json").read_text())
+    emotion = json.loads((tmp_path / "work" / "captions" / "affectnet_train.json").read_text())
+    assert all(r["captions"].get("emotion-pseudo") for r in au)
+    assert all(r["captions"].get("au-pseudo") for r in emotion)
+    assert any(r["captions"].get("fuse") for r in au + emotion)
+    for model in ("au_blip", "emot_blip", "exp_blip"):
+        results = _newest(tmp_path / "work" / "runs" / model / "evaluate", "**/*.json")
+        assert results, f"{model}: no evaluation written"

@@ -1,6 +1,8 @@
 import json
 
-from lavis_ext.method.steps import Steps, train_stage
+import pytest
+
+from lavis_ext.method.steps import FINISHED, Steps, train_stage
 
 
 def test_finished_steps_are_skipped(tmp_path):
@@ -20,17 +22,43 @@ def test_crashed_training_resumes_from_its_newest_checkpoint(tmp_path, monkeypat
     seen = []
     import lavis_ext.entry as entry
 
-    monkeypatch.setattr(entry, "train_main", lambda argv: seen.append(argv))
-    train_stage(cfg)
+    def killed(argv):  # the first attempt saves one checkpoint, then dies
+        seen.append(argv)
+        (out / "2026").mkdir(parents=True)
+        (out / "2026" / "checkpoint_0.pth").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(entry, "train_main", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(cfg)
     assert not any("resume_ckpt_path" in a for a in seen[0])
-    (out / "2026").mkdir(parents=True)
-    (out / "2026" / "checkpoint_0.pth").write_bytes(b"x")
     from lavis_ext.models.checkpoint import newest_checkpoint
 
     assert newest_checkpoint(out).endswith("checkpoint_0.pth")
+    assert not (out / FINISHED).exists()
+    monkeypatch.setattr(entry, "train_main", lambda argv: seen.append(argv))
     train_stage(cfg)
     assert any(a.startswith("run.resume_ckpt_path=") and a.endswith("checkpoint_0.pth")
                for a in seen[1])
+    assert (out / FINISHED).exists()
+
+
+def test_a_finished_stage_is_not_trained_again_unless_its_budget_grows(tmp_path, monkeypatch):
+    """A step killed in its second stage reruns its first: that must not resume a finished
+    run (the runner refuses a resume at its last epoch)."""
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"run:\n  output_dir: {out}\n  max_epoch: 1\n")
+    seen = []
+    import lavis_ext.entry as entry
+
+    monkeypatch.setattr(entry, "train_main", lambda argv: seen.append(argv))
+    train_stage(cfg)
+    (out / "2026").mkdir(parents=True)
+    (out / "2026" / "checkpoint_0.pth").write_bytes(b"x")
+    assert train_stage(cfg) == str(out) and len(seen) == 1, "finished: not trained again"
+    train_stage(cfg, ["run.max_epoch=2"])  # a larger budget resumes the finished run
+    assert len(seen) == 2 and any(a.endswith("checkpoint_0.pth") for a in seen[1])
 
 
 def test_captured_step_prints_one_console_line_and_logs_the_rest(tmp_path, capfd):
