@@ -61,6 +61,26 @@ sys.exit(main({argv!r}))
     assert "Traceback" not in result.stderr
 
 
+def test_prepare_runs_without_torch_unless_faces_are_aligned(tmp_path) -> None:
+    # --faces align is the one part of `prepare` that needs torch; it is imported only then.
+    code = f"""
+import sys
+from lavis_ext.data.synthetic import make_synthetic
+make_synthetic("rafdb", {str(tmp_path / 'raw')!r}, 6, seed=0, image_size=40)
+for name in {HEAVY!r}:
+    sys.modules[name] = None
+from lavis_ext.cli import main
+code = main(["prepare", "rafdb", "--root", {str(tmp_path / 'raw')!r}, "--out",
+             {str(tmp_path / 'out')!r}, "--no-progress"])
+print("faces module loaded:", "lavis_ext.describe.prepare_faces" in sys.modules)
+sys.exit(code)
+"""
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert "faces module loaded: False" in result.stdout
+    assert (tmp_path / "out" / "train.json").is_file()
+
+
 REGISTERED = """
 import json
 from lavis.common.registry import registry

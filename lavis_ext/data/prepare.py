@@ -3,6 +3,13 @@
 Writes ``train.json``, ``test.json`` (``val.json`` where a split has one) and ``report.json``:
 rows read, kept and skipped by reason (with file:line examples), the split used, frame
 sampling, and the label distribution per split.
+
+``--faces align`` also detects and aligns every written record's face once
+(``lavis_ext.describe.prepare_faces``: the detector and alignment of ``describe``), caches
+the crops under ``<out>/faces/`` and adds ``face_box``, ``face_landmarks`` and ``face_image``
+to the records; a record whose face is not found is counted by reason and left out. That
+step needs torch, so it is handed to ``prepare_dataset`` as an object and imported only by
+``run`` when the flag is given: without it, ``prepare`` stays torch-free.
 """
 from __future__ import annotations
 
@@ -11,12 +18,12 @@ import json
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Protocol
 
 from lavis_ext.data.readers import DATASETS, READERS, VIDEO_DATASETS, SkipReport
 from lavis_ext.data.readers.common import DatasetFormatError
 from lavis_ext.data.records import Record, save_records
-from lavis_ext.errors import InputError
+from lavis_ext.errors import InputError, UsageError, check_partial
 from lavis_ext.facs import parse_au_subset
 from lavis_ext.flags import add_no_progress
 from lavis_ext.io import atomic_write_text
@@ -25,6 +32,14 @@ from lavis_ext.data.splits import apply_split
 
 # Datasets whose test split is frame-sampled too (paper: "GFT training sets, and GFT test").
 SAMPLED_TEST = ("gft",)
+
+
+class FaceStep(Protocol):
+    """What ``prepare_dataset`` needs of the face step (``describe.prepare_faces``)."""
+
+    def prepare(self, records: list[Record], root: str | Path, out: str | Path, *,
+                progress: bool = True) -> tuple[list[Record], dict[str, Any]]:
+        """The records whose face was aligned, and a summary for ``report.json``."""
 
 
 def label_distribution(records: Iterable[Record]) -> dict[str, Any]:
@@ -46,12 +61,14 @@ def label_distribution(records: Iterable[Record]) -> dict[str, Any]:
 def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | None = None,
                     sample_every: int | None = None, seed: int = 0, *,
                     test_subjects: Iterable[str] | None = None, check_images: bool = False,
+                    faces: FaceStep | None = None, progress: bool = True,
                     **reader_options: Any) -> dict[str, Any]:
     """Read one dataset, split it, sample video frames, write records and ``report.json``.
 
     ``sample_every``: video datasets default to 10 (1 keeps every frame); others refuse it.
     ``reader_options`` go to the dataset's reader (``aus``, ``threshold``, ``frame_pattern``,
     ``labels_file``, ``subset``, ``release``, ``min_votes``, ``image_pattern``, ...).
+    ``faces``: align each sampled record's face (records without one are left out).
     """
     if name not in READERS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
@@ -95,6 +112,9 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    face_summary = None
+    if faces is not None:
+        records, face_summary = faces.prepare(records, root, out, progress=progress)
     written: dict[str, int] = {}
     for split in ("train", "val", "test"):
         items = [r for r in records if r["split"] == split]
@@ -112,6 +132,7 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
         "records_read": n_read,
         "kept": n_kept,
         "records_written": written, "split": split_info, "sampling": sampling,
+        "faces": face_summary,
         "label_distribution": label_distribution(records),
         "seconds": {"read": round(read_seconds, 3), "total": round(seconds, 3)},
     })
@@ -143,7 +164,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip (and count) records whose image file is missing")
     parser.add_argument("--extract-frames", action="store_true",
                         help="DISFA: first decode Videos_LeftCamera/*.avi into frame images")
+    faces = parser.add_argument_group(
+        "faces", "--faces align: detect and align each image once, as describe does, and train "
+                 "on the crops (docs/datasets.md)")
+    faces.add_argument("--faces", choices=("align",),
+                       help="align: cache aligned face crops under OUT/faces/ and leave out "
+                            "records whose face is not found")
+    faces.add_argument("--detector", choices=("mtcnn", "haar"),
+                       help="face detector (default mtcnn: 5 landmarks, as describe uses)")
+    faces.add_argument("--min-confidence", type=float, help="MTCNN probability (default 0.9)")
+    faces.add_argument("--min-face", type=int,
+                       help="smallest face side in pixels (default 20; larger is faster)")
+    faces.add_argument("--align-size", type=int, help="crop side in pixels (default 224)")
+    faces.add_argument("--align-margin", type=float,
+                       help="space around the template face, a fraction of it (default 0.2)")
+    faces.add_argument("--device", help="where MTCNN runs: cpu (default) or cuda")
     add_no_progress(parser)
+
+
+# prepare's face flags -> FaceSettings fields (None: not a setting the crops depend on).
+FACE_FLAGS: dict[str, str | None] = {
+    "detector": "detector", "min_confidence": "min_confidence", "min_face": "min_face",
+    "align_size": "size", "align_margin": "margin", "device": None}
+
+
+def face_step(args: argparse.Namespace) -> FaceStep | None:
+    """The face step ``--faces`` asks for; its module (torch) is imported only then."""
+    given = {field: getattr(args, flag) for flag, field in FACE_FLAGS.items()
+             if field and getattr(args, flag, None) is not None}
+    flags = [f for f in FACE_FLAGS if getattr(args, f, None) is not None]
+    if not getattr(args, "faces", None):
+        if flags:
+            raise UsageError(", ".join("--" + f.replace("_", "-") for f in flags)
+                             + " only apply with --faces align")
+        return None
+    from lavis_ext.describe.prepare_faces import FacePreparer, FaceSettings
+
+    return FacePreparer(FaceSettings(**given), device=getattr(args, "device", None) or "cpu")
 
 
 def _parse_aus(text: str | None) -> str | list[int] | None:
@@ -158,6 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     test_subjects = ([s.strip() for s in args.test_subjects.split(",") if s.strip()]
                      if args.test_subjects else None)
+    faces = face_step(args)
     try:  # the readers raise ValueError for values they cannot use
         options = {"aus": _parse_aus(args.aus), "threshold": args.threshold,
                    "frame_pattern": args.frame_pattern, "image_pattern": args.image_pattern,
@@ -178,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         report = prepare_dataset(args.dataset, args.root, args.out, fold=args.fold,
                                  sample_every=args.sample_every, seed=args.seed,
                                  test_subjects=test_subjects, check_images=args.check_images,
-                                 **options)
+                                 faces=faces, progress=not args.no_progress, **options)
     except (DatasetFormatError, ValueError) as err:
         raise InputError(str(err)) from err
     print(f"{args.dataset}: read {report['rows_read']} rows from {report['files_read']} "
@@ -187,5 +245,12 @@ def run(args: argparse.Namespace) -> int:
           f" in {report['seconds']['total']:.2f} s")
     for reason, count in report["skipped"].items():
         print(f"  skipped {count}: {reason} (e.g. {report['skipped_examples'][reason][0]})")
+    if report["faces"] is not None:
+        from lavis_ext.describe.prepare_faces import format_summary
+
+        print("\n".join(format_summary(report["faces"])))
     print(f"  report: {Path(args.out) / 'report.json'}")
+    if report["faces"] is not None:  # no face found anywhere: a wrong root or pattern
+        return check_partial("prepare", report["faces"]["aligned"],
+                             sum(report["faces"]["not_found"].values()), "faces")
     return 0

@@ -19,7 +19,13 @@ Optional fields:
 - ``sequence``      video sequence key (e.g. ``"F001_T1"``), for frame sampling
 - ``frame``         frame number inside ``sequence`` (int)
 - ``failures``      synthesis kind -> reason, for captions an LLM could not produce
-- ``meta``          anything dataset specific (face box, valence, ...)
+- ``meta``          anything dataset specific (valence, URL, ...)
+- ``face_box``      the face as [x, y, w, h] in source pixels (AffectNet's own box, or
+                    ``prepare --faces align``'s detection)
+- ``face_landmarks`` the 5 alignment points [[x, y], ...] (eye centres, nose tip, mouth
+                    corners, image left to right), or null when only a box is known
+- ``face_image``    the aligned face crop ``prepare --faces align`` wrote; training reads it
+                    instead of ``image`` (absolute, or relative to the images root)
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "caption": (list,),
 }
 SPLITS = ("train", "val", "test")
+N_FACE_POINTS = 5
 
 
 class RecordError(ValueError):
@@ -87,7 +94,38 @@ def validate_record(record: Any, where: str = "record") -> Record:
         if not isinstance(text, str) or text != text.lower():
             raise RecordError(f"{where}: 'emotions'[{i}] must be a lowercase string, "
                               f"got {text!r}")
+    _validate_face(record, where)
     return record
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _validate_face(record: Record, where: str) -> None:
+    """The optional face fields: a box with positive size, 5 points, a crop path."""
+    box = record.get("face_box")
+    if box is not None and not (isinstance(box, list) and len(box) == 4
+                                and all(_is_number(v) for v in box) and box[2] > 0 < box[3]):
+        raise RecordError(f"{where}: field 'face_box' must be [x, y, w, h] with w, h > 0, "
+                          f"got {box!r}")
+    points = record.get("face_landmarks")
+    if points is not None and not (
+            isinstance(points, list) and len(points) == N_FACE_POINTS
+            and all(isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p)
+                    for p in points)):
+        raise RecordError(f"{where}: field 'face_landmarks' must be {N_FACE_POINTS} [x, y] "
+                          f"points or null, got {points!r}")
+    if "face_image" in record and not (isinstance(record["face_image"], str)
+                                       and record["face_image"]):
+        raise RecordError(f"{where}: field 'face_image' must be a non-empty path string, "
+                          f"got {record['face_image']!r}")
+
+
+def image_file(record: Record, images_root: str | os.PathLike) -> Path:
+    """The file a model sees for ``record``: its aligned crop when ``prepare --faces`` wrote
+    one (``face_image``), else the source ``image``; relative paths join the images root."""
+    return Path(images_root) / record.get("face_image", record["image"])
 
 
 def read_record_list(path: str | os.PathLike) -> list[Any]:

@@ -3,6 +3,8 @@
 Caption samples: ``{"image", "text_input", "image_id"}``. AU samples: ``{"image", "label"
 (multi-hot float over ``au_list``), "label_mask" (1 where coded), "image_id"}``. Emotion
 samples: ``{"image", "label" (class index, or multi-hot when ``multi_label``), "image_id"}``.
+``image`` is the record's aligned face crop (``face_image``, written by ``expblip prepare
+--faces align``) when it has one, else its source image.
 
 An image that cannot be read is counted (``decode_failures``), logged and skipped: with
 ``bad_image="skip"`` (default) the item is ``None`` and ``collater`` drops it, filling an
@@ -14,7 +16,6 @@ With ``num_workers > 0`` each worker keeps its own count; the log lines name eve
 from __future__ import annotations
 
 import logging
-import os
 import random
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,7 +24,7 @@ from lavis.datasets.datasets.base_dataset import BaseDataset
 from PIL import Image
 from torch.utils.data.dataloader import default_collate
 
-from lavis_ext.data.records import Record, load_records
+from lavis_ext.data.records import Record, image_file, load_records
 
 logger = logging.getLogger(__name__)
 MAX_REPLACEMENT_TRIES = 50
@@ -68,7 +69,9 @@ class FacialRecordDataset(BaseDataset):
         self._add_instance_ids()
 
     def image_path(self, index: int) -> str:
-        return os.path.join(self.vis_roots[index], self.annotation[index]["image"])
+        """The aligned crop (``face_image``) when ``prepare --faces`` made one, else the
+        source image: training sees the faces ``describe`` aligns at inference."""
+        return str(image_file(self.annotation[index], self.vis_roots[index]))
 
     def load_image(self, index: int) -> Image.Image | None:
         path = self.image_path(index)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
-from lavis_ext.data.records import Record, add_captions, load_records, save_records
+from lavis_ext.data.records import Record, add_captions, image_file, load_records, save_records
 from lavis_ext.errors import InputError, check_partial
 from lavis_ext.flags import add_no_progress, positive_int
 
@@ -34,7 +33,7 @@ def pseudo_caption_records(records: list[Record], captioner: Any, images_root: s
     for start in range(0, len(todo), batch_size):
         batch, images = [], []
         for record in todo[start:start + batch_size]:
-            path = Path(images_root) / record["image"]
+            path = image_file(record, images_root)  # the aligned crop when there is one
             try:
                 with Image.open(path) as img:
                     images.append(img.convert("RGB"))

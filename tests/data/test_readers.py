@@ -229,6 +229,41 @@ def test_affectnet_csv_codes(tmp_path):
                               "not an emotion (10 no-face)": 1, "not an integer": 1}
 
 
+def test_affectnet_face_box_and_5_points_from_its_68(tmp_path):
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
+              "facial_landmarks", "expression", "valence", "arousal"]
+    points = [(float(i), float(100 + i)) for i in range(68)]  # point i at (i, 100 + i)
+    landmarks = ";".join(f"{v}" for p in points for v in p)
+    folder = tmp_path / "Manually_Annotated_file_lists"
+    write_csv(folder / "training.csv", [
+        header, ["1/a.jpg", "10", "20", "30", "40", landmarks, "1", "0", "0"],
+        ["1/b.jpg", "10", "20", "30", "40", "1;2", "1", "0", "0"],
+        ["1/c.jpg", "10", "20", "0", "40", landmarks, "1", "0", "0"]])
+    write_csv(folder / "validation.csv", [header])
+    records, report = read("affectnet", tmp_path)
+    a, b, c = records["1_a"], records["1_b"], records["1_c"]
+    assert a["face_box"] == [10.0, 20.0, 30.0, 40.0]
+    # eye centres: means of 36-41 and 42-47; nose tip 30; mouth corners 48, 54
+    assert a["face_landmarks"] == [[38.5, 138.5], [44.5, 144.5], [30.0, 130.0],
+                                   [48.0, 148.0], [54.0, 154.0]]
+    assert b["face_box"] == [10.0, 20.0, 30.0, 40.0] and b["face_landmarks"] is None
+    assert "face_box" not in c and "face_landmarks" not in c  # zero width: the detector runs
+    assert report.notes == {"rows without 68 usable landmarks (aligned from the face box)": 1,
+                            "rows without a usable face box (the detector finds the face)": 1}
+    for split in ("train_set", "val_set"):
+        (tmp_path / "npy" / split / "annotations").mkdir(parents=True)
+    annotations = tmp_path / "npy" / "train_set" / "annotations"
+    np.save(annotations / "5_exp.npy", np.array(1))
+    np.save(annotations / "5_lnd.npy", np.array([v for p in points for v in p]))
+    np.save(annotations / "6_exp.npy", np.array(2))
+    np.save(annotations / "6_lnd.npy", np.array([1.0, 2.0]))
+    records, report = read("affectnet", tmp_path / "npy")
+    assert records["train_5"]["face_box"] == [0.0, 100.0, 67.0, 67.0]  # the points' extent
+    assert records["train_5"]["face_landmarks"] == a["face_landmarks"]
+    assert "face_box" not in records["train_6"] and "face_landmarks" not in records["train_6"]
+    assert sum(report.notes.values()) == 1
+
+
 def test_affectnet_npy_string_scalars(tmp_path):
     for folder, code in (("train_set", np.array("3")), ("val_set", np.array(6))):
         annotations = tmp_path / folder / "annotations"

@@ -47,6 +47,33 @@ def test_pseudo_caption_resumes_without_recaptioning(tmp_path):
     assert "unreadable image" in final[-1]["failures"]["au-pseudo"]
 
 
+class SizeCaptioner:
+    def __init__(self):
+        self.sizes = []
+
+    def caption(self, images):
+        self.sizes.extend(img.size for img in images)
+        return ["A face." for _ in images]
+
+
+def test_pseudo_caption_reads_the_aligned_crop(tmp_path):
+    # Records from `prepare --faces align` name their crop: the model must see that, as in
+    # training, not the whole frame.
+    root = tmp_path / "images"
+    root.mkdir()
+    Image.new("RGB", (104, 139), (9, 9, 9)).save(root / "frame.png")
+    crop = tmp_path / "prepared" / "faces" / "frame.png.png"
+    crop.parent.mkdir(parents=True)
+    Image.new("RGB", (22, 22), (200, 9, 9)).save(crop)
+    records = [new_record("frame.png", "with_crop", "bp4d", "train", face_image=str(crop),
+                          face_box=[10, 10, 40, 50]),
+               new_record("frame.png", "plain", "bp4d", "train")]
+    captioner = SizeCaptioner()
+    pseudo_caption_records(records, captioner, str(root), "au-pseudo",
+                           out=tmp_path / "out.json", progress=False)
+    assert captioner.sizes == [(22, 22), (104, 139)]
+
+
 def test_pseudo_caption_with_a_trained_model(tmp_path, tiny_captioner):
     root, records = _records(tmp_path, 4)
     out = tmp_path / "out.json"
