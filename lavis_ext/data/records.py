@@ -28,6 +28,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_write_text  # noqa: F401  (the one atomic writer; re-exported)
 
 Record = dict[str, Any]
@@ -45,7 +46,7 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
 SPLITS = ("train", "val", "test")
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record or a records file does not follow the schema."""
 
 
