@@ -5,9 +5,14 @@ are imported only when their subcommand runs, so `expblip --help` stays fast and
 `make-synthetic`, `synthesize` and `evaluate` never import torch or LAVIS.
 
 One contract for every subcommand (the table ``EXIT_CODES`` below, first match wins): bad
-input prints ``expblip <command>: error: <what and where>`` on stderr and exits 2; a runtime
-failure exits 1 with the same prefix; a batch where every item failed exits 3; tracebacks are
-shown only with ``--debug`` (or ``EXPBLIP_DEBUG=1``).
+input the user can fix prints ``expblip <command>: error: <what and where>`` on stderr and
+exits 2. Bad input is what argparse refuses, an ``errors.UsageError`` (a flag or option) or
+``errors.InputError`` (a file, record or config value; the data layer's ``RecordError`` and
+``DatasetFormatError`` are ones), and a missing file or folder. Anything else raised while a
+subcommand runs, a plain ``ValueError`` or ``KeyError`` from lavis_ext's own code included,
+is a runtime failure or a bug: exit 1 with the same prefix, the exception's type, and a hint
+to rerun with ``--debug``. A batch where every item failed exits 3; tracebacks are shown only
+with ``--debug`` (or ``EXPBLIP_DEBUG=1``).
 """
 from __future__ import annotations
 
@@ -42,7 +47,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                 "--fetch downloads the missing ones"),
 }
 
-EPILOG = f"""exit codes: {errors.EXIT_OK} done; {errors.EXIT_FAILURE} runtime failure; \
+EPILOG = f"""exit codes: {errors.EXIT_OK} done; {errors.EXIT_FAILURE} runtime failure or bug; \
 {errors.EXIT_USAGE} bad input (flags, files, config); {errors.EXIT_NOTHING_DONE} every item \
 failed; {errors.EXIT_INTERRUPTED} interrupted; {errors.EXIT_BROKEN_PIPE} output pipe closed.
 Errors read 'expblip COMMAND: error: ...' on stderr; --debug (or EXPBLIP_DEBUG=1) adds the
@@ -59,21 +64,6 @@ def _called_process(err: Any) -> str:
     return f"a subprocess failed with exit status {err.returncode}: {command}"
 
 
-PACKAGE_DIR = os.path.dirname(os.path.abspath(errors.__file__))
-
-
-class _RefusedByUs(Exception):
-    """Matches a ValueError or KeyError raised by lavis_ext's own code (see ``classify``)."""
-
-
-def _raised_by_us(err: BaseException) -> bool:
-    tb = err.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(
-        PACKAGE_DIR + os.sep)
-
-
 # Ordered: the first entry whose class matches wins, so subclasses come before their bases.
 # A class is named as "module:Name" when importing its module here would make the CLI heavy;
 # it is looked up only if that module is already imported (otherwise nothing can raise it).
@@ -81,15 +71,11 @@ def _raised_by_us(err: BaseException) -> bool:
 EXIT_CODES: list[tuple[type | str, int, Callable[[BaseException], str] | None]] = [
     (errors.ExpBlipError, -1, None),  # -1: the error's own exit_code
     (KeyboardInterrupt, errors.EXIT_INTERRUPTED, lambda _: "interrupted"),
-    ("lavis_ext.data.records:RecordError", errors.EXIT_USAGE, None),
-    ("lavis_ext.data.readers.common:DatasetFormatError", errors.EXIT_USAGE, None),
     ("lavis_ext.captions.client:FatalLLMError", errors.EXIT_FAILURE, None),
     (FileNotFoundError, errors.EXIT_USAGE, _describe_missing),
     (NotADirectoryError, errors.EXIT_USAGE, _describe_missing),
     (IsADirectoryError, errors.EXIT_USAGE, lambda e: f"a folder, not a file: {e.filename}"),
     ("subprocess:CalledProcessError", errors.EXIT_FAILURE, _called_process),
-    # lavis_ext raises ValueError (or KeyError) for a value it refuses: bad input, not a crash.
-    (_RefusedByUs, errors.EXIT_USAGE, lambda e: str(e.args[0]) if e.args else ""),
     (Exception, errors.EXIT_FAILURE, lambda e: f"{type(e).__name__}: {e}"),
 ]
 
@@ -106,11 +92,7 @@ def classify(err: BaseException) -> tuple[int, str]:
     """The exit code and message for an exception, from ``EXIT_CODES``."""
     for entry, code, message in EXIT_CODES:
         cls = _resolve(entry)
-        if cls is _RefusedByUs:
-            matched = isinstance(err, (ValueError, KeyError)) and _raised_by_us(err)
-        else:
-            matched = cls is not None and isinstance(err, cls)
-        if matched:
+        if cls is not None and isinstance(err, cls):
             if code == -1:
                 code = err.exit_code  # type: ignore[attr-defined]
             return code, (message or str)(err)
@@ -137,11 +119,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _report(command: str | None, code: int, message: str) -> None:
+DEBUG_HINT = "(rerun with --debug, or EXPBLIP_DEBUG=1, for the traceback)"
+
+
+def _report(command: str | None, code: int, message: str, debug: bool = False) -> None:
     prefix = f"expblip {command}" if command else "expblip"
     print(f"{prefix}: error: {message}", file=sys.stderr)
-    if code == errors.EXIT_FAILURE:
-        print(f"{prefix}: (run with --debug for the traceback)", file=sys.stderr)
+    if code == errors.EXIT_FAILURE and not debug:
+        print(f"{prefix}: {DEBUG_HINT}", file=sys.stderr)
 
 
 def _quiet_broken_pipe() -> int:
@@ -175,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         code, message = classify(err)
         if debug:
             traceback.print_exc()
-        _report(command, code, message)
+        _report(command, code, message, debug)
         return code
 
 

@@ -34,6 +34,7 @@ from lavis.common.dist_utils import get_rank
 from lavis.common.logger import setup_logger
 from lavis.common.registry import registry
 from lavis.common.utils import now
+from lavis_ext.errors import InputError
 from lavis_ext.runners.distributed import shared_value, start_process_group
 
 
@@ -71,7 +72,7 @@ def get_runner_class(cfg: Config) -> type:
     runner_cls = registry.get_runner_class(name)
     if runner_cls is None:
         known = ", ".join(sorted(registry.mapping["runner_name_mapping"]))
-        raise ValueError(f"run.runner={name!r} is not a registered runner (known: {known})")
+        raise InputError(f"run.runner={name!r} is not a registered runner (known: {known})")
     return runner_cls
 
 

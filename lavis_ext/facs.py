@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from lavis_ext.errors import InputError, MissingEntryError
+
 
 @dataclass(frozen=True)
 class ActionUnit:
@@ -111,14 +113,14 @@ def intensity_from_letter(value: str | int) -> int:
     """Map an intensity given as 0-5 or as a FACS letter A-E to 0-5."""
     if isinstance(value, int):
         if not 0 <= value <= 5:
-            raise ValueError(f"AU intensity must be 0-5, got {value}")
+            raise InputError(f"AU intensity must be 0-5, got {value}")
         return value
     text = str(value).strip().upper()
     if text in INTENSITY_LETTERS:
         return INTENSITY_LETTERS[text]
     if text.isdigit() and 0 <= int(text) <= 5:
         return int(text)
-    raise ValueError(f"AU intensity must be 0-5 or A-E, got {value!r}")
+    raise InputError(f"AU intensity must be 0-5 or A-E, got {value!r}")
 
 
 def third_person(verb_phrase: str) -> str:
@@ -138,8 +140,8 @@ def au_name(number: int | str) -> ActionUnit:
     try:
         return ACTION_UNITS[int(number)]
     except (KeyError, ValueError):
-        raise KeyError(f"AU {number!r} is not one of the {len(ACTION_UNITS)} AUs in "
-                       f"lavis_ext.facs: {list(AU_NUMBERS)}") from None
+        raise MissingEntryError(f"AU {number!r} is not one of the {len(ACTION_UNITS)} AUs "
+                                f"in lavis_ext.facs: {list(AU_NUMBERS)}") from None
 
 
 def parse_au_subset(value: str | Iterable[int | str] | None,
@@ -160,7 +162,7 @@ def parse_au_subset(value: str | Iterable[int | str] | None,
     try:
         return tuple(au_name(part).number for part in parts)
     except KeyError as err:
-        raise ValueError(f"{where}: {err.args[0]}; or name a subset: "
+        raise InputError(f"{where}: {err.args[0]}; or name a subset: "
                          f"{', '.join(sorted(AU_SUBSETS))}") from None
 
 

@@ -21,6 +21,7 @@ import openai
 
 from lavis_ext.captions.cache import AnswerCache, cache_key
 from lavis_ext.captions.cost import PriceTable
+from lavis_ext.errors import InputError
 
 log = logging.getLogger(__name__)
 LOCAL_PLACEHOLDER_KEY = "sk-local-no-key"
@@ -61,17 +62,17 @@ class ClientConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.variants, int) or isinstance(self.variants, bool) \
                 or self.variants < 1:
-            raise ValueError(f"variants must be an integer >= 1, got {self.variants!r}")
+            raise InputError(f"variants must be an integer >= 1, got {self.variants!r}")
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], where: str = "config") -> "ClientConfig":
         if "api_key" in data:
-            raise ValueError(f"{where}: put the API key in the environment (name it with "
+            raise InputError(f"{where}: put the API key in the environment (name it with "
                              f"api_key_env), not in a file")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{where}: unknown LLM client option(s) {unknown}; known: "
+            raise InputError(f"{where}: unknown LLM client option(s) {unknown}; known: "
                              f"{sorted(known)}")
         return cls(**data)
 

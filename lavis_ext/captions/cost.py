@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from lavis_ext.errors import InputError, UsageError
+
 PRICE_FILE = Path(__file__).with_name("prices.yaml")
 
 
@@ -34,14 +36,14 @@ class PriceTable:
             raise FileNotFoundError(f"price file not found: {file}")
         data: Any = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         if not isinstance(data, dict) or not isinstance(data.get("models", {}), dict):
-            raise ValueError(f"{file}: expected a mapping with a 'models' mapping")
+            raise InputError(f"{file}: expected a mapping with a 'models' mapping")
         if "batch_discount" in data:
             self.batch_discount = float(data["batch_discount"])
         for model, entry in (data.get("models") or {}).items():
             try:
                 self.models[str(model)] = (float(entry["input"]), float(entry["output"]))
             except (TypeError, KeyError, ValueError):
-                raise ValueError(f"{file}: models.{model} must have numeric 'input' and "
+                raise InputError(f"{file}: models.{model} must have numeric 'input' and "
                                  f"'output' (USD per 1M tokens), got {entry!r}") from None
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int,
@@ -63,7 +65,7 @@ def parse_price(text: str) -> tuple[str, tuple[float, float]]:
             raise ValueError
         return model.strip(), (float(parts[0]), float(parts[1]))
     except ValueError:
-        raise ValueError(f"--price expects MODEL=IN,OUT in USD per 1M tokens, e.g. "
+        raise UsageError(f"--price expects MODEL=IN,OUT in USD per 1M tokens, e.g. "
                          f"gpt-4o-mini=0.15,0.60; got {text!r}") from None
 
 

@@ -24,6 +24,7 @@ from lavis_ext.captions.client import (ClientConfig, FatalLLMError, LLMClient, R
 from lavis_ext.captions.cost import PriceTable, estimate_tokens, format_usd
 from lavis_ext.captions.validate import validate_answer
 from lavis_ext.data.records import Record, add_captions, present_aus
+from lavis_ext.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def synthesize_records(records: list[Record], kind: str, *,
     called or changed: the summary holds the calls, tokens and cost that a run would need.
     """
     if kind not in KINDS:
-        raise ValueError(f"unknown synthesis kind {kind!r}; expected one of {KINDS}")
+        raise UsageError(f"unknown synthesis kind {kind!r}; expected one of {KINDS}")
     au_kinds = tuple(au_kinds) if au_kinds else default_au_kinds(kind)
     config = client_config or ClientConfig()
     summary = SynthesisSummary(kind=kind, records=len(records), dry_run=dry_run,

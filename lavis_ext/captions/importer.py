@@ -203,5 +203,5 @@ def default_out(records: Sequence[Record], workdir: Path, where: Path) -> Path:
                          f"({pairs[:4]}); give --out, or one prepared split file per import")
     try:
         return captions_path(workdir, *pairs[0])
-    except ValueError as err:
+    except InputError as err:
         raise InputError(f"--ann {where}: {err}") from None

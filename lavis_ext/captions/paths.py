@@ -12,6 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path, PurePosixPath
 
+from lavis_ext.errors import InputError
+
 DEFAULT_WORKDIR = "runs/paper"
 CAPTIONS_DIR = "captions"
 _NAME = re.compile(r"^(?P<dataset>[a-z0-9]+(?:[_-][a-z0-9]+)*?)_(?P<split>train|val|test)\.json$")
@@ -20,9 +22,9 @@ _NAME = re.compile(r"^(?P<dataset>[a-z0-9]+(?:[_-][a-z0-9]+)*?)_(?P<split>train|
 def captions_path(workdir: str | Path, dataset: str, split: str) -> Path:
     """The records file of one dataset and split under a work folder."""
     if not dataset or "/" in dataset or "\\" in dataset:
-        raise ValueError(f"dataset: expected a plain dataset name, got {dataset!r}")
+        raise InputError(f"dataset: expected a plain dataset name, got {dataset!r}")
     if split not in ("train", "val", "test"):
-        raise ValueError(f"split: expected train, val or test, got {split!r}")
+        raise InputError(f"split: expected train, val or test, got {split!r}")
     return Path(workdir) / CAPTIONS_DIR / f"{dataset}_{split}.json"
 
 
@@ -31,6 +33,6 @@ def parse_captions_path(path: str | Path) -> tuple[str, str, str]:
     posix = PurePosixPath(str(path).replace("\\", "/"))
     match = _NAME.match(posix.name)
     if posix.parent.name != CAPTIONS_DIR or match is None:
-        raise ValueError(f"{path}: expected <workdir>/{CAPTIONS_DIR}/<dataset>_<split>.json "
+        raise InputError(f"{path}: expected <workdir>/{CAPTIONS_DIR}/<dataset>_<split>.json "
                          f"(split train, val or test)")
     return str(posix.parent.parent), match["dataset"], match["split"]

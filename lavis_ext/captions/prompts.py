@@ -17,6 +17,7 @@ from typing import Any, Union
 
 import yaml
 
+from lavis_ext.errors import InputError, MissingEntryError
 from lavis_ext.facs import ACTION_UNITS, AU_NUMBERS, au_name, join_words
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
@@ -54,7 +55,7 @@ class PromptChoice:
         if name not in LLM_PROMPTS:
             return PROMPT_DIR / f"{name}.yaml"
         if self.prompt_set not in PROMPT_SETS:
-            raise ValueError(f"unknown prompt set {self.prompt_set!r}: bundled sets are "
+            raise InputError(f"unknown prompt set {self.prompt_set!r}: bundled sets are "
                              f"{list(PROMPT_SETS)} (or give your own file with --au-prompt / "
                              f"--fusion-prompt, or a folder with --prompt-dir)")
         return PROMPT_DIR / self.prompt_set / f"{name}.yaml"
@@ -83,46 +84,47 @@ def check_prompt(name: str, data: dict[str, Any], file: Path) -> dict[str, Any]:
                            if name == "au_caption" else [])
     for key in keys:
         if not isinstance(data.get(key), str) or not data[key].strip():
-            raise KeyError(f"prompt file {file} has no '{key}' entry (a non-empty text)")
+            raise MissingEntryError(f"prompt file {file} has no '{key}' entry (a non-empty "
+                                    f"text)")
     for key in ("system", "example_question", "example_answer", "question"):
         if key not in data or data[key] in (None, ""):
             continue
         if not isinstance(data[key], str):
-            raise ValueError(f"{file}: '{key}' must be a text")
+            raise InputError(f"{file}: '{key}' must be a text")
         try:
             used = _fields(data[key])
         except ValueError as err:
-            raise ValueError(f"{file}: '{key}': {err} (write a literal brace as {{{{ or }}}})") \
+            raise InputError(f"{file}: '{key}': {err} (write a literal brace as {{{{ or }}}})") \
                 from None
         unknown = used - _ALLOWED[name]
         if unknown:
-            raise ValueError(f"{file}: '{key}' uses unknown placeholder(s) {sorted(unknown)}; "
+            raise InputError(f"{file}: '{key}' uses unknown placeholder(s) {sorted(unknown)}; "
                              f"allowed: {sorted(_ALLOWED[name])}")
         required = _REQUIRED.get((name, key), set())
         if (name, key) == ("au_caption", "question") and not used & _AU_NAMING:
-            raise ValueError(f"{file}: 'question' must name the AUs with {{au_codes}} or {{aus}}")
+            raise InputError(f"{file}: 'question' must name the AUs with {{au_codes}} or {{aus}}")
         if not required <= used:
-            raise ValueError(f"{file}: '{key}' must contain "
+            raise InputError(f"{file}: '{key}' must contain "
                              f"{' and '.join('{' + r + '}' for r in sorted(required))}")
     if "sentences" in _fields(" ".join(str(data.get(k) or "") for k in keys)) \
             and not str(data.get("sentences") or "").strip():
-        raise ValueError(f"{file}: the texts use {{sentences}}, so set 'sentences' (e.g. \"1~3\")")
+        raise InputError(f"{file}: the texts use {{sentences}}, so set 'sentences' (e.g. \"1~3\")")
     params = data.get("params") or {}
     if not isinstance(params, dict):
-        raise ValueError(f"{file}: 'params' must be a mapping of request parameters")
+        raise InputError(f"{file}: 'params' must be a mapping of request parameters")
     try:
         low, high = int(data.get("min_chars", 20)), int(data.get("max_chars", 1200))
     except (TypeError, ValueError):
-        raise ValueError(f"{file}: 'min_chars' and 'max_chars' must be integers") from None
+        raise InputError(f"{file}: 'min_chars' and 'max_chars' must be integers") from None
     if not 0 <= low < high:
-        raise ValueError(f"{file}: need 0 <= min_chars < max_chars, got {low} and {high}")
+        raise InputError(f"{file}: need 0 <= min_chars < max_chars, got {low} and {high}")
     if name == "au_caption":
         from lavis_ext.captions.validate import validate_answer
 
         example = _format(data["example_answer"], data, file)
         verdict = validate_answer(example, "au-llm", min_chars=low, max_chars=high)
         if not verdict.ok:
-            raise ValueError(f"{file}: the example answer breaks the answer rules it teaches "
+            raise InputError(f"{file}: the example answer breaks the answer rules it teaches "
                              f"({verdict.reason})")
     return data
 
@@ -135,9 +137,9 @@ def _load(path: str, name: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise ValueError(f"{file}: not valid YAML ({err})") from None
+        raise InputError(f"{file}: not valid YAML ({err})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{file}: expected a YAML mapping, got {type(data).__name__}")
+        raise InputError(f"{file}: expected a YAML mapping, got {type(data).__name__}")
     return check_prompt(name, data, file)
 
 
@@ -157,7 +159,7 @@ def _format(text: str, prompt: dict[str, Any], file: Path | str, **values: str) 
     try:
         return text.format(**values)
     except (KeyError, IndexError, ValueError) as err:
-        raise ValueError(f"{file}: cannot fill the text ({err})") from None
+        raise InputError(f"{file}: cannot fill the text ({err})") from None
 
 
 def au_definitions() -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from lavis_ext.errors import InputError, MissingEntryError
 from lavis_ext.facs import (BASIC_EMOTIONS, INTENSITY_ADVERBS, au_name, canonical_emotion,
                             join_words, third_person)
 from lavis_ext.captions.prompts import load_prompt, prompt_file
@@ -38,13 +39,12 @@ def au_caption(aus: list[int], *, template: str | None = None,
     """The paper's rule-based AU caption; None when no AU is present (the paper gives none)."""
     if not aus:
         return None
-    template = template or _rules(prompt_dir)["au_template"]
-    return template.format(actions=au_actions(aus, intensities))
+    return _fill(template, "au_template", prompt_dir, actions=au_actions(aus, intensities))
 
 
 def neutral_au_caption(prompt_dir: str | Path | None = None) -> str:
     """The fixed description used for faces whose AU labels say no AU is present."""
-    return " ".join(str(_rules(prompt_dir)["neutral_au"]).split())
+    return " ".join(_template("neutral_au", prompt_dir).split())
 
 
 def emotion_phrase(emotions: Iterable[str], prompt_dir: str | Path | None = None) -> str:
@@ -64,14 +64,27 @@ def emotion_caption(emotions: list[str], *, template: str | None = None,
     phrase = emotion_phrase(emotions, prompt_dir)
     if not phrase:
         return None
-    return (template or _rules(prompt_dir)["emotion_template"]).format(emotions=phrase)
+    return _fill(template, "emotion_template", prompt_dir, emotions=phrase)
 
 
 def _template(key: str, prompt_dir: str | Path | None) -> str:
     table = _rules(prompt_dir)
     if not isinstance(table.get(key), str) or not table[key].strip():
-        raise KeyError(f"{prompt_file('rules', prompt_dir)} has no '{key}' entry (a template)")
+        raise MissingEntryError(f"{prompt_file('rules', prompt_dir)} has no '{key}' entry "
+                                f"(a template)")
     return table[key]
+
+
+def _fill(template: str | None, key: str, prompt_dir: str | Path | None, **values: str) -> str:
+    """``template`` (a --template), else the rules file's ``key``, filled with ``values``."""
+    text = template or _template(key, prompt_dir)
+    try:
+        return text.format(**values)
+    except (KeyError, IndexError, ValueError) as err:
+        where = "--template" if template else f"{prompt_file('rules', prompt_dir)}: '{key}'"
+        raise InputError(f"{where}: cannot fill {text!r} ({type(err).__name__}: {err}); its "
+                         f"placeholders can be {sorted('{' + v + '}' for v in values)}, and a "
+                         f"literal brace is written {{{{ or }}}}") from None
 
 
 def is_action_group(group: str | None) -> bool:
@@ -105,11 +118,11 @@ def faceme_caption(labels: Mapping[str, Sequence[str]], *,
                 bucket.append(word)
     if not actions:
         return emotion_caption(others, prompt_dir=prompt_dir)
-    text = _template("faceme_actions_template", prompt_dir).format(actions=join_words(actions))
+    text = _fill(None, "faceme_actions_template", prompt_dir, actions=join_words(actions))
     written = _rules(prompt_dir).get("emotion_phrases") or {}
     phrase = join_words(written.get(w, w) for w in others)
     if phrase:
-        text += " " + _template("faceme_emotions_template", prompt_dir).format(emotions=phrase)
+        text += " " + _fill(None, "faceme_emotions_template", prompt_dir, emotions=phrase)
     return text
 
 
@@ -121,5 +134,5 @@ def concat_caption(au_caption: str, emotion_caption: str, *,
         return au_text or emo_text
     if au_text[-1] not in ".!?":
         au_text += "."
-    return _rules(prompt_dir)["concat_template"].format(au_caption=au_text,
-                                                       emotion_caption=emo_text)
+    return _fill(None, "concat_template", prompt_dir, au_caption=au_text,
+                 emotion_caption=emo_text)

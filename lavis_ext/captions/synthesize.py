@@ -20,7 +20,7 @@ from lavis_ext.captions.prompts import DEFAULT_PROMPT_SET, PROMPT_SETS
 from lavis_ext.captions.engine import (CONCAT_AU_KINDS, DEFAULT_AU_KINDS, DEFAULT_EMOTION_KINDS,
                                        KINDS, LLM_KINDS, SynthesisSummary, synthesize_records)
 from lavis_ext.data.records import RecordError, load_records, save_records
-from lavis_ext.errors import EXIT_INTERRUPTED, UsageError, check_partial
+from lavis_ext.errors import EXIT_INTERRUPTED, InputError, UsageError, check_partial
 from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress
 
 log = logging.getLogger("lavis_ext.captions")
@@ -92,9 +92,12 @@ def client_config(args: argparse.Namespace) -> ClientConfig:
     if args.config:
         if not args.config.is_file():
             raise FileNotFoundError(f"--config file not found: {args.config}")
-        data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(args.config.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise InputError(f"{args.config}: not valid YAML ({err})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{args.config}: expected a YAML mapping of client options")
+            raise InputError(f"{args.config}: expected a YAML mapping of client options")
     flags = {"model": args.llm_model, "base_url": args.base_url,
              "api_key_env": args.api_key_env, "timeout": args.timeout,
              "max_attempts": args.max_attempts, "answer_attempts": args.answer_attempts,
@@ -110,7 +113,7 @@ def _starting_records(ann: Path, out: Path) -> list[dict]:
     if out.resolve() != ann.resolve() and out.is_file():
         try:
             previous = load_records(out)
-        except (RecordError, ValueError) as err:
+        except RecordError as err:
             print(f"note: ignoring {out} ({err}); starting from {ann}", file=sys.stderr)
             return records
         if [r["image_id"] for r in previous] == [r["image_id"] for r in records]:
@@ -138,12 +141,12 @@ def run(args: argparse.Namespace) -> int:
         prices = PriceTable.load(args.prices, overrides)
         placeholder = {"au-rule": "{actions}", "emotion-rule": "{emotions}"}.get(args.kind)
         if args.template and (placeholder is None or placeholder not in args.template):
-            raise ValueError(f"--template is for au-rule ({{actions}}) and emotion-rule "
+            raise UsageError(f"--template is for au-rule ({{actions}}) and emotion-rule "
                              f"({{emotions}}); {args.template!r} does not fit --kind "
                              f"{args.kind}")
         records = _starting_records(args.ann, args.out)
-    except (FileNotFoundError, ValueError) as err:
-        raise UsageError(str(err)) from err
+    except FileNotFoundError as err:
+        raise InputError(str(err)) from err
     cache = args.cache or args.out.parent / "llm_cache.sqlite"
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:

@@ -23,7 +23,7 @@ from typing import Any, Iterable, Protocol
 from lavis_ext.data.readers import DATASETS, READERS, VIDEO_DATASETS, SkipReport
 from lavis_ext.data.readers.common import DatasetFormatError
 from lavis_ext.data.records import Record, save_records
-from lavis_ext.errors import InputError, UsageError, check_partial
+from lavis_ext.errors import UsageError, check_partial
 from lavis_ext.facs import parse_au_subset
 from lavis_ext.flags import add_no_progress
 from lavis_ext.io import atomic_write_text
@@ -71,12 +71,12 @@ def prepare_dataset(name: str, root: str | Path, out: str | Path, fold: int | No
     ``faces``: align each sampled record's face (records without one are left out).
     """
     if name not in READERS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+        raise UsageError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetFormatError(f"{name}: --root directory not found: {root}")
     if sample_every is not None and name not in VIDEO_DATASETS and sample_every != 1:
-        raise ValueError(f"--sample-every applies to the video datasets {VIDEO_DATASETS}, "
+        raise UsageError(f"--sample-every applies to the video datasets {VIDEO_DATASETS}, "
                          f"not {name}")
     started = time.perf_counter()
     report = SkipReport(name)
@@ -216,29 +216,26 @@ def run(args: argparse.Namespace) -> int:
     test_subjects = ([s.strip() for s in args.test_subjects.split(",") if s.strip()]
                      if args.test_subjects else None)
     faces = face_step(args)
-    try:  # the readers raise ValueError for values they cannot use
-        options = {"aus": _parse_aus(args.aus), "threshold": args.threshold,
-                   "frame_pattern": args.frame_pattern, "image_pattern": args.image_pattern,
-                   "labels_file": args.labels_file, "subset": args.subset,
-                   "release": args.release, "min_votes": args.min_votes}
-        if args.extract_frames:
-            if args.dataset != "disfa":
-                raise ValueError("--extract-frames applies to disfa only")
-            from lavis_ext.data.readers import disfa
+    options = {"aus": _parse_aus(args.aus), "threshold": args.threshold,
+               "frame_pattern": args.frame_pattern, "image_pattern": args.image_pattern,
+               "labels_file": args.labels_file, "subset": args.subset,
+               "release": args.release, "min_votes": args.min_votes}
+    if args.extract_frames:
+        if args.dataset != "disfa":
+            raise UsageError("--extract-frames applies to disfa only")
+        from lavis_ext.data.readers import disfa
 
-            labels = Path(args.root) / disfa.LABEL_DIR
-            subjects = sorted(p.name for p in labels.iterdir() if p.is_dir()) \
-                if labels.is_dir() else []
-            pattern = args.frame_pattern or disfa.DEFAULT_FRAME_PATTERN
-            for subject in tqdm(subjects, desc="extracting DISFA frames",
-                                disable=args.no_progress):
-                disfa.extract_frames(args.root, subject, frame_pattern=pattern)
-        report = prepare_dataset(args.dataset, args.root, args.out, fold=args.fold,
-                                 sample_every=args.sample_every, seed=args.seed,
-                                 test_subjects=test_subjects, check_images=args.check_images,
-                                 faces=faces, progress=not args.no_progress, **options)
-    except (DatasetFormatError, ValueError) as err:
-        raise InputError(str(err)) from err
+        labels = Path(args.root) / disfa.LABEL_DIR
+        subjects = sorted(p.name for p in labels.iterdir() if p.is_dir()) \
+            if labels.is_dir() else []
+        pattern = args.frame_pattern or disfa.DEFAULT_FRAME_PATTERN
+        for subject in tqdm(subjects, desc="extracting DISFA frames",
+                            disable=args.no_progress):
+            disfa.extract_frames(args.root, subject, frame_pattern=pattern)
+    report = prepare_dataset(args.dataset, args.root, args.out, fold=args.fold,
+                             sample_every=args.sample_every, seed=args.seed,
+                             test_subjects=test_subjects, check_images=args.check_images,
+                             faces=faces, progress=not args.no_progress, **options)
     print(f"{args.dataset}: read {report['rows_read']} rows from {report['files_read']} "
           f"file(s), skipped {report['rows_skipped']}, wrote " +
           ", ".join(f"{split}.json ({n})" for split, n in report["records_written"].items()) +

@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_write_text  # noqa: F401  (the one atomic writer; re-exported)
 
 Record = dict[str, Any]
@@ -52,7 +53,7 @@ SPLITS = ("train", "val", "test")
 N_FACE_POINTS = 5
 
 
-class RecordError(ValueError):
+class RecordError(InputError):
     """A record or a records file does not follow the schema."""
 
 

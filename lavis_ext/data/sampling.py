@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import Any, Mapping
 
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 
 DEFAULT_EVERY = 10
 
@@ -38,7 +39,7 @@ def sample_frames(records: list[Record], every: int = DEFAULT_EVERY) -> list[Rec
     a change to or from not-coded (``null``) is not a change either.
     """
     if every < 1:
-        raise ValueError(f"sample every N frames needs N >= 1, got {every}")
+        raise UsageError(f"sample every N frames needs N >= 1, got {every}")
     if every == 1:
         return list(records)
     by_sequence: dict[object, list[int]] = defaultdict(list)

@@ -14,6 +14,7 @@ import random
 from typing import Iterable, Sequence
 
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 
 BP4D_FOLDS: tuple[tuple[str, ...], ...] = (
     ("F001", "F002", "F008", "F009", "F010", "F016", "F018", "F023",
@@ -61,7 +62,7 @@ def held_out_subjects(dataset: str, subjects: Iterable[str], fold: int | None) -
     """The test subjects of a subject-independent dataset for a fold or the paper split."""
     subjects = set(subjects)
     if fold is not None and fold not in (1, 2, 3):
-        raise ValueError(f"fold must be 1, 2 or 3, got {fold}")
+        raise UsageError(f"fold must be 1, 2 or 3, got {fold}")
     if dataset == "bp4d":
         return set(BP4D_FOLDS[fold - 1] if fold else BP4D_PAPER_TEST)
     if dataset == "disfa":
@@ -98,7 +99,7 @@ def apply_split(dataset: str, records: list[Record], *, fold: int | None = None,
         subjects = {r["subject"] for r in records}
         if test_subjects is not None:
             if fold is not None:
-                raise ValueError("give either fold or test_subjects, not both")
+                raise UsageError("give either fold or test_subjects, not both")
             chosen = set(test_subjects)
             kind = "given test subjects"
         else:
@@ -111,9 +112,9 @@ def apply_split(dataset: str, records: list[Record], *, fold: int | None = None,
                 "train_subjects": sorted(subjects - chosen),
                 "subjects_outside_protocol": sorted(subjects - known)}
     if fold is not None:
-        raise ValueError(f"--fold applies to bp4d, disfa and gft, not {dataset}")
+        raise UsageError(f"--fold applies to bp4d, disfa and gft, not {dataset}")
     if test_subjects is not None:
-        raise ValueError(f"test subjects apply to bp4d, disfa and gft, not {dataset}")
+        raise UsageError(f"test subjects apply to bp4d, disfa and gft, not {dataset}")
     if dataset in RANDOM_TEST_FRACTION:
         fraction = RANDOM_TEST_FRACTION[dataset]
         random_split(records, fraction, seed)

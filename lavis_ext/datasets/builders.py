@@ -21,6 +21,7 @@ from lavis.datasets.builders.base_dataset_builder import BaseDatasetBuilder
 from omegaconf import OmegaConf
 
 from lavis_ext.data.records import load_records
+from lavis_ext.errors import InputError
 from lavis_ext.io import resolve_path
 from lavis_ext.datasets.facial_datasets import (FacialAUDataset, FacialCaptionDataset,
                                                 FacialEmotionDataset, emotion_class_name)
@@ -41,7 +42,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
 
     def _local_path(self, value: Any, key: str, *, is_dir: bool = False) -> str:
         if value is None or str(value).strip() == "":
-            raise ValueError(f"{self.name}: config key {key} is empty; set it in the dataset "
+            raise InputError(f"{self.name}: config key {key} is empty; set it in the dataset "
                              "YAML or with --options")
         path = resolve_path(str(value))
         ok = path.is_dir() if is_dir else path.is_file()
@@ -54,7 +55,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
         """split -> [(records JSON, images root)], every path checked."""
         info = self.config.build_info
         if info.get("images") is None:
-            raise ValueError(f"{self.name}: config key {self._key('build_info', 'images')} "
+            raise InputError(f"{self.name}: config key {self._key('build_info', 'images')} "
                              "is missing")
         root = self._local_path(info.images.get("storage"),
                                 self._key("build_info", "images", "storage"), is_dir=True)
@@ -78,7 +79,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
         """Nothing is downloaded: only check that every configured file is there."""
         sources = self._split_sources()
         if not sources:
-            raise ValueError(f"{self.name}: no split has build_info.annotations.<split>.storage")
+            raise InputError(f"{self.name}: no split has build_info.annotations.<split>.storage")
 
     def dataset_kwargs(self, sources: dict[str, list[tuple[str, str]]]) -> dict[str, Any]:
         return {}
@@ -90,7 +91,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
         datasets = {}
         bad_image = self.config.get("bad_image", "skip")
         if bad_image not in ("skip", "replace"):
-            raise ValueError(f"{self.name}: {self._key('bad_image')} must be 'skip' or 'replace', "
+            raise InputError(f"{self.name}: {self._key('bad_image')} must be 'skip' or 'replace', "
                              f"got {bad_image!r}")
         for split, split_sources in sources.items():
             is_train = split == "train"
@@ -116,7 +117,7 @@ class FacialAUBuilder(FacialBuilderBase):
     def dataset_kwargs(self, sources):
         au_list = self.config.get("au_list")
         if not au_list:
-            raise ValueError(f"{self.name}: set {self._key('au_list')} (the AUs to classify)")
+            raise InputError(f"{self.name}: set {self._key('au_list')} (the AUs to classify)")
         return {"au_list": [int(a) for a in au_list]}
 
 
@@ -145,7 +146,7 @@ class FacialCaptionMixBuilder(FacialCaptionBuilder):
     def _split_sources(self):
         sources_cfg = self.config.build_info.get("sources")
         if not sources_cfg:
-            raise ValueError(f"{self.name}: {self._key('build_info', 'sources')} is empty")
+            raise InputError(f"{self.name}: {self._key('build_info', 'sources')} is empty")
         merged: dict[str, list[tuple[str, str]]] = {}
         for i, source in enumerate(sources_cfg):
             key = ("build_info", f"sources[{i}]")

@@ -25,6 +25,7 @@ from PIL import Image
 from torch.utils.data.dataloader import default_collate
 
 from lavis_ext.data.records import Record, image_file, load_records
+from lavis_ext.errors import InputError
 
 logger = logging.getLogger(__name__)
 MAX_REPLACEMENT_TRIES = 50
@@ -135,7 +136,7 @@ class FacialCaptionDataset(FacialRecordDataset):
                            dropped, len(self.annotation),
                            f" of kinds {kinds}" if kinds else "")
         if not kept and self.annotation:
-            raise ValueError(
+            raise InputError(
                 f"{name}: none of the {len(self.annotation)} records in {[s[0] for s in sources]}"
                 " has a caption" + (f" of kinds {kinds}" if kinds else "") +
                 "; add captions first (expblip synthesize)")
@@ -160,7 +161,7 @@ class FacialAUDataset(FacialRecordDataset):
                  name: str = "facial_au", au_list: Sequence[int] = ()) -> None:
         super().__init__(vis_processor, text_processor, sources, is_train, name)
         if not au_list:
-            raise ValueError(f"{name}: au_list is empty; set it in the dataset YAML")
+            raise InputError(f"{name}: au_list is empty; set it in the dataset YAML")
         self.au_list = [int(a) for a in au_list]
         self.label_names = [f"AU{a}" for a in self.au_list]
 
@@ -187,7 +188,7 @@ class FacialEmotionDataset(FacialRecordDataset):
                  multi_label: bool = False) -> None:
         super().__init__(vis_processor, text_processor, sources, is_train, name)
         if not classes:
-            raise ValueError(f"{name}: the emotion class list is empty")
+            raise InputError(f"{name}: the emotion class list is empty")
         self.classes = list(classes)
         self.label_names = self.classes
         self.multi_label = multi_label

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Protocol, Sequence
 import numpy as np
 from PIL import Image
 
-from lavis_ext.errors import UsageError
+from lavis_ext.errors import InputError, UsageError
 
 # The 5-point template of face-recognition crops (ArcFace's 112x112 reference: eyes, nose tip,
 # mouth corners), divided by 112 so that it describes a tight face square of side 1.
@@ -139,7 +139,7 @@ def load_detector(kind: str = "auto", *, min_confidence: float = 0.9, min_face: 
     return HaarDetector(min_confidence, min_face)
 
 
-class TooManyPixels(ValueError):
+class TooManyPixels(InputError):
     """An image larger than the caller allows (checked from the header, before decoding)."""
 
 

@@ -271,7 +271,7 @@ def _check_llm(cfg: PipelineConfig, todo: list[MethodStep], problems: list[str])
 
     try:
         client = ClientConfig.from_mapping(dict(cfg.llm), f"{cfg.path}: pipeline.llm")
-    except (TypeError, ValueError) as err:
+    except (TypeError, InputError) as err:
         problems.append(str(err))
         return
     url = client.resolved_base_url()
@@ -351,7 +351,7 @@ def _estimate(cfg: PipelineConfig, group: str, kind: str) -> str:
                 "exist: `expblip synthesize --kind fuse --dry-run`)")
     try:
         client = ClientConfig.from_mapping(dict(cfg.llm))
-    except (TypeError, ValueError):
+    except (TypeError, InputError):
         return "unknown (pipeline.llm is invalid)"
     import tempfile
 

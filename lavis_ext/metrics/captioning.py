@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lavis_ext.errors import InputError
 from lavis_ext.metrics.embeddings import TextEncoder
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
@@ -44,7 +45,7 @@ def _require_java(what: str) -> None:
 
 def check_protocol(protocol: str, where: str = "protocol") -> str:
     if protocol not in PROTOCOLS:
-        raise ValueError(f"{where}: expected one of {PROTOCOLS}, got {protocol!r}")
+        raise InputError(f"{where}: expected one of {PROTOCOLS}, got {protocol!r}")
     return protocol
 
 
@@ -167,7 +168,7 @@ def _kept_references(references: Sequence[Sequence[str]]) -> list[list[str]]:
     for i, refs in enumerate(references):
         texts = [r for r in refs if normalize_caption(r)]
         if not texts:
-            raise ValueError(f"sample {i} has no non-empty reference caption")
+            raise InputError(f"sample {i} has no non-empty reference caption")
         kept.append(texts)
     return kept
 

@@ -17,6 +17,8 @@ from typing import Any, Mapping, Protocol, Sequence
 
 import numpy as np
 
+from lavis_ext.errors import UsageError
+
 
 class TextEncoder(Protocol):
     name: str
@@ -175,4 +177,4 @@ def build_encoder(spec: str | Mapping[str, Any] | None = None) -> TextEncoder:
         return MiniLMEncoder(**options)
     if name == "openai":
         return OpenAIEncoder(**options)
-    raise ValueError(f"unknown embedding encoder {name!r}: expected 'minilm' or 'openai'")
+    raise UsageError(f"unknown embedding encoder {name!r}: expected 'minilm' or 'openai'")

@@ -37,7 +37,7 @@ CAPTION_METRICS = ("meteor", "rouge_l", "embedding_sim")
 REPORT_BY = (None, "dataset", "split")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """Predictions and references do not fit together."""
 
 
@@ -313,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else pred_path.with_suffix(".scores.json")
     try:
         encoder = _encoder_from_args(args, out)
-    except (RuntimeError, ImportError, ValueError) as err:
+    except (RuntimeError, ImportError, InputError) as err:  # InputError: UsageError too
         raise UsageError(f"--encoder {args.encoder}: {err}") from err
     try:
         result = evaluate_captions(predictions, records, encoder=encoder,

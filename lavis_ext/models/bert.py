@@ -15,6 +15,7 @@ from typing import Any
 
 from transformers import BertConfig, BertTokenizer
 
+from lavis_ext.errors import InputError
 from lavis_ext.models.paths import MissingModelFileError, configured_path, require_file
 from lavis_ext.models.weights import PARTS, RANDOM, cached_hub_snapshot
 
@@ -79,7 +80,7 @@ def qformer_config(weights: str | None = None, **overrides: Any) -> BertConfig:
     else:
         config = BertConfig(**BERT_BASE)
     if weights and weights != RANDOM and reshaped(overrides):
-        raise ValueError("model.qformer changes the Q-Former's shape, so bert-base-uncased's "
+        raise InputError("model.qformer changes the Q-Former's shape, so bert-base-uncased's "
                          "weights cannot initialise it: set model.bert_path: random")
     for key, value in overrides.items():
         if value is not None:

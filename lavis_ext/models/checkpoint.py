@@ -19,13 +19,14 @@ from typing import Any, Iterable, Mapping
 import torch
 from torch import nn
 
+from lavis_ext.errors import InputError
 from lavis_ext.models.paths import MissingModelFileError
 
 _WRAPPER_KEYS = ("model", "state_dict", "module")
 CHECKPOINT_GLOB = "checkpoint_*.pth"
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
+class UnsafeCheckpointError(InputError, pickle.UnpicklingError):
     """A checkpoint holds pickled Python objects besides tensors and plain containers."""
 
 

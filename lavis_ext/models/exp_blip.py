@@ -25,6 +25,7 @@ from lavis.models.blip2_models.blip2 import disabled_train
 from lavis.models.blip2_models.blip2_opt import Blip2OPT
 from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 
+from lavis_ext.errors import InputError
 from lavis_ext.models.bert import qformer_config, qformer_tokenizer, reshaped
 from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_file
 from lavis_ext.models.llm import (choose_llm_model, estimate_parameters, llm_config, load_llm,
@@ -233,7 +234,7 @@ class ExpBlipParts:
             qformer_start = RANDOM
         elif not (finetuned or pretrained):
             if reshaped(cfg.get("qformer")):
-                raise ValueError("model.qformer changes the Q-Former's shape, so "
+                raise InputError("model.qformer changes the Q-Former's shape, so "
                                  "bert-base-uncased's weights cannot initialise it: set "
                                  "model.bert_path: random (or load a checkpoint)")
             requests.append(("bert_path", "bert-base-uncased", bert_path))

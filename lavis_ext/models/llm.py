@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from lavis_ext.errors import InputError
 from lavis_ext.models import precision
 from lavis_ext.models.paths import MissingModelFileError
 
@@ -53,7 +54,7 @@ def choose_llm_model(opt_model: str | None, llm_model: str | None,
         return llm_model
     if default is not None and llm_model == default:
         return opt_model
-    raise ValueError(f"model.llm_model ('{llm_model}') and model.opt_model ('{opt_model}') name "
+    raise InputError(f"model.llm_model ('{llm_model}') and model.opt_model ('{opt_model}') name "
                      "different LLMs: give one of them (model.opt_model is the older name of "
                      "model.llm_model)")
 
@@ -114,7 +115,7 @@ def require_generic_support(model_type: str, name: str) -> None:
 
     version = transformers.__version__
     if Version(version) < Version(GENERIC_MIN_TRANSFORMERS) or model_type not in CONFIG_MAPPING:
-        raise ValueError(
+        raise InputError(
             f"model.llm_model '{name}' is a '{model_type}' model; LLMs other than OPT need "
             f"transformers >= {GENERIC_MIN_TRANSFORMERS} with that architecture, and this is "
             f"transformers {version}: use the current stack (run_scripts/setup_env.sh "
@@ -211,7 +212,7 @@ def llm_config(opt_model: str, tiny_lm: dict[str, Any] | None = None) -> Any:
     if opt_model.startswith("random:"):
         shape = opt_model.split(":", 1)[1]
         if shape not in OPT_SHAPES:
-            raise ValueError(f"model.opt_model: unknown architecture {shape!r}; known: "
+            raise InputError(f"model.opt_model: unknown architecture {shape!r}; known: "
                              f"{sorted(OPT_SHAPES)}")
         return OPTConfig(vocab_size=OPT_VOCAB, max_position_embeddings=2048, pad_token_id=1,
                          bos_token_id=2, eos_token_id=2, **OPT_SHAPES[shape])
@@ -357,7 +358,7 @@ def _fill_weights(model: torch.nn.Module, folder: str | os.PathLike,
                     unexpected.append(key)
                     continue
                 if own[name].shape != value.shape:
-                    raise ValueError(f"{file}: {key} has shape {tuple(value.shape)}, the model "
+                    raise InputError(f"{file}: {key} has shape {tuple(value.shape)}, the model "
                                      f"{tuple(own[name].shape)}")
                 own[name].copy_(value)
                 filled.add(name)

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from lavis_ext.errors import InputError
+
 
 class OptFamily:
     """LAVIS's OPT with ``query_embeds`` (BLIP-2, the paper)."""
@@ -59,7 +61,7 @@ class CausalFamily:
         masked by the attention mask, never by comparing ids, so a pad id equal to EOS does
         not hide the EOS targets)."""
         if tokenizer.eos_token_id is None:
-            raise ValueError(f"the LLM's tokenizer ({type(tokenizer).__name__}) has no EOS "
+            raise InputError(f"the LLM's tokenizer ({type(tokenizer).__name__}) has no EOS "
                              "token: captions could not end; give model.llm_model a tokenizer "
                              "with eos_token set")
         if tokenizer.pad_token_id is None:

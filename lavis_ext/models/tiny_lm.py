@@ -26,6 +26,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
+from lavis_ext.errors import InputError
 from lavis_ext.models.paths import cache_dir, require_file
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>"]  # OPT's ids 0-3
@@ -96,7 +97,7 @@ def train_tokenizer(corpus: Iterable[str], vocab_size: int, out_dir: Path,
 
 def _family(family: str) -> dict[str, Any]:
     if family not in FAMILIES:
-        raise ValueError(f"model.tiny_lm.family must be one of {sorted(FAMILIES)}, got "
+        raise InputError(f"model.tiny_lm.family must be one of {sorted(FAMILIES)}, got "
                          f"{family!r}")
     return FAMILIES[family]
 
@@ -210,7 +211,7 @@ def build_tiny_lm(out_dir: str | os.PathLike, **settings: Any) -> Path:
     corpus = read_corpus(cfg["corpus"]) if cfg["corpus"] else default_corpus(
         cfg["corpus_size"], cfg["seed"])
     if not corpus:
-        raise ValueError("tiny LM corpus is empty")
+        raise InputError("tiny LM corpus is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_tokenizer(corpus, cfg["vocab_size"], out, family)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lavis_ext.errors import InputError
 from lavis_ext.models import precision as precision_policy
 from lavis_ext.models.checkpoint import load_weights_file
 from lavis_ext.models.weights import PARTS, RANDOM, resolve
@@ -57,7 +58,7 @@ class TinyVisionEncoder(nn.Module):
         from timm.models.vision_transformer import Block
 
         if norm not in self.NORMS:
-            raise ValueError(f"model.vision.norm must be one of {self.NORMS}, got {norm!r}")
+            raise InputError(f"model.vision.norm must be one of {self.NORMS}, got {norm!r}")
         widths = (3, *channels, width)
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip(widths[:-1], widths[1:])):
@@ -81,7 +82,7 @@ class TinyVisionEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         tokens = self.stem(image).flatten(2).transpose(1, 2)
         if tokens.shape[1] != self.pos_embed.shape[1]:
-            raise ValueError(f"TinyVisionEncoder was built for {self.image_size}px images; got "
+            raise InputError(f"TinyVisionEncoder was built for {self.image_size}px images; got "
                              f"{tuple(image.shape[-2:])} (set model.image_size and the "
                              f"processors' image_size to the same value)")
         tokens = tokens + self.pos_embed
@@ -184,7 +185,7 @@ def build_tiny_eva(img_size: int, drop_path_rate: float = 0.0, patch_size: int =
     from lavis.models.eva_vit import VisionTransformer
 
     if width % num_heads or (width * mlp_ratio) != int(width * mlp_ratio):
-        raise ValueError(f"model.vision: width {width} must divide by num_heads {num_heads} "
+        raise InputError(f"model.vision: width {width} must divide by num_heads {num_heads} "
                          f"and width * mlp_ratio ({width * mlp_ratio}) be a whole number")
     return VisionTransformer(img_size=img_size, patch_size=patch_size, use_mean_pooling=False,
                              embed_dim=width, depth=depth, num_heads=num_heads,
@@ -211,7 +212,7 @@ def build_vision_encoder(name: str, img_size: int, *, drop_path_rate: float = 0.
     options = dict(options or {})
     dtype = precision_policy.vit_dtype(precision, device, llm_dtype)  # bad values before building
     if name not in ENCODERS:
-        raise ValueError(f"model.vit_model must be one of {ENCODERS}, got {name!r}")
+        raise InputError(f"model.vit_model must be one of {ENCODERS}, got {name!r}")
     if name == "tiny":
         encoder: nn.Module = TinyVisionEncoder(img_size=img_size, **options)
     elif name == "tiny_eva":

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from lavis_ext.errors import UsageError
 from lavis_ext.models.paths import MissingModelFileError
 
 RANDOM = "random"
@@ -362,7 +363,7 @@ def run(args: Any) -> int:
     Exit 0 when every part was found, 1 otherwise."""
     unknown = [p for p in args.parts if p not in PARTS]
     if unknown:
-        raise ValueError(f"unknown part(s) {unknown}; known: {', '.join(PARTS)}")
+        raise UsageError(f"unknown part(s) {unknown}; known: {', '.join(PARTS)}")
     found = 0
     names = args.parts or list(PARTS)
     for name in names:

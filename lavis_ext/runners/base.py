@@ -37,6 +37,7 @@ from lavis.common.registry import registry
 from lavis.runners.runner_base import RunnerBase
 from lavis.runners.runner_iter import RunnerIter
 
+from lavis_ext.errors import InputError
 from lavis_ext.runners import loaders
 from lavis_ext.runners.amp import AmpPlan, grad_scaler, plan_for_runner
 from lavis_ext.runners.checkpoints import restore_training_state, save_runner_checkpoint
@@ -105,7 +106,7 @@ class ExpBlipRunnerMixin:
             scaled = any(g.get("lr_scale", 1.0) != 1.0 for g in self.optimizer.param_groups)
             cls = registry.get_lr_scheduler_class(name)
             if scaled and not getattr(cls, "honours_lr_scale", False):
-                raise ValueError(
+                raise InputError(
                     f"run.lr_sched={name!r} writes one lr into every parameter group, which undoes "
                     f"run.lr_layer_decay; use {COSINE!r} or {STEP!r}")
         return super().lr_scheduler
@@ -122,7 +123,7 @@ class ExpBlipRunnerMixin:
         run_cfg = self.config.run_cfg
         output_dir = run_cfg.get("output_dir", None)
         if not output_dir:
-            raise ValueError("run.output_dir is not set: give the folder for checkpoints and logs")
+            raise InputError("run.output_dir is not set: give the folder for checkpoints and logs")
         # An absolute path: LAVIS joins it to its library root, which keeps an absolute one.
         run_cfg.output_dir = os.path.abspath(os.path.expanduser(str(output_dir)))
         for name in RUNNER_PATHS:
@@ -164,7 +165,7 @@ class ExpBlipRunnerMixin:
         path, checkpoint = restore_training_state(self, url_or_filename, key)
         start, end = int(checkpoint[key]) + step, getattr(self, end_attr)
         if start >= end:
-            raise ValueError(
+            raise InputError(
                 f"run.resume_ckpt_path: {path} was saved at {key} {checkpoint[key]}, the end of "
                 f"run.{end_attr}={end}; raise run.{end_attr} to train further")
         logging.info("Resumed from %s: continuing at %s %d", path, key, start)

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from lavis_ext.errors import InputError, MissingEntryError
 from lavis_ext.io import atomic_save_torch
 
 def safe_load(f: Any, map_location: Any = None, **kwargs: Any) -> Any:
@@ -48,7 +49,7 @@ def resolve_checkpoint(url_or_filename: Any, key: str) -> str:
     from lavis_ext.models.weights import fetch_url, is_url
 
     if url_or_filename is None or str(url_or_filename).strip() == "":
-        raise ValueError(f"{key} is not set: give a checkpoint file path or URL")
+        raise InputError(f"{key} is not set: give a checkpoint file path or URL")
     value = str(url_or_filename)
     if is_url(value):
         return fetch_url(value, "checkpoint", key.split(" ", 1)[0])
@@ -114,7 +115,8 @@ def restore_training_state(runner: Any, url_or_filename: Any, progress_key: str)
     checkpoint = safe_load(path, map_location=runner.device)
     for field in ("model", "optimizer", progress_key):
         if field not in checkpoint:
-            raise KeyError(f"run.resume_ckpt_path: {path} has no '{field}' entry; is it a checkpoint of this runner?")
+            raise MissingEntryError(f"run.resume_ckpt_path: {path} has no '{field}' entry; is "
+                                    f"it a checkpoint of this runner?")
     load_model_state(runner.unwrap_dist_model(runner.model), checkpoint["model"], source=path)
     runner.optimizer.load_state_dict(checkpoint["optimizer"])
     if runner.scaler is not None and checkpoint.get("scaler"):

@@ -28,6 +28,8 @@ from typing import Any, Iterator
 import torch
 import torch.distributed as dist
 
+from lavis_ext.errors import InputError
+
 
 BACKEND_ENV = "LAVIS_EXT_DIST_BACKEND"
 _BACKENDS = ("nccl", "gloo", "mpi", "ucc")
@@ -50,7 +52,7 @@ def choose_backend(run_cfg: Any) -> str:
         if value:
             value = str(value).lower()
             if value not in _BACKENDS:
-                raise ValueError(f"{source}={value!r}: expected one of {', '.join(_BACKENDS)}")
+                raise InputError(f"{source}={value!r}: expected one of {', '.join(_BACKENDS)}")
             return value
     return "nccl" if check_run_device(run_cfg).type == "cuda" else "gloo"
 

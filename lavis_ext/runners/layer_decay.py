@@ -24,6 +24,8 @@ from typing import Any, Iterable
 
 import torch
 
+from lavis_ext.errors import InputError
+
 
 ENCODER_PREFIX = "visual_encoder."
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
@@ -72,10 +74,10 @@ def layer_decay_optimizer(model: torch.nn.Module, run_cfg: Any) -> torch.optim.O
     decay = float(run_cfg.get("lr_layer_decay", 1.0) or 1.0)
     if decay >= 1.0:
         if decay > 1.0:
-            raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+            raise InputError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
         return None
     if decay <= 0:
-        raise ValueError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
+        raise InputError(f"run.lr_layer_decay must be in (0, 1], got {decay}")
     groups = layer_decay_groups(model.named_parameters(), float(run_cfg.weight_decay), decay)
     scales = sorted({g["lr_scale"] for g in groups})
     logging.info("layer-wise lr decay %.3g: %d groups, lr scales %.3g..%.3g",

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from lavis_ext import facs
 from lavis_ext.data.records import atomic_write_text
+from lavis_ext.errors import InputError
 from lavis_ext.metrics.embeddings import build_encoder
 from lavis_ext.metrics.captioning import DEFAULT_PROTOCOL, check_protocol
 from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY, ROUGE_L_DEFINITION,
@@ -82,11 +83,11 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
             ref_kinds = [k.strip() for k in ref_kinds.split(",") if k.strip()]
         self.ref_kinds = [str(k) for k in ref_kinds] if ref_kinds else None
         if report_by not in REPORT_BY:
-            raise ValueError(f"run_cfg.report_by must be one of {REPORT_BY}, got {report_by!r}")
+            raise InputError(f"run_cfg.report_by must be one of {REPORT_BY}, got {report_by!r}")
         self.report_by = report_by
         self.score_protocol = check_protocol(score_protocol, "run_cfg.score_protocol")
         if select_metric not in SELECTABLE_METRICS:
-            raise ValueError(f"run_cfg.select_metric must be one of {SELECTABLE_METRICS}, "
+            raise InputError(f"run_cfg.select_metric must be one of {SELECTABLE_METRICS}, "
                              f"got {select_metric!r}")
         self.generate_kwargs = dict(generate_kwargs)
         self.select_metric = select_metric

@@ -15,13 +15,14 @@ from typing import Any, Iterable, Mapping
 from torch.utils.data import ConcatDataset
 
 from lavis_ext.data.records import Record, read_record_list
+from lavis_ext.errors import InputError
 
 
 def _merge(items: Iterable[Mapping[str, Any]], where: str) -> dict[str, Record]:
     merged: dict[str, Record] = {}
     for i, item in enumerate(items):
         if not isinstance(item, Mapping) or "image_id" not in item:
-            raise ValueError(f"{where}[{i}]: expected an object with 'image_id'")
+            raise InputError(f"{where}[{i}]: expected an object with 'image_id'")
         image_id = str(item["image_id"])
         captions = item.get("caption")
         captions = [captions] if isinstance(captions, str) else list(captions or [])
@@ -65,7 +66,7 @@ def records_for_dataset(dataset: Any, annotation_files: Mapping[int, list[str]] 
     files = (annotation_files or {}).get(id(dataset))
     if files:
         return records_from_files(files)
-    raise ValueError(f"cannot find the ground-truth records of {type(dataset).__name__}: give "
+    raise InputError(f"cannot find the ground-truth records of {type(dataset).__name__}: give "
                      f"it a 'records' or 'annotation' list of records, or an annotation file in "
                      f"the dataset config (build_info.annotations.<split>.storage)")
 

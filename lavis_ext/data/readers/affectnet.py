@@ -24,6 +24,7 @@ from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, csv_d
                                            parse_int,
                                            progress, require_dir, require_file)
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 from lavis_ext.facs import AFFECTNET, AFFECTNET_NON_EMOTION
 
 NAME = "affectnet"
@@ -84,7 +85,7 @@ def read(root: str | Path, report: SkipReport, *, release: str | None = None,
         return _read_csv_release(root, report)
     if release == "npy":
         return _read_npy_release(root, report)
-    raise ValueError(f"AffectNet release must be 'csv' or 'npy', got {release!r}")
+    raise UsageError(f"AffectNet release must be 'csv' or 'npy', got {release!r}")
 
 
 def _emotion(code: int, report: SkipReport, path: Path, line: int | None) -> str | None:

@@ -10,12 +10,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable
 
+from lavis_ext.errors import InputError, UsageError
 from lavis_ext.facs import ACTION_UNITS
 
 EXAMPLES_PER_REASON = 20
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A dataset file is missing or does not have the layout its reader expects."""
 
 
@@ -131,7 +132,7 @@ def select_aus(available: Iterable[int], wanted: Iterable[int] | str | None,
         chosen = list(default)
     elif isinstance(wanted, str):
         if wanted != "all":
-            raise ValueError(f"AU selection must be 'all' or a list of numbers, got {wanted!r}")
+            raise UsageError(f"AU selection must be 'all' or a list of numbers, got {wanted!r}")
         chosen = sorted(a for a in available if a in ACTION_UNITS)
     else:
         chosen = sorted(int(a) for a in wanted)

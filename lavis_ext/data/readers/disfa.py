@@ -14,6 +14,7 @@ from typing import Iterable
 from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, progress, text_lines,
                                            require_dir, select_aus)
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 from lavis_ext.facs import AU_SUBSETS
 
 NAME = "disfa"
@@ -29,7 +30,7 @@ def read(root: str | Path, report: SkipReport, *, aus: Iterable[int] | str | Non
          **_: object) -> list[Record]:
     """One record per labelled frame per subject (split set later)."""
     if not 1 <= int(threshold) <= 5:
-        raise ValueError(f"DISFA occurrence threshold must be 1-5, got {threshold}")
+        raise UsageError(f"DISFA occurrence threshold must be 1-5, got {threshold}")
     root = Path(root)
     label_dir = require_dir(root / LABEL_DIR, "DISFA AU labels")
     subjects = sorted(p for p in label_dir.iterdir() if p.is_dir())

@@ -23,6 +23,7 @@ from lavis_ext.data.readers.common import (DatasetFormatError, SkipReport, csv_d
                                            require_dir,
                                            require_file)
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 from lavis_ext.facs import canonical_emotion
 
 NAME = "faceme"
@@ -38,7 +39,7 @@ def split_label(header: str) -> tuple[str | None, str]:
 def read(root: str | Path, report: SkipReport, *, labels_file: str = DEFAULT_LABELS_FILE,
          min_votes: int = DEFAULT_MIN_VOTES, **_: object) -> list[Record]:
     if min_votes < 1:
-        raise ValueError(f"FaceME min_votes must be >= 1, got {min_votes}")
+        raise UsageError(f"FaceME min_votes must be >= 1, got {min_votes}")
     root = require_dir(root, "FaceME root")
     path = require_file(root / labels_file, "FaceME label CSV")
     report.add_file(path)

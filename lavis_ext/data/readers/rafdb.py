@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lavis_ext.data.readers.common import SkipReport, require_dir, require_file, text_lines
 from lavis_ext.data.records import Record
+from lavis_ext.errors import UsageError
 from lavis_ext.facs import RAFDB_BASIC, RAFDB_COMPOUND
 
 NAME = "rafdb"
@@ -23,7 +24,7 @@ SUBSETS = ("compound", "basic")
 def read(root: str | Path, report: SkipReport, *, subset: str = "compound",
          image_pattern: str = DEFAULT_IMAGE_PATTERN, **_: object) -> list[Record]:
     if subset not in SUBSETS:
-        raise ValueError(f"RAF-DB subset must be one of {SUBSETS}, got {subset!r}")
+        raise UsageError(f"RAF-DB subset must be one of {SUBSETS}, got {subset!r}")
     root = require_dir(root, "RAF-DB root")
     path = require_file(root / subset / LABEL_FILE, f"RAF-DB {subset} label file")
     report.add_file(path)

@@ -5,7 +5,6 @@ import argparse
 import time
 
 from lavis_ext.data.synthetic.writers import VARIANTS, WRITERS, make_synthetic
-from lavis_ext.errors import UsageError
 from lavis_ext.flags import add_no_progress
 
 
@@ -22,11 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
-    try:
-        manifest = make_synthetic(args.dataset, args.out, args.n, args.seed, args.image_size,
-                                  variant=args.variant, progress=not args.no_progress)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    manifest = make_synthetic(args.dataset, args.out, args.n, args.seed, args.image_size,
+                              variant=args.variant, progress=not args.no_progress)
     print(f"{args.dataset}: wrote {manifest['images']} images and {manifest['rows_read']} label "
           f"rows to {args.out} in {time.perf_counter() - started:.1f} s "
           f"(expected labels: {args.out}/synthetic_manifest.json)")

@@ -18,6 +18,7 @@ from PIL import Image
 
 from lavis_ext.data.synthetic.face import (Identity, draw_face, emotion_aus, random_aus,
                                            random_identity)
+from lavis_ext.errors import UsageError
 from lavis_ext.facs import (AFFECTNET, AU_NUMBERS, AU_SUBSETS, RAFDB_BASIC, RAFDB_COMPOUND,
                             canonical_emotion)
 
@@ -347,7 +348,7 @@ def write_affectnet(out: Path, n: int, rng: random.Random, size: int, variant: s
                 csv.writer(handle).writerows(rows)
         return manifest
     if variant != "npy":
-        raise ValueError(f"AffectNet variant must be 'csv' or 'npy', got {variant!r}")
+        raise UsageError(f"AffectNet variant must be 'csv' or 'npy', got {variant!r}")
     for i in progress(range(n), desc="affectnet faces"):
         folder, split = ("val_set", "test") if i % 5 == 4 else ("train_set", "train")
         code = rng.randint(0, 7)
@@ -374,7 +375,7 @@ def write_rafdb(out: Path, n: int, rng: random.Random, size: int, variant: str |
                 progress: Callable) -> Manifest:
     subset = variant or "compound"
     if subset not in ("compound", "basic"):
-        raise ValueError(f"RAF-DB variant must be 'compound' or 'basic', got {variant!r}")
+        raise UsageError(f"RAF-DB variant must be 'compound' or 'basic', got {variant!r}")
     manifest = _manifest("rafdb", subset)
     table = RAFDB_COMPOUND if subset == "compound" else RAFDB_BASIC
     lines = []
@@ -472,14 +473,14 @@ def make_synthetic(dataset: str, out: str | Path, n: int, seed: int = 0, image_s
     release; RAF-DB ``compound`` or ``basic``.
     """
     if dataset not in WRITERS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {', '.join(WRITERS)}")
+        raise UsageError(f"unknown dataset {dataset!r}; expected one of {', '.join(WRITERS)}")
     if variant is not None and variant not in VARIANTS.get(dataset, ()):
-        raise ValueError(f"{dataset} has no variant {variant!r}; variants: "
+        raise UsageError(f"{dataset} has no variant {variant!r}; variants: "
                          f"{VARIANTS.get(dataset, ())}")
     if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
+        raise UsageError(f"n must be >= 1, got {n}")
     if image_size < 32:
-        raise ValueError(f"image_size must be >= 32 pixels, got {image_size}")
+        raise UsageError(f"image_size must be >= 32 pixels, got {image_size}")
     from tqdm import tqdm
 
     def bar(iterable=None, **kwargs):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_save_torch
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ class FeatureCache:
         cached = torch.load(path, map_location="cpu", weights_only=True)
         positions, features = list(cached["positions"]), cached["features"]
         if len(positions) != len(features):
-            raise ValueError(f"{path}: {len(positions)} positions but {len(features)} feature "
+            raise InputError(f"{path}: {len(positions)} positions but {len(features)} feature "
                              "rows; delete the file to extract again")
         return positions, features
 
@@ -168,7 +169,7 @@ def cached_features(features: Callable[[torch.Tensor], torch.Tensor], dataset: A
                            num_workers=num_workers, device=device, progress=True)
     else:
         if cache is None or path is None:
-            raise ValueError("run.probe.cache_dir must be set under DDP: the ranks share the "
+            raise InputError("run.probe.cache_dir must be set under DDP: the ranks share the "
                              "features they extract through files in it")
         mine, out = encode(features, dataset, list(positions)[rank::world],
                            batch_size=batch_size, num_workers=num_workers, device=device,

@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from lavis_ext import facs
+from lavis_ext.errors import InputError
 
 TARGETS = ("au", "emotion")
 
@@ -53,9 +54,9 @@ class LabelSpace:
 
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
-            raise ValueError(f"run.probe.target must be one of {TARGETS}, got {self.target!r}")
+            raise InputError(f"run.probe.target must be one of {TARGETS}, got {self.target!r}")
         if not self.names:
-            raise ValueError(f"the probe has no {self.target} class to predict")
+            raise InputError(f"the probe has no {self.target} class to predict")
 
     def label(self, record: Mapping[str, Any]) -> tuple[Any, np.ndarray] | str:
         """(target, mask) of one record, or the reason it cannot be used."""

@@ -6,6 +6,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from lavis_ext.errors import InputError
+
 MODES = ("linear", "finetune")
 SOURCES = ("vision", "qformer")
 
@@ -22,9 +24,9 @@ class ProbeModel(nn.Module):
                  source: str, mode: str, target: str) -> None:
         super().__init__()
         if mode not in MODES:
-            raise ValueError(f"run.probe.mode must be one of {MODES}, got {mode!r}")
+            raise InputError(f"run.probe.mode must be one of {MODES}, got {mode!r}")
         if source not in SOURCES:
-            raise ValueError(f"run.probe.source must be one of {SOURCES}, got {source!r}")
+            raise InputError(f"run.probe.source must be one of {SOURCES}, got {source!r}")
         self.encoder = encoder
         # MAE's linear-probe recipe: standardise features (BatchNorm without affine) so one
         # learning rate suits encoders whose feature scales differ by orders of magnitude.

@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_write_bytes, atomic_write_text
 from lavis_ext.metrics.classification import accuracy, macro_f1, mean_defined, multilabel_f1
 
@@ -20,7 +21,7 @@ def score(target: str, names: Sequence[Any], logits: np.ndarray, targets: np.nda
           masks: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
     """Per-AU F1 (sigmoid >= threshold) and their average, or accuracy and macro-F1."""
     if len(logits) == 0:
-        raise ValueError(f"no evaluated image has a usable {target} label")
+        raise InputError(f"no evaluated image has a usable {target} label")
     if target == "au":
         probabilities = 1.0 / (1.0 + np.exp(-logits))
         per = multilabel_f1(targets, probabilities >= threshold, masks)

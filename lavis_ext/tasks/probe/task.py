@@ -38,6 +38,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from lavis_ext import facs
+from lavis_ext.errors import InputError
 from lavis_ext.io import atomic_write_text
 from lavis_ext.tasks.facial_captioning import ids_as_strings
 from lavis_ext.tasks.probe import report as reports
@@ -64,7 +65,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         for value, allowed, key in ((target, TARGETS, "target"), (source, SOURCES, "source"),
                                     (mode, MODES, "mode")):
             if value not in allowed:
-                raise ValueError(f"run.probe.{key} must be one of {allowed}, got {value!r}")
+                raise InputError(f"run.probe.{key} must be one of {allowed}, got {value!r}")
         self.target, self.source, self.mode = target, source, mode
         self.aus = parse_aus(aus)
         self.emotions = [facs.canonical_emotion(e) for e in emotions] if emotions else None
@@ -102,7 +103,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         probe.setdefault("device", run_cfg.get("device"))
         unknown = set(probe) - set(inspect.signature(cls.__init__).parameters) - {"self"}
         if unknown:
-            raise ValueError(f"run.probe: unknown key(s) {sorted(unknown)}")
+            raise InputError(f"run.probe: unknown key(s) {sorted(unknown)}")
         return cls(**probe)
 
     # --- data and labels -------------------------------------------------------------------
@@ -110,12 +111,12 @@ class ProbeTask(RunBoundTask, BaseTask):
         """The configured datasets, each split wrapped with its probe labels."""
         datasets, transforms = {}, {}
         if not cfg.datasets_cfg:
-            raise ValueError("the probe task needs at least one dataset under 'datasets'")
+            raise InputError("the probe task needs at least one dataset under 'datasets'")
         for name in cfg.datasets_cfg:
             dataset_cfg = cfg.datasets_cfg[name]
             builder_cls = registry.get_builder_class(name)
             if builder_cls is None:
-                raise ValueError(f"datasets.{name}: no dataset builder is registered by that name")
+                raise InputError(f"datasets.{name}: no dataset builder is registered by that name")
             builder = builder_cls(dataset_cfg)
             datasets[name] = builder.build_datasets()
             processors = getattr(builder, "vis_processors", None) or {}
@@ -138,7 +139,7 @@ class ProbeTask(RunBoundTask, BaseTask):
                  for name, by in datasets.items()}
         train = [r for by in items.values() if "train" in by for r in by["train"][1] if r]
         if not any("train" in by for by in datasets.values()):
-            raise ValueError("the probe task needs a 'train' split to fit its classifier")
+            raise InputError("the probe task needs a 'train' split to fit its classifier")
         names = self.aus if self.target == "au" else self.emotions
         self.labels = LabelSpace(self.target, tuple(names if names is not None
                                                     else default_names(self.target, train)))
@@ -158,7 +159,7 @@ class ProbeTask(RunBoundTask, BaseTask):
                     encoded.skipped["repeated image id"] += len(image_ids) - len(candidates)
                 wrapped = wrapper(name, split, image_ids, encoded, dataset)
                 if split == "train" and not len(wrapped):
-                    raise ValueError(f"{name}/train: no item has a usable {self.target} label "
+                    raise InputError(f"{name}/train: no item has a usable {self.target} label "
                                      f"for classes {list(self.labels.names)} (skipped: "
                                      f"{dict(encoded.skipped)})")
                 if encoded.skipped:
@@ -173,7 +174,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         """The image id and record of every item, in dataset order, without reading images."""
         annotation = getattr(dataset, "annotation", None)
         if not isinstance(annotation, list) or len(annotation) != len(dataset):
-            raise ValueError(f"{where}: the probe needs datasets whose 'annotation' list has one "
+            raise InputError(f"{where}: the probe needs datasets whose 'annotation' list has one "
                              f"entry per item (LAVIS's BaseDataset convention); "
                              f"{type(dataset).__name__} has none")
         records = records_for_dataset(dataset)
@@ -215,7 +216,7 @@ class ProbeTask(RunBoundTask, BaseTask):
                 images.append(item["image"])
             if len(images) == 2:
                 return torch.stack(images).to(device)
-        raise ValueError(f"{train.name}/train: fewer than 2 readable images among its first 16 "
+        raise InputError(f"{train.name}/train: fewer than 2 readable images among its first 16 "
                          "labelled items")
 
     def _freeze_unreached(self, model: ProbeModel, sample: torch.Tensor) -> None:
