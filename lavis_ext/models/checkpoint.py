@@ -101,15 +101,31 @@ class IncompleteCheckpointError(RuntimeError):
     """A checkpoint lacks weights that nothing else supplies (the model would be random)."""
 
 
+class CheckpointKindError(ValueError):
+    """A checkpoint is of no kind the model can load (e.g. neither stage 1 nor stage 2)."""
+
+
+def module_groups(keys: Iterable[str]) -> dict[str, int]:
+    """Number of keys per top-level module, for messages that say what a file holds."""
+    groups: dict[str, int] = defaultdict(int)
+    for key in keys:
+        groups[_group(key)] += 1
+    return dict(groups)
+
+
 def load_state_dict_report(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
                            source: str, required: Iterable[str] = (),
-                           unexpected_level: int = logging.INFO) -> dict[str, Any]:
+                           unexpected_level: int = logging.INFO,
+                           exempt: Iterable[str] = ()) -> dict[str, Any]:
     """Load non-strictly, report missing/unexpected keys grouped by module, return the report.
 
     ``required``: top-level modules (``Qformer``, ``query_tokens``, ...) that must all come
     from ``state_dict``; a missing key under one raises ``IncompleteCheckpointError`` with the
-    report, before anything is loaded. Shape mismatches are reported and skipped.
+    report, before anything is loaded. ``exempt``: submodule paths inside required modules
+    (``Qformer.cls``) that may be missing, for checkpoints known never to hold them (they
+    keep their initial weights). Shape mismatches are reported and skipped.
     """
+    exempt_prefixes = tuple(f"{path}." for path in exempt)
     own = model.state_dict()
     usable, mismatched = {}, []
     for key, value in state_dict.items():
@@ -119,14 +135,12 @@ def load_state_dict_report(model: nn.Module, state_dict: Mapping[str, torch.Tens
         else:
             usable[key] = value
     required = set(required)
-    absent = [k for k in own if _group(k) in required and k not in usable]
+    absent = [k for k in own if _group(k) in required and k not in usable
+              and not k.startswith(exempt_prefixes)]
     if absent:
-        groups: dict[str, int] = defaultdict(int)
-        for key in absent:
-            groups[_group(key)] += 1
         raise IncompleteCheckpointError(
             f"{source}: the checkpoint lacks weights the model needs and nothing else supplies "
-            f"(they would stay random): {dict(groups)} keys missing, e.g. {absent[:5]}"
+            f"(they would stay random): {module_groups(absent)} keys missing, e.g. {absent[:5]}"
             + (f"; shape mismatches: {mismatched[:3]}" if mismatched else "")
             + ". Is it a checkpoint of this architecture and model type?")
     result = model.load_state_dict(usable, strict=False)

@@ -15,7 +15,7 @@ import copy
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from torch import nn
@@ -27,7 +27,9 @@ from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 
 from lavis_ext.errors import InputError
 from lavis_ext.models.bert import qformer_config, qformer_tokenizer, reshaped
-from lavis_ext.models.checkpoint import load_state_dict_report, load_weights_file
+from lavis_ext.models.checkpoint import (CheckpointKindError, IncompleteCheckpointError,
+                                         load_state_dict_report, load_weights_file,
+                                         module_groups)
 from lavis_ext.models.llm import (choose_llm_model, estimate_parameters, llm_config, load_llm,
                                   resolve_llm_dtype)
 from lavis_ext.models.llm_family import family_of
@@ -35,10 +37,15 @@ from lavis_ext.models.precision import VIT_PRECISIONS, parse_dtype
 from lavis_ext.models.vision import VIT_PARTS, build_vision_encoder, vit_weights_source
 from lavis_ext.models.lavis_hooks import autocast_context
 from lavis_ext.models.weights import HUB_PARTS, PARTS, RANDOM, is_url, resolve_all
-from lavis_ext.runners.checkpoints import load_from_config
+from lavis_ext.runners.checkpoints import load_from_config, resolve_checkpoint
 from lavis_ext.runners.distributed import world_of_one
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+# Stage 2's own module (LAVIS's blip2_opt name, kept for every LLM): its keys mark a captioner's
+# checkpoint. Stage 1's heads, which stage 2 never has (it trains on the LLM's loss only):
+STAGE2_MARKER = "opt_proj"
+STAGE2_LLM_PARTS = ("opt_proj", "opt_model")
+STAGE1_HEADS = ("vision_proj", "text_proj", "itm_head", "temp")
 STAGE1_TYPES = ("vitg", "vitb", "tiny")
 STAGE2_TYPES = ("vitg_opt2.7b", "vitg_opt6.7b", "vitb_opt2.7b", "vitb_opt6.7b", "tiny",
                 "tiny_eva", "tiny_llama", "tiny_qwen2")
@@ -76,12 +83,40 @@ def build_qformer(num_query_token: int, vision_width: int, cross_attention_freq:
     return qformer, query_tokens
 
 
+def qformer_text_branch(qformer: nn.Module) -> list[str]:
+    """Module paths (inside the Q-Former) of its text branch: the word and position embeddings,
+    the MLM head and each layer's text feed-forward. Stage 2 feeds only queries, so it drops
+    them (as LAVIS's Blip2OPT does) and its checkpoints never hold them; one list for both."""
+    paths = ["cls", "bert.embeddings.word_embeddings", "bert.embeddings.position_embeddings"]
+    for i in range(len(qformer.bert.encoder.layer)):
+        paths += [f"bert.encoder.layer.{i}.intermediate", f"bert.encoder.layer.{i}.output"]
+    return paths
+
+
+def checkpoint_stage(state_dict: Mapping[str, Any], source: str) -> int:
+    """1 for a Q-Former (stage-1) checkpoint, 2 for a captioner's (stage 2: ``exp_blip``,
+    ``au_blip``, ``emot_blip``, Mix-/Cat-BLIP), told by their keys (``opt_proj`` only in stage
+    2; stage 1's heads ``vision_proj``, ``text_proj``, ``itm_head``, ``temp``); anything else
+    raises ``CheckpointKindError`` naming the file and what it holds."""
+    groups = module_groups(state_dict)
+    if STAGE2_MARKER in groups:
+        return 2
+    if any(head in groups for head in STAGE1_HEADS):
+        return 1
+    raise CheckpointKindError(
+        f"{source}: neither a stage-1 Q-Former checkpoint (no {', '.join(STAGE1_HEADS)}) nor a "
+        f"stage-2 captioner checkpoint (no {STAGE2_MARKER}); it holds {groups or 'no tensors'}. "
+        "Give a checkpoint_<epoch>.pth written by a stage-1 (exp_blip_qformer) or stage-2 "
+        "(exp_blip, au_blip, emot_blip) run.")
+
+
 class ExpBlipParts:
     """Construction and loading shared by both stages (a mixin before the LAVIS class)."""
 
     # Modules a checkpoint loaded for inference must hold (nothing else supplies them).
     TRAINED_PARTS: tuple[str, ...] = ("Qformer", "query_tokens")
     _vit_from_checkpoint = False
+    _vit_has_weight_file = True  # False for the tiny encoders: none is ever published
 
     def _build_encoders(self, vit_model: str, img_size: int, drop_path_rate: float,
                         use_grad_checkpoint: bool, vit_precision: str, freeze_vit: bool,
@@ -105,6 +140,7 @@ class ExpBlipParts:
             vit_precision = "float32"
         self._vit_from_checkpoint = (vit_weights_optional and vit_model in VIT_PARTS and
                                      vit_weights_source(vit_model, vit_weights, True) == RANDOM)
+        self._vit_has_weight_file = vit_model in VIT_PARTS
         self.visual_encoder, self.ln_vision = build_vision_encoder(
             vit_model, img_size, drop_path_rate=drop_path_rate,
             use_grad_checkpoint=use_grad_checkpoint, precision=vit_precision,
@@ -215,7 +251,10 @@ class ExpBlipParts:
         finetuned = bool(cfg.get("load_finetuned", False))
         pretrained = not finetuned and bool(cfg.get("load_pretrained", False))
         requests: list[tuple[str, str, Any]] = []  # (config key, manifest part, value)
-        if finetuned:
+        if finetuned and cls.CHECKPOINT_NAME is None:  # no published file: a path or URL
+            cfg["finetuned"] = resolve_checkpoint(
+                cfg.get("finetuned"), "model.finetuned (model.load_finetuned is True)")
+        elif finetuned:
             requests.append(("finetuned", cls.CHECKPOINT_NAME, cfg.get("finetuned")))
         if pretrained:
             value = cfg.get("pretrained")
@@ -265,10 +304,13 @@ class ExpBlipParts:
 
 @registry.register_model("exp_blip_qformer")
 class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
-    """Stage 1: the Q-Former trained with ITC + ITM + ITG against the image encoder."""
+    """Stage 1: the Q-Former trained with ITC + ITM + ITG against the image encoder; also the
+    encoder of the Q-Former probes, which load a captioner's (stage-2) checkpoint into it."""
 
     PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip_qformer", STAGE1_TYPES, "vitg")
-    CHECKPOINT_NAME = "exp_blip_qformer"
+    # None: no checkpoint is published (no weights.PARTS entry); model.finetuned names a file,
+    # a run folder (its newest checkpoint) or a URL.
+    CHECKPOINT_NAME: str | None = None
     TRAINED_PARTS = ("Qformer", "query_tokens", "vision_proj", "text_proj", "itm_head", "temp",
                      "ln_vision")
 
@@ -301,6 +343,52 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
     @staticmethod
     def _stage_args(cfg: Any) -> dict[str, Any]:
         return {"embed_dim": cfg.get("embed_dim", 256)}
+
+    def load_checkpoint(self, url_or_filename: str) -> dict[str, Any]:
+        """Load a stage-1 checkpoint, or the query branch of a captioner's (stage 2), for
+        inference; which one is told by the file's keys (``checkpoint_stage``).
+
+        Stage 1: every trained part must be in the file (``TRAINED_PARTS``, as
+        ``ExpBlipParts.load_checkpoint``). Stage 2 (what the Q-Former probes of Tables 3-4
+        load): the captioner's Q-Former without its text branch, ``query_tokens``,
+        ``ln_vision`` and the image encoder must be in it (the encoder unless a weight file,
+        ``model.vit_weights``, supplied it; always for the tiny encoders, which have none), or
+        ``IncompleteCheckpointError`` names the file and the missing keys. What stage 2 never
+        has, the Q-Former's text branch (``qformer_text_branch``) and the stage-1 heads
+        (``STAGE1_HEADS``), keeps this model's initial weights without a warning:
+        ``probe_features`` reads none of it, but ITC/ITM/ITG (``forward``) would run on those
+        initial weights. The captioner's LLM parts (``opt_proj``, ``opt_model``) are set
+        aside, reported at INFO. ``load_report["stage"]`` says which kind was loaded.
+        """
+        source = str(url_or_filename)
+        state = load_weights_file(url_or_filename)
+        if checkpoint_stage(state, source) == 1:
+            self.load_report = load_state_dict_report(
+                self, state, source, required=self._required_from_checkpoint(self.TRAINED_PARTS),
+                unexpected_level=logging.WARNING)
+            self.load_report["stage"] = 1
+            return self.load_report
+        llm = {k for k in state if k.split(".", 1)[0] in STAGE2_LLM_PARTS}
+        logging.info("%s: a stage-2 captioner checkpoint; loading its query branch and image "
+                     "encoder, leaving out its LLM parts %s", source, module_groups(llm))
+        required = ("Qformer", "query_tokens", "ln_vision")
+        has_vit = any(k.startswith("visual_encoder.") for k in state)
+        if self._vit_from_checkpoint or not self._vit_has_weight_file:
+            required += ("visual_encoder",)
+            if not has_vit and self._vit_has_weight_file:
+                raise IncompleteCheckpointError(
+                    f"{source}: this stage-2 checkpoint has no image encoder (its run kept the "
+                    "encoder frozen, so the runner did not save it) and no weight file supplies "
+                    "one: set model.vit_weights to the encoder the captioner was trained with")
+        elif not has_vit:
+            logging.info("%s: no image encoder in it (stage 2 kept it frozen): the encoder "
+                         "stays the one from model.vit_weights", source)
+        self.load_report = load_state_dict_report(
+            self, {k: v for k, v in state.items() if k not in llm}, source,
+            required=required, unexpected_level=logging.WARNING,
+            exempt=[f"Qformer.{path}" for path in qformer_text_branch(self.Qformer)])
+        self.load_report["stage"] = 2
+        return self.load_report
 
     def forward(self, samples: dict[str, Any]) -> Any:
         # Blip2Qformer.forward calls dist.get_rank() and gathers features over the group.
@@ -343,12 +431,9 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                              vision, num_query_token, cross_attention_freq, bert_path, qformer,
                              qformer_weights, device, self.llm_dtype)
         # Stage 2 uses only the query branch: drop the text-side parts, as BLIP-2 does.
-        self.Qformer.cls = None
-        self.Qformer.bert.embeddings.word_embeddings = None
-        self.Qformer.bert.embeddings.position_embeddings = None
-        for layer in self.Qformer.bert.encoder.layer:
-            layer.output = None
-            layer.intermediate = None
+        for path in qformer_text_branch(self.Qformer):
+            parent, _, name = path.rpartition(".")
+            setattr(self.Qformer.get_submodule(parent), name, None)
 
         # A frozen half-precision encoder (vit_precision: fp16, see precision.vit_dtype):
         # fp16 on CUDA as in LAVIS, the half LLM's dtype (bf16) on CPU; float() keeps it.

@@ -51,6 +51,13 @@ def test_paper_settings(path):
         assert cfg.run.max_epoch == 100 and len(probe.emotions) == 8
     text = path.read_text()
     assert "expblip prepare" in text and "# Data:" in text  # says what data it needs
+    if expected_source == "qformer":  # names the file the captioner's stage 2 writes
+        captioner = {"au": "au_blip", "exp": "exp_blip",
+                     "emot": "emot_blip"}[path.stem.rsplit("_", 1)[1]]
+        stage2 = OmegaConf.load(PROBES.parent / captioner / "stage2.yaml").run
+        assert not stage2.valid_splits  # so LAVIS writes checkpoint_<epoch>.pth, no _best
+        expected = f"output/{captioner}/stage2/<job id>/checkpoint_{stage2.max_epoch - 1}.pth"
+        assert f"model.finetuned={expected}" in text and "/checkpoint_best" not in text
 
 
 @pytest.fixture(scope="module")
