@@ -97,11 +97,11 @@ def _group(key: str) -> str:
     return key.split(".", 1)[0]
 
 
-class IncompleteCheckpointError(RuntimeError):
+class IncompleteCheckpointError(InputError, RuntimeError):
     """A checkpoint lacks weights that nothing else supplies (the model would be random)."""
 
 
-class CheckpointKindError(ValueError):
+class CheckpointKindError(InputError):
     """A checkpoint is of no kind the model can load (e.g. neither stage 1 nor stage 2)."""
 
 
