@@ -191,7 +191,7 @@ def _newest(folder: Path, pattern: str) -> list[Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1800)  # ~3 min on 2 idle cores; seven tiny training runs and three evaluations
+@pytest.mark.timeout(1200)  # under 1 min on 2 idle cores; minutes on a loaded machine
 def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     """Every step of the shared table on tiny models and synthetic faces: synthesize, AU-BLIP
     and Emot-BLIP (stage 1 + 2), pseudo captions, fuse, concat, Exp-BLIP, evaluate. The
@@ -227,16 +227,17 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
         assert f"{step.name}" in out, step.name
     for done in ("synthesize", "train-au-blip", "train-emot-blip", "pseudo-au",
                  "pseudo-emotion", "fuse", "concat"):
-        assert f"[done] {done}" in out, done  # finished in the first process: skipped
-    newest = max(killed_at, key=lambda name: int(name.split("_")[1].split(".")[0]))
-    assert f"from {next(iter(_newest(stage2, '*/' + newest)))}" in out, out[-3000:]
-    jobs = [p for p in stage2.iterdir() if p.is_dir()]
-    assert len(jobs) == 2, jobs  # the killed job and the resumed one
-    resumed = max(jobs, key=lambda p: p.stat().st_mtime)
-    resumed_epochs = sorted(p.name for p in resumed.glob("checkpoint_*.pth"))
-    # resumed after the newest checkpoint: only the epochs after it are trained again
-    assert newest not in resumed_epochs and "checkpoint_2.pth" in resumed_epochs
-    assert len(killed_at) + len(resumed_epochs) == 3  # no epoch trained twice
+        assert f"[skip] {done}: finished in an earlier run" in out, done  # the first process's
+    epoch = max(int(name.split("_")[1].split(".")[0]) for name in killed_at)
+    newest = next(iter(_newest(stage2, f"*/checkpoint_{epoch}.pth")))
+    assert f"from {newest}" in out, out[-3000:]
+    # resumed after the newest checkpoint: the epoch that was running when the process was
+    # killed is lost, no finished one is trained again (LAVIS logs one stats line per epoch)
+    stats = [line for log in _newest(stage2, "*/log.txt") for line in log.read_text().splitlines()
+             if line.startswith('{"train_')]
+    assert len(stats) == 3, stats
+    assert _newest(stage2, "*/checkpoint_2.pth"), "stage 2 ran to its end"
+    assert (stage2 / "stage_finished.json").exists()
     # the captions every step wrote, and every model evaluated
     au = json.loads((tmp_path / "work" / "captions" / "emotionet_train.json").read_text())
     emotion = json.loads((tmp_path / "work" / "captions" / "affectnet_train.json").read_text())
