@@ -9,6 +9,13 @@ compute-bound phase (the ViT, ~0.5 TFLOP per image) takes ~8x as long for 8 imag
 memory-bound decoding (every step reads all LLM weights once) takes about as long for 8 as
 for 1 until it becomes compute-bound.
 
+Decoding is timed twice at each batch, side by side: the stock path (LAVIS's own OPT class,
+which never uses its KV cache, so every step runs the whole sequence again) and ours (the
+plugin's ``ExpBlipOPTForCausalLM``, one new position per step), with their ratio. On the
+paper stack the stock path is LAVIS's class itself (the instance's class swapped for the
+call, same weights); on current transformers LAVIS's class has no ``generate``, so it is the
+plugin's class with ``use_cache=False``, the same work. ``--no-stock`` skips it.
+
     python run_scripts/bench_fullsize.py                       # vitg_opt2.7b and vitg_opt6.7b
     python run_scripts/bench_fullsize.py --types vitg_opt2.7b  # one type
     python run_scripts/bench_fullsize.py --types tiny          # the tiny model: seconds
@@ -31,7 +38,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
 
 from lavis_ext.memory import map_large_allocations, release_freed_memory
 
@@ -162,30 +170,68 @@ class PhaseTimer:
             handle.remove()
 
 
+@contextmanager
+def stock_path(model: Any) -> Iterator[dict[str, Any]]:
+    """LAVIS's stock OPT for the duration: yields the extra ``generate`` arguments.
+
+    Paper stack: the LLM instance runs as LAVIS's own ``OPTForCausalLM`` (same weights), which
+    reads its cache as ``past`` and so recomputes everything each step. Current transformers:
+    LAVIS's class has no ``generate``; the plugin's class without its cache does the same work.
+    """
+    from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
+    from transformers.generation import GenerationMixin
+
+    llm = model.opt_model
+    if not issubclass(OPTForCausalLM, GenerationMixin):
+        yield {"use_cache": False}
+        return
+    ours = llm.__class__
+    llm.__class__ = OPTForCausalLM
+    try:
+        yield {}
+    finally:
+        llm.__class__ = ours
+
+
+def _positions(kwargs: dict[str, Any]) -> int:
+    """Sequence positions one LLM call computes (query embeddings included)."""
+    return sum(kwargs[k].shape[1] for k in ("input_ids", "inputs_embeds", "query_embeds")
+               if kwargs.get(k) is not None)
+
+
 def time_generate(model: Any, device: Any, batch: int, size: int, beams: int,
-                  new_tokens: int) -> dict[str, float]:
+                  new_tokens: int, stock: bool = False) -> dict[str, float]:
+    """Phase times of one ``generate``; ``stock``: through LAVIS's stock OPT (no KV cache)."""
     import torch
 
     model.to(device).eval()
     images = torch.randn(batch, 3, size, size, device=device)
     timer = PhaseTimer(device, {"vit": model.visual_encoder, "qformer": model.Qformer.bert,
                                 "llm": model.opt_model})
+    positions: list[int] = []
+    counter = model.opt_model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: positions.append(_positions(kwargs)), with_kwargs=True)
     try:
-        sync(device)
-        start = time.perf_counter()
-        texts = model.generate({"image": images}, num_beams=beams, max_length=new_tokens,
-                               min_length=new_tokens + 1)  # + BOS: exactly new_tokens tokens
-        sync(device)
-        total = time.perf_counter() - start
+        with (stock_path(model) if stock else nullcontext({})) as extra:
+            sync(device)
+            start = time.perf_counter()
+            texts = model.generate({"image": images}, num_beams=beams, max_length=new_tokens,
+                                   min_length=new_tokens + 1,  # + BOS: exactly new_tokens
+                                   **extra)
+            sync(device)
+            total = time.perf_counter() - start
     finally:
         timer.remove()
+        counter.remove()
     if len(texts) != batch:
         raise RuntimeError(f"generate returned {len(texts)} captions for {batch} images")
     llm = timer.calls["llm"]
     steps = len(llm)  # one prefill + one call per further token
-    return {"batch": batch, "total_s": total, "vit_s": sum(timer.calls["vit"]),
+    return {"batch": batch, "path": "stock" if stock else "ours", "total_s": total,
+            "vit_s": sum(timer.calls["vit"]),
             "qformer_s": sum(timer.calls["qformer"]), "prefill_s": llm[0] if llm else 0.0,
             "decode_per_token_s": sum(llm[1:]) / max(steps - 1, 1),
+            "decode_positions_per_step": sum(positions[1:]) / max(len(positions) - 1, 1),
             "new_tokens": steps, "tokens_per_s": batch * steps / total}
 
 
@@ -199,7 +245,8 @@ def parameters(module: Any) -> int:
 
 
 def bench_type(model_type: str, device_name: str, llm_dtype: str, beams: int, new_tokens: int,
-               batches: list[int], train_vit: bool, step_batch: int) -> dict[str, Any]:
+               batches: list[int], train_vit: bool, step_batch: int,
+               stock: bool = True) -> dict[str, Any]:
     import torch
 
     import lavis_ext  # noqa: F401
@@ -243,17 +290,26 @@ def bench_type(model_type: str, device_name: str, llm_dtype: str, beams: int, ne
     result["stage2_step_peak_gib"] = peak_memory_gib(device)
     _progress(result, "stage2_build_s", "stage2_build_peak_gib", "stage2_step_s",
               "stage2_step_peak_gib")
-    result["generate"] = []
+    result["generate"], result["generate_stock"] = [], []
+    # one short untimed run of each path first: the first calls of a process pay one-time
+    # costs (kernel selection, allocator growth) that would be charged to whichever runs first
+    for warm in (False, True) if stock else (False,):
+        time_generate(stage2, device, 1, size, beams, 2, stock=warm)
     for b in batches:
-        gc.collect()
-        release_freed_memory()  # the previous phase's activations, before generate's own
-        reset_peak(device)
-        result["generate"].append(time_generate(stage2, device, b, size, beams, new_tokens))
-        result["generate"][-1]["peak_gib"] = peak_memory_gib(device)
-        _progress(result["generate"][-1], "batch", "total_s", "peak_gib")
+        for path in (("generate", False), ("generate_stock", True)) if stock else \
+                (("generate", False),):
+            gc.collect()
+            release_freed_memory()  # the previous phase's activations, before generate's own
+            reset_peak(device)
+            run = time_generate(stage2, device, b, size, beams, new_tokens, stock=path[1])
+            run["peak_gib"] = peak_memory_gib(device)
+            result[path[0]].append(run)
+            print(f"  ({run['path']})", end="")
+            _progress(run, "batch", "total_s", "decode_per_token_s", "peak_gib")
     result["peak_gib"] = max([result["stage1_peak_gib"], result["stage2_build_peak_gib"],
                               result["stage2_step_peak_gib"]]
-                             + [g["peak_gib"] for g in result["generate"]])
+                             + [g["peak_gib"] for g in result["generate"]
+                                + result["generate_stock"]])
     return result
 
 
@@ -359,6 +415,20 @@ def report(result: dict[str, Any]) -> None:
         print(f"{g['batch']:>5} {g['total_s']:>8.2f} {g['vit_s']:>8.3f} {g['qformer_s']:>10.3f} "
               f"{g['prefill_s']:>9.3f} {g['decode_per_token_s']:>14.4f} {g['new_tokens']:>6} "
               f"{g['tokens_per_s']:>9.2f} {g['peak_gib']:>8.1f}")
+    stock = {g["batch"]: g for g in result.get("generate_stock") or []}
+    if stock:
+        print("decode per token, stock (LAVIS's OPT class: no KV cache) vs ours "
+              "(ExpBlipOPTForCausalLM: KV cache):")
+        print(f"{'batch':>5} {'stock s/token':>13} {'ours s/token':>12} {'stock/ours':>10} "
+              f"{'positions/step stock':>20} {'ours':>5}")
+        for g in result["generate"]:
+            if g["batch"] in stock:
+                old = stock[g["batch"]]
+                print(f"{g['batch']:>5} {old['decode_per_token_s']:>13.4f} "
+                      f"{g['decode_per_token_s']:>12.4f} "
+                      f"{old['decode_per_token_s'] / g['decode_per_token_s']:>10.2f} "
+                      f"{old['decode_positions_per_step']:>20.1f} "
+                      f"{g['decode_positions_per_step']:>5.1f}")
     print(f"peak memory of any phase: {result['peak_gib']:.1f} GiB"
           f"{'' if result.get('mapped_heap') is None else ' (large blocks mapped apart)' if result['mapped_heap'] else ' (glibc heap as is)'}")
     runs = {g["batch"]: g for g in result["generate"]}
@@ -402,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runner-iters", type=int, default=0,
                         help="also train stage 2 this many iterations through the LAVIS runner")
     parser.add_argument("--runner-batch", type=int, default=8)
+    parser.add_argument("--no-stock", action="store_true",
+                        help="skip the stock-path decoding (LAVIS's OPT without a KV cache)")
     parser.add_argument("--json", help="write the results here as JSON")
     parser.add_argument("--skip-bench", action="store_true",
                         help="only the runner iterations")
@@ -436,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
                 mapped = map_large_allocations()
             results.append(bench_type(model_type, args.device, args.llm_dtype, args.beams,
                                       args.new_tokens, args.batches, train_vit,
-                                      args.step_batch))
+                                      args.step_batch, stock=not args.no_stock))
             results[-1]["mapped_heap"] = mapped
             report(results[-1])
         if args.runner_iters:

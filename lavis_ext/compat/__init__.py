@@ -2,9 +2,10 @@
 
 Everything else the plugin needs from LAVIS comes from classes it owns and registers (runners
 and schedulers in :mod:`lavis_ext.runners`, its models and tasks). What is left here: one
-record in :data:`PATCHES` on every stack (the logger's reduction on gloo), two on current
-transformers only (LAVIS's OPT class), and :data:`PROVIDES`, names put into transformers
-(not LAVIS) before LAVIS imports them. Each record has an id, a ``"module:qualname"`` target,
+record in :data:`PATCHES` (the logger's reduction on gloo, on every stack), and
+:data:`PROVIDES`, names put into transformers (not LAVIS) before LAVIS imports them on current
+transformers. LAVIS's OPT class is not changed: the plugin's models build their own subclass
+of it (:mod:`lavis_ext.models.opt`). Each record has an id, a ``"module:qualname"`` target,
 a reason and the ``"module:function"`` factory that builds the replacement; ``docs/compat.md``
 says why each one cannot be a subclass. :func:`apply_all` checks the LAVIS version, then applies the
 records in order through one mechanism (:mod:`lavis_ext.compat._patch`). Reading this list
@@ -32,7 +33,6 @@ REGISTRATION_IMPORTS = ("lavis.common.optims",)
 SCHEDULERS = ("linear_warmup_cosine_lr", "linear_warmup_step_lr")
 
 _C = "lavis_ext.compat."
-_OPT = "lavis.models.blip2_models.modeling_opt:"
 
 # The `current` stack (requirements/constraints-current.txt): fixes that apply only from this
 # transformers on; on the paper stack's 4.26.1 LAVIS works as shipped there.
@@ -56,20 +56,12 @@ PATCHES: tuple[Patch, ...] = (
           "builds its reduction tensor on CUDA whenever a process group exists (fails on gloo); "
           "LAVIS's train loop creates the meters itself, so no subclass can be put in their place",
           _C + "logger_sync:patch_synchronize"),
-    # transformers_current.py (current transformers only)
-    Patch("transformers_current.prepare_inputs", _OPT + "OPTForCausalLM.prepare_inputs_for_generation",
-          "generate passes the cache as past_key_values (LAVIS reads past: no cache is used) and "
-          "expands query_embeds for beams again (beam search fails in torch.cat)",
-          _C + "transformers_current:patch_prepare_inputs_for_generation", CURRENT_TRANSFORMERS),
-    Patch("transformers_current.generation_mixin", _OPT + "OPTForCausalLM.__bases__",
-          "PreTrainedModel no longer inherits GenerationMixin: LAVIS's OPT has no generate",
-          _C + "transformers_current:patch_opt_bases", CURRENT_TRANSFORMERS),
 )
 
 # At most this many LAVIS attributes differ from what LAVIS shipped after `import lavis_ext`
 # (tests/compat/test_compat_fingerprint.py compares processes attribute by attribute). The
 # PROVIDES names are put into transformers modules, not into LAVIS, and are not counted.
-MAX_LAVIS_CHANGES = 3
+MAX_LAVIS_CHANGES = 1
 
 _applied: set[str] = set()
 

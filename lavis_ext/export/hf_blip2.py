@@ -61,6 +61,24 @@ class NotExportable(UsageError):
     """A model with no transformers counterpart (said why)."""
 
 
+def refuse_non_opt(llm: Any) -> None:
+    """Refuse an LLM of any family but OPT, naming it.
+
+    The key table, ``hf_config`` and the equivalence test cover OPT only (LAVIS's module tree,
+    ``opt_model.model.decoder``). transformers' BLIP-2 builds its language model with
+    ``AutoModelForCausalLM`` and could hold a Llama or Qwen2 too; mapping those is not done
+    yet, and a raw ``AttributeError`` halfway through is worse than saying so.
+    """
+    from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
+
+    if not isinstance(llm, OPTForCausalLM):
+        family = getattr(getattr(llm, "config", None), "model_type", None) or type(llm).__name__
+        raise NotExportable(
+            f"the LLM is a '{family}' model ({type(llm).__name__}); export-hf writes OPT "
+            "language models only (model.llm_model: an OPT, e.g. facebook/opt-2.7b or 'tiny' "
+            "with tiny_lm.family: opt)")
+
+
 def arch_of(model: Any) -> Arch:
     """Read the architecture off a built stage-2 Exp-BLIP; refuse what BLIP-2 cannot hold."""
     from lavis.models.eva_vit import VisionTransformer
@@ -69,6 +87,7 @@ def arch_of(model: Any) -> Arch:
     if encoder is None or not hasattr(model, "opt_model"):
         raise NotExportable("export-hf needs a stage-2 captioner (exp_blip, au_blip, "
                             f"emot_blip); got {type(model).__name__}")
+    refuse_non_opt(model.opt_model)
     if not isinstance(encoder, VisionTransformer):
         raise NotExportable(
             f"the image encoder is {type(encoder).__name__}, which transformers' BLIP-2 has no "

@@ -45,8 +45,9 @@ EXPORTABLE_VIT = ("eva_clip_g", "tiny_eva")
 
 
 def check_encoder_config(model: str) -> None:
-    """Refuse an image encoder without a transformers counterpart from the config alone,
-    before anything (an LLM, say) is built."""
+    """Refuse an image encoder without a transformers counterpart, and a tiny LM of a family
+    export-hf does not write (``hf_blip2.refuse_non_opt``), from the config alone, before
+    anything (an LLM, say) is built."""
     from omegaconf import OmegaConf
 
     if os.path.isfile(model):
@@ -66,6 +67,12 @@ def check_encoder_config(model: str) -> None:
             cfg = OmegaConf.load(cls.default_config_path(model_type or "base")).model
         except (KeyError, AssertionError, FileNotFoundError):
             return
+    tiny_lm = cfg.get("tiny_lm") or {}
+    family = tiny_lm.get("family") or "opt"
+    if "tiny" in (cfg.get("llm_model"), cfg.get("opt_model")) and family != "opt":
+        raise NotExportable(
+            f"{model}: the LLM is a '{family}' model (model.tiny_lm.family); export-hf writes "
+            "OPT language models only")
     vit = cfg.get("vit_model", "eva_clip_g")
     if vit not in EXPORTABLE_VIT:
         raise NotExportable(

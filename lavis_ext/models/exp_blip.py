@@ -398,10 +398,12 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
 
 @registry.register_model("exp_blip")
 class ExpBlip(ExpBlipParts, Blip2OPT):
-    """Stage 2: the Q-Former feeding a frozen LLM that writes the description: OPT through
-    LAVIS's own forward and ``query_embeds``, any other causal LM through ``inputs_embeds``
-    (llm_family.py). The attribute names stay LAVIS's (``opt_model``, ``opt_tokenizer``,
-    ``opt_proj``) for every LLM, so checkpoints have the same keys."""
+    """Stage 2: the Q-Former feeding a frozen LLM that writes the description. Every LLM
+    trains through ``inputs_embeds`` (``_embeds_forward``: for OPT the loss of LAVIS's
+    ``Blip2OPT.forward``) and generates through them, but OPT on transformers 4.26, which
+    generates with LAVIS's ``query_embeds`` (llm_family.py). The attribute names stay
+    LAVIS's (``opt_model``, ``opt_tokenizer``, ``opt_proj``) for every LLM, so checkpoints
+    have the same keys."""
 
     PRETRAINED_MODEL_CONFIG_DICT = _config_dict("exp_blip", STAGE2_TYPES, "vitg_opt6.7b")
     CHECKPOINT_NAME = "exp_blip"
@@ -493,20 +495,21 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         return self.llm_dtype != torch.float32 and self.opt_proj.weight.device.type == "cpu"
 
     def forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """LAVIS's forward; on CPU with a half-precision LLM, all of it under autocast (LAVIS
-        autocasts only the image encoder and the LLM, and the Q-Former between them would
-        receive half-precision image features). LLMs other than OPT: ``_embeds_forward``."""
-        run = super().forward if self.llm_family.takes_query_embeds else self._embeds_forward
+        """``_embeds_forward`` (LAVIS's Blip2OPT forward, for any causal LM); on CPU with a
+        half-precision LLM, all of it under autocast (LAVIS autocasts only the image encoder
+        and the LLM, and the Q-Former between them would receive half-precision image
+        features)."""
         if self._half_llm_on_cpu():
             with self.maybe_autocast():
-                return run(samples)
-        return run(samples)
+                return self._embeds_forward(samples)
+        return self._embeds_forward(samples)
 
     def _embeds_forward(self, samples: dict[str, Any]) -> dict[str, torch.Tensor]:
         """LAVIS's Blip2OPT forward for any causal LM: the projected queries, then the text
         (BOS as the tokenizer adds it, the prompt, the caption and the family's end of text,
         cut at ``max_txt_len``) through ``inputs_embeds``; loss on the caption only. Padding
-        is found by the attention mask, since a pad id may equal the EOS id."""
+        is found by the attention mask, since a pad id may equal the EOS id. For OPT the
+        queries stay float32 beside the token embeddings, as in LAVIS (``casts_prefix``)."""
         image = samples["image"]
         prefix = self._llm_prefix(image)
         tokenizer = self.opt_tokenizer
@@ -520,7 +523,9 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             targets[:, :self.prompt_length] = -100  # no loss on the prompt
         embeds = self.opt_model.get_input_embeddings()(tokens.input_ids)
         queries = prefix.shape[:2]
-        inputs = torch.cat([prefix.to(embeds.dtype), embeds], dim=1)
+        if self.llm_family.casts_prefix:
+            prefix = prefix.to(embeds.dtype)
+        inputs = torch.cat([prefix, embeds], dim=1)
         mask = torch.cat([torch.ones(queries, dtype=torch.long, device=image.device),
                           tokens.attention_mask], dim=1)
         targets = torch.cat([torch.full(queries, -100, dtype=torch.long, device=image.device),
@@ -552,11 +557,16 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  num_beams: int = 5, max_length: int = 200, min_length: int = 1,
                  top_p: float = 0.9, repetition_penalty: float = 1.0,
                  length_penalty: float = 1.0, num_captions: int = 1, temperature: float = 1.0,
-                 no_repeat_ngram_size: int = 0, **_: Any) -> list[str]:
+                 no_repeat_ngram_size: int = 0, use_cache: bool = True,
+                 **_: Any) -> list[str]:
         """Captions for a batch of images: ``len(images) * num_captions`` strings.
 
         ``no_repeat_ngram_size`` and ``repetition_penalty`` curb the repeated sentences the
         paper reports for long descriptions; nucleus sampling gives several captions each.
+        ``use_cache=False`` recomputes the whole sequence at every step (same captions; for
+        timing against LAVIS's stock OPT, which never used its cache). transformers always
+        caches when generating from ``inputs_embeds``, so OPT then takes the ``query_embeds``
+        path on every stack.
         """
         image = samples["image"]
         batch = image.shape[0]
@@ -566,9 +576,11 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         with self.maybe_autocast():
             prefix = self._llm_prefix(image).to(self.opt_model.dtype)
             input_ids = self._prompt_ids(prompt, batch, image.device)
-            if not self.llm_family.takes_query_embeds:
+            if self.llm_family.generates_from_embeds and (
+                    use_cache or not self.llm_family.takes_query_embeds):
                 return self._embeds_generate(
-                    prefix, input_ids, do_sample=use_nucleus_sampling, top_p=top_p,
+                    prefix, input_ids, use_cache=use_cache,
+                    do_sample=use_nucleus_sampling, top_p=top_p,
                     temperature=temperature, num_beams=1 if use_nucleus_sampling else num_beams,
                     max_new_tokens=max_length,
                     min_new_tokens=max(min_length - input_ids.shape[1], 0),
@@ -590,16 +602,17 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                 num_beams=num_beams, max_new_tokens=max_length, min_length=min_length,
                 eos_token_id=self.eos_token_id, pad_token_id=self.opt_tokenizer.pad_token_id,
                 repetition_penalty=repetition_penalty, length_penalty=length_penalty,
-                no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_captions)
+                no_repeat_ngram_size=no_repeat_ngram_size, num_return_sequences=num_captions,
+                use_cache=use_cache)
         texts = self.opt_tokenizer.batch_decode(outputs[:, input_ids.shape[1]:],
                                                 skip_special_tokens=True)
         return [text.strip() for text in texts]
 
     def _embeds_generate(self, prefix: torch.Tensor, input_ids: torch.Tensor,
                          **controls: Any) -> list[str]:
-        """Generation for LLMs other than OPT: queries + prompt as ``inputs_embeds``, which
-        transformers expands for beams and return sequences itself (so nothing is expanded
-        here). Only new tokens come back; ``min_new_tokens`` counts like OPT's ``min_length``
+        """Generation from queries + prompt as ``inputs_embeds`` (every LLM but OPT on
+        transformers 4.26), which transformers expands for beams and return sequences itself
+        (so nothing is expanded here). Only new tokens come back; ``min_new_tokens`` counts like OPT's ``min_length``
         (the prompt's ids included)."""
         embeds = self.opt_model.get_input_embeddings()(input_ids).to(prefix.dtype)
         inputs = torch.cat([prefix, embeds], dim=1)

@@ -6,8 +6,10 @@ name (``facebook/opt-2.7b`` and ``facebook/opt-6.7b`` are manifest parts:
 ``$LAVIS_EXT_OPT_2_7B`` / ``$LAVIS_EXT_OPT_6_7B``, the HF cache, then a download unless
 offline; any other hub name goes through the Hugging Face cache and download); ``tiny`` (built
 locally, see tiny_lm.py; ``tiny_lm.family`` picks OPT, Llama or Qwen2); ``random:opt-2.7b`` /
-``random:opt-6.7b`` (no weights). OPT loads as LAVIS's own class (it takes ``query_embeds``);
-every other architecture as transformers' ``AutoModelForCausalLM`` (llm_family.py), which needs
+``random:opt-6.7b`` (no weights). OPT loads as the plugin's ``ExpBlipOPTForCausalLM``
+(models/opt.py: LAVIS's own class, which takes ``query_embeds``, with a KV cache on every
+stack; the same module names, so checkpoints keep their ``opt_model.*`` keys); every other
+architecture as transformers' ``AutoModelForCausalLM`` (llm_family.py), which needs
 transformers >= 4.46 (the current stack).
 """
 from __future__ import annotations
@@ -264,7 +266,9 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
     device (no random init), allocated once in ``dtype``, and each weight file is
     memory-mapped through the weights-only loader and copied in, tensor by tensor.
     """
-    from lavis.models.blip2_models.modeling_opt import OPTConfig, OPTForCausalLM
+    from lavis.models.blip2_models.modeling_opt import OPTConfig
+
+    from lavis_ext.models.opt import ExpBlipOPTForCausalLM
 
     config = OPTConfig.from_pretrained(str(folder))
     files = weight_files(folder)
@@ -272,7 +276,7 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
     torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):
-            model = OPTForCausalLM(config)
+            model = ExpBlipOPTForCausalLM(config)
     finally:
         torch.set_default_dtype(default)
     return _fill_weights(model.to_empty(device="cpu"), folder, files)
@@ -423,11 +427,12 @@ def _random_llm_tokenizer(config: Any, tiny_lm: dict[str, Any] | None) -> Any:
 
 def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None = None,
              config: Any = None) -> tuple[Any, torch.nn.Module]:
-    """Return (tokenizer, model): LAVIS's OPTForCausalLM (it accepts query_embeds) for OPT,
-    transformers' AutoModelForCausalLM for every other architecture (llm_family.py)."""
-    from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
+    """Return (tokenizer, model): the plugin's OPT (LAVIS's class, which accepts
+    query_embeds, with a working KV cache) for OPT, transformers' AutoModelForCausalLM for
+    every other architecture (llm_family.py)."""
     from transformers import AutoTokenizer
 
+    from lavis_ext.models.opt import ExpBlipOPTForCausalLM as OPTForCausalLM
     from lavis_ext.models.tiny_lm import tiny_lm_dir
 
     if not opt_model:

@@ -2,9 +2,13 @@
 
 Two families, one small class each:
 
-* ``OptFamily``: LAVIS's own ``modeling_opt`` OPT, which takes the projected queries as
-  ``query_embeds`` and ends every caption with "\\n" (its first token is the stop token). This
-  is BLIP-2's and the paper's path, kept exactly as LAVIS runs it.
+* ``OptFamily``: LAVIS's own ``modeling_opt`` OPT (the plugin's subclass,
+  ``models/opt.py``), which ends every caption with "\\n" (its first token is the stop token),
+  as BLIP-2 and the paper do. It trains through the same ``inputs_embeds`` forward as every
+  other family (the loss is LAVIS's ``Blip2OPT.forward``'s, tested). It generates through
+  ``inputs_embeds`` too on current transformers; transformers 4.26 (the paper stack) cannot
+  ``generate`` from ``inputs_embeds`` for decoder-only models, so there the queries go in as
+  LAVIS's ``query_embeds``.
 * ``CausalFamily``: any ``AutoModelForCausalLM`` (Llama, Qwen2, Mistral ...). The queries go
   in through ``inputs_embeds``, in front of the token embeddings from
   ``get_input_embeddings()``. A caption ends with the tokenizer's own EOS token rather than
@@ -24,11 +28,30 @@ import torch
 from lavis_ext.errors import InputError
 
 
+def _generate_takes_inputs_embeds() -> bool:
+    """Whether this transformers' ``generate`` starts decoder-only models from
+    ``inputs_embeds`` and expands them for beams itself (the current stack; not 4.26)."""
+    import transformers
+    from packaging.version import Version
+
+    from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS
+
+    return Version(transformers.__version__) >= Version(GENERIC_MIN_TRANSFORMERS)
+
+
 class OptFamily:
-    """LAVIS's OPT with ``query_embeds`` (BLIP-2, the paper)."""
+    """LAVIS's OPT (BLIP-2, the paper), as the plugin's ``ExpBlipOPTForCausalLM``."""
 
     name = "opt"
-    takes_query_embeds = True
+    takes_query_embeds = True  # generate(query_embeds=...): LAVIS's way, on every stack
+    # LAVIS's Blip2OPT concatenates the float32 queries with the LLM-dtype token embeddings
+    # (torch.cat promotes: the residual stream starts in float32); kept, so the loss is LAVIS's.
+    casts_prefix = False
+
+    @property
+    def generates_from_embeds(self) -> bool:
+        """``inputs_embeds`` where ``generate`` can start from them, else ``query_embeds``."""
+        return _generate_takes_inputs_embeds()
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         return tokenizer
@@ -55,6 +78,8 @@ class CausalFamily:
 
     name = "causal"
     takes_query_embeds = False
+    generates_from_embeds = True
+    casts_prefix = True  # the queries in the LLM's dtype, as its own embeddings are
 
     def prepare_tokenizer(self, tokenizer: Any) -> Any:
         """Batches need a pad token; Llama's tokenizers have none. EOS stands in (padding is
@@ -86,7 +111,8 @@ CAUSAL = CausalFamily()
 
 
 def family_of(model: torch.nn.Module) -> OptFamily | CausalFamily:
-    """``OPT`` for LAVIS's OPT class (it accepts ``query_embeds``), ``CAUSAL`` otherwise."""
+    """``OPT`` for LAVIS's OPT class and its subclasses (``query_embeds``), ``CAUSAL``
+    otherwise."""
     from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
 
     return OPT if isinstance(model, OPTForCausalLM) else CAUSAL

@@ -54,3 +54,8 @@ def test_lavis_stays_stock_after_using_the_plugin(tmp_path: Path) -> None:
     assert len(differences) <= compat.MAX_LAVIS_CHANGES
     # the allowed records do apply (the test would also catch them silently going away)
     assert set(differences) == allowed, (differences, allowed)
+    # LAVIS's OPT class is as shipped on every stack: the plugin's models build their own
+    # subclass of it (lavis_ext/models/opt.py), and the plugin process did generate with it
+    opt = "lavis.models.blip2_models.modeling_opt:OPTForCausalLM"
+    assert f"{opt}.prepare_inputs_for_generation" in ours and f"{opt}.__bases__" in ours
+    assert not [k for k in differences if k.startswith("lavis.models.blip2_models.modeling_opt:")]

@@ -78,6 +78,31 @@ def test_conv_stem_tiny_is_refused_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
+def test_non_opt_llm_is_refused_naming_its_family(tmp_path, capsys):
+    # from the config alone, before anything is built (so on the paper stack too)
+    code, out = _export(["--model", "exp_blip:tiny_qwen2", "--out", tmp_path / "hf"], capsys)
+    assert code == 2 and "'qwen2'" in out.err and "OPT language models only" in out.err
+    assert not (tmp_path / "hf").exists()
+
+
+def test_built_non_opt_llm_is_refused_naming_its_family():
+    """A stage-2 model with a Llama LLM (its module tree has no opt_model.model.decoder) is a
+    NotExportable naming the family, not an AttributeError."""
+    import lavis_ext  # noqa: F401
+    from lavis_ext.models.exp_blip import ExpBlip
+    from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version(GENERIC_MIN_TRANSFORMERS):
+        pytest.skip("transformers 4.26 (paper stack) has no Llama class")
+    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny_llama")).model
+    cfg.tiny_lm.pretrain_steps = 0
+    model = ExpBlip.from_config(cfg)
+    with pytest.raises(hf_blip2.NotExportable, match="'llama' model"):
+        hf_blip2.arch_of(model)
+
+
 def test_bad_flags_fail_before_anything_is_built(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")

@@ -33,8 +33,19 @@ def test_tiny_bench_reports_every_phase(tmp_path, capsys, one_torch_thread):
         assert run["vit_s"] > 0 and run["qformer_s"] > 0 and run["prefill_s"] > 0
         assert run["decode_per_token_s"] > 0 and run["tokens_per_s"] > 0
     assert result["stage1_step_s"] > 0 and result["stage2_step_s"] > 0
+    # the stock path (LAVIS's OPT, no KV cache) beside ours, at every batch
+    stock = {run["batch"]: run for run in result["generate_stock"]}
+    assert sorted(stock) == [1, 3]
+    for run in result["generate"]:
+        old = stock[run["batch"]]
+        assert old["path"] == "stock" and run["path"] == "ours"
+        assert old["new_tokens"] == 4 and old["decode_per_token_s"] > 0
+        assert run["decode_positions_per_step"] == 1  # one new position per step
+        # stock re-runs queries + BOS + the tokens so far: 10, 11, 12 for 8 tiny queries
+        assert old["decode_positions_per_step"] == 8 + 1 + 2
     printed = capsys.readouterr().out
     assert "batch 3 / batch 1 time ratio" in printed and "memory-bound" in printed
+    assert "stock (LAVIS's OPT class: no KV cache) vs ours" in printed and "stock/ours" in printed
 
 
 @pytest.mark.slow
