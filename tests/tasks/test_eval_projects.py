@@ -73,7 +73,7 @@ def test_table2_config_runs_one_evaluation_step(path, tmp_path, tiny_models):
     assert list(run.test_splits) == ["test"]
     if path.stem[len("table2_"):] in BLIP2:
         model_type, weights, size = BLIP2[path.stem[len("table2_"):]]
-        assert cfg.model.arch == "blip2_opt" and cfg.model.model_type == model_type
+        assert cfg.model.arch == "expblip_blip2_opt" and cfg.model.model_type == model_type
         # as LAVIS's Config merges it: the model type's defaults under the file's model section
         model_cfg = Config.build_model_config(cfg).model
         loaded = model_cfg.finetuned if model_cfg.get("load_finetuned") else model_cfg.pretrained
