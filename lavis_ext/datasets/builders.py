@@ -93,6 +93,10 @@ class FacialBuilderBase(BaseDatasetBuilder):
         if bad_image not in ("skip", "replace"):
             raise InputError(f"{self.name}: {self._key('bad_image')} must be 'skip' or 'replace', "
                              f"got {bad_image!r}")
+        cache_mb = self.config.get("cache_images", 0) or 0
+        if not isinstance(cache_mb, (int, float)) or isinstance(cache_mb, bool) or cache_mb < 0:
+            raise InputError(f"{self.name}: {self._key('cache_images')} must be a size in MB "
+                             f"(0: off), got {cache_mb!r}")
         for split, split_sources in sources.items():
             is_train = split == "train"
             mode = "train" if is_train else "eval"
@@ -100,6 +104,7 @@ class FacialBuilderBase(BaseDatasetBuilder):
                 vis_processor=self.vis_processors[mode], text_processor=self.text_processors[mode],
                 sources=split_sources, is_train=is_train, name=f"{self.name}/{split}", **extra)
             datasets[split].bad_image = bad_image
+            datasets[split].cache_limit = cache_mb if is_train else 0
         return datasets
 
 

@@ -219,3 +219,43 @@ def test_lavis_config_merge_and_task_build(tmp_path):
     assert len(train) == sum(len(d["train"]) for d in datasets.values())
     batch = next(iter(DataLoader(train, batch_size=6, shuffle=True, collate_fn=train.collater)))
     assert batch["image"].shape == (6, 3, 32, 32)
+
+
+def test_cache_images_decodes_each_training_file_once(tmp_path, monkeypatch):
+    """datasets.<name>.cache_images (MB): the same pixels, each training file opened once."""
+    from PIL import Image
+
+    import lavis_ext.datasets.facial_datasets as facial
+
+    raw, out = prepared(tmp_path, "rafau")
+    plain_cfg = config("rafau_caption", raw, out)
+    cached_cfg = config("rafau_caption", raw, out, cache_images=64)
+    for cfg in (plain_cfg, cached_cfg):
+        small_processors(cfg)
+        cfg.vis_processor.train.name = "blip_image_eval"  # deterministic: compare pixels
+    builder = registry.get_builder_class("rafau_caption")
+    plain = builder(plain_cfg).build_datasets()
+    cached = builder(cached_cfg).build_datasets()
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(facial.Image, "open", lambda path, *a, **k: (opened.append(str(path)),
+                                                                     real_open(path, *a, **k))[1])
+    train = cached["train"]
+    first = [train[i]["image"] for i in range(len(train))]
+    again = [train[i]["image"] for i in range(len(train))]
+    assert len(opened) == len(train) == len(set(opened)), "each file decoded once"
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert all(torch.equal(a, plain["train"][i]["image"]) for i, a in enumerate(first))
+    assert train.cache_limit == 64 and cached["test"].cache_limit == 0  # training split only
+    opened.clear()
+    [plain["train"][i] for i in range(3)], [plain["train"][i] for i in range(3)]
+    assert len(opened) == 6, "off by default"
+
+
+def test_cache_images_must_be_a_size(tmp_path):
+    from lavis_ext.errors import InputError
+
+    raw, out = prepared(tmp_path, "rafau", n=8)
+    cfg = config("rafau_caption", raw, out, cache_images="lots")
+    with pytest.raises(InputError, match=r"datasets.rafau_caption.cache_images must be a size in MB"):
+        registry.get_builder_class("rafau_caption")(cfg).build_datasets()
