@@ -272,55 +272,25 @@ def load_llm_weights(folder: str | os.PathLike, dtype: torch.dtype) -> torch.nn.
 
     config = OPTConfig.from_pretrained(str(folder))
     files = weight_files(folder)
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device("meta"):
-            model = ExpBlipOPTForCausalLM(config)
-    finally:
-        torch.set_default_dtype(default)
+    with torch.device("meta"):  # no memory, no initialisers run; the dtype set per tensor
+        model = ExpBlipOPTForCausalLM(config).to(dtype)
     return _fill_weights(model.to_empty(device="cpu"), folder, files)
-
-
-_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "ones_", "zeros_",
-                   "eye_", "dirac_", "xavier_uniform_", "xavier_normal_", "kaiming_uniform_",
-                   "kaiming_normal_", "orthogonal_", "sparse_")
 
 
 def load_causal_lm_weights(folder: str | os.PathLike, dtype: torch.dtype,
                            config: Any = None) -> torch.nn.Module:
-    """Any ``AutoModelForCausalLM`` from a local folder, like ``load_llm_weights``: built once in
-    ``dtype`` with every weight initialiser switched off (torch's and transformers'), then
-    filled from the memory-mapped weight files tensor by tensor.
-
-    Built on the CPU rather than on the meta device: these models compute buffers in their
-    constructors (the rotary frequencies) that are not in the weight files. The model's
-    generation_config.json is not applied: ExpBlip passes every generation control itself.
+    """Any ``AutoModelForCausalLM`` from a local folder (current stack), through transformers'
+    own loader: the parameters are created on the meta device with the initialisers off (its
+    ``no_init_weights`` / ``init_empty_weights``; buffers such as the rotary frequencies are
+    computed as usual), then filled from the memory-mapped weight files in ``dtype``, so the
+    peak is about the model's own size and this module changes no process-global state.
     """
-    from transformers import AutoModelForCausalLM, PreTrainedModel
+    from transformers import AutoModelForCausalLM
 
     config = config if config is not None else _folder_config(folder)
-    files = weight_files(folder)
-    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS
-             if hasattr(torch.nn.init, name)}
-    saved_init_weights = PreTrainedModel.init_weights
-    default = torch.get_default_dtype()
-
-    def keep(tensor: torch.Tensor, *_: Any, **__: Any) -> torch.Tensor:
-        return tensor
-
-    try:
-        for name in saved:
-            setattr(torch.nn.init, name, keep)
-        PreTrainedModel.init_weights = lambda self: None
-        torch.set_default_dtype(dtype)
-        model = AutoModelForCausalLM.from_config(config, **{_dtype_kwarg(): dtype})
-    finally:
-        torch.set_default_dtype(default)
-        PreTrainedModel.init_weights = saved_init_weights
-        for name, function in saved.items():
-            setattr(torch.nn.init, name, function)
-    return _fill_weights(model, folder, files)
+    weight_files(folder)  # no weights: the plugin's error naming the folder, before transformers'
+    return AutoModelForCausalLM.from_pretrained(str(folder), config=config,
+                                                **{_dtype_kwarg(): dtype})
 
 
 def _tensors(file: Path) -> Any:
