@@ -51,9 +51,8 @@ def run_demo(source: Path, work: Path, seed: int, python: str) -> dict:
     found = FINISHED.search(done.stdout)
     lines = done.stdout.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("Learning check")), None)
-    summary = [line.strip() for line in lines[start + 1:] if line.startswith("  ")] \
-        if start is not None else []
-    summary = summary[:summary.index("")] if "" in summary else summary
+    summary = [line.strip() for line in lines[start + 1:]
+               if line.startswith("  ") and "AU F1" in line] if start is not None else []
     return {"source": str(source), "rc": done.returncode, "wall_s": round(wall, 1),
             "demo_s": int(found.group(1)) if found else None, "summary": summary,
             "tail": done.stdout[-1500:] + done.stderr[-1500:]}
