@@ -29,7 +29,7 @@ def adopt_plugin_opt(llm: Any) -> ExpBlipOPTForCausalLM:
         raise TypeError(f"expected LAVIS's OPTForCausalLM, got {type(llm).__name__}")
     llm.__class__ = ExpBlipOPTForCausalLM
     if getattr(llm, "generation_config", None) is None:
-        # current transformers gives a class that cannot generate no generation config
+        # current transformers gives no generation config to a class that could not generate
         from transformers import GenerationConfig
 
         llm.generation_config = GenerationConfig.from_model_config(llm.config)
@@ -38,9 +38,8 @@ def adopt_plugin_opt(llm: Any) -> ExpBlipOPTForCausalLM:
 
 @registry.register_model(ARCH)
 class ExpBlipBlip2OPT(Blip2OPT):
-    """LAVIS's ``blip2_opt`` (every model type of it), with the KV cache on every stack."""
-
-    PRETRAINED_MODEL_CONFIG_DICT = Blip2OPT.PRETRAINED_MODEL_CONFIG_DICT
+    """LAVIS's ``blip2_opt`` (every model type of it, inherited), with the KV cache on every
+    stack."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
