@@ -1,6 +1,7 @@
 """Load a trained captioner for inference: from a training checkpoint or a registered name.
 
-A LAVIS training checkpoint (``checkpoint_best.pth``) carries the run's config, so the model
+A LAVIS training checkpoint (stage 2's last, ``checkpoint_19.pth`` for the paper's 20 epochs;
+stage 2 has no validation split, so no ``checkpoint_best.pth`` is written) carries the run's config, so the model
 is rebuilt from it with nothing else to pass. Either way loading is strict: a checkpoint
 without the Q-Former, its queries or the LLM projection (or the image encoder, when no weight
 file supplies it) is refused with the key report, and unexpected keys are logged as warnings. A name such as ``exp_blip:tiny`` (or
