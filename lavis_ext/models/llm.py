@@ -395,6 +395,28 @@ def _random_llm_tokenizer(config: Any, tiny_lm: dict[str, Any] | None) -> Any:
     return cover_vocabulary(tokenizer, config.vocab_size)
 
 
+def random_opt(config: Any, dtype: torch.dtype) -> torch.nn.Module:
+    """The plugin's OPT with freshly initialised weights, allocated once, in ``dtype``.
+
+    Built on the meta device and materialised in ``dtype`` so that OPT-6.7B never exists in
+    float32 (27 GB on a 24 GB machine) and no process-wide default dtype is changed: each
+    module's own ``reset_parameters`` (LayerNorm ones and zeros), then OPT's ``_init_weights``
+    (normal, std ``init_std``), as construction would have done.
+    """
+    from lavis_ext.models.opt import ExpBlipOPTForCausalLM as OPTForCausalLM
+
+    with torch.device("meta"):
+        model = OPTForCausalLM(config)
+    model = model.to(dtype).to_empty(device="cpu")
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        model.apply(model._init_weights)
+    model.tie_weights()
+    return model
+
+
 def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None = None,
              config: Any = None) -> tuple[Any, torch.nn.Module]:
     """Return (tokenizer, model): the plugin's OPT (LAVIS's class, which accepts
@@ -410,13 +432,7 @@ def load_llm(opt_model: str, dtype: torch.dtype, tiny_lm: dict[str, Any] | None 
     if opt_model.startswith("random:"):
         config = config or llm_config(opt_model, tiny_lm)
         tokenizer = _random_llm_tokenizer(config, tiny_lm)
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
-            model = OPTForCausalLM(config)
-        finally:
-            torch.set_default_dtype(default)
-        return tokenizer, model
+        return tokenizer, random_opt(config, dtype)
     config = config or llm_config(opt_model, tiny_lm)
     if opt_model == "tiny":
         source = str(tiny_lm_dir(**(tiny_lm or {})))
