@@ -16,6 +16,8 @@ CONFIGS = sorted(p for e in EXPERIMENTS for p in (PROJECTS / e).glob("stage*.yam
 # Stage 2 with LLMs other than OPT (model.llm_model): the tiny CPU one and two for real users.
 LLM_VARIANTS = {"stage2_tiny_qwen2.yaml": "tiny", "stage2_qwen2.5-1.5b.yaml": "Qwen/Qwen2.5-1.5B",
                 "stage2_llama3.2-1b.yaml": "meta-llama/Llama-3.2-1B"}
+# AU-BLIP's Table 2 row with ViT-G and OPT-2.7B (stage 1 is the ViT-G one: it has no LLM).
+AU_BLIP_VITG_OPT27 = "stage2_vitg_opt2.7b.yaml"
 
 
 def _current_stack() -> bool:
@@ -34,10 +36,11 @@ def _model_cfg(cfg):
 
 
 def test_every_experiment_has_all_variants():
-    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS)
+    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS) + 1
     for experiment in EXPERIMENTS:
         names = {p.name for p in (PROJECTS / experiment).glob("*.yaml")}
         extra = set(LLM_VARIANTS) if experiment == "exp_blip" else set()
+        extra |= {AU_BLIP_VITG_OPT27} if experiment == "au_blip" else set()
         assert names == {f"stage{s}{v}.yaml" for s in (1, 2) for v in ("", "_vitb", "_tiny")
                          } | extra
 
@@ -205,3 +208,19 @@ def test_tiny_configs_train_one_step_and_generate(experiment, tmp_path):
             model.eval()
             captions = model.generate({"image": images}, num_beams=2, max_length=15)
             assert len(captions) == 2 and all(isinstance(c, str) for c in captions)
+
+
+def test_au_blip_vitg_opt27_is_the_vitg_run_with_the_smaller_llm():
+    """Table 2's AU-BLIP (ViT-G, OPT-2.7B): stage2.yaml with only the LLM and its output changed."""
+    variant = OmegaConf.to_container(OmegaConf.load(PROJECTS / "au_blip" / AU_BLIP_VITG_OPT27))
+    base = OmegaConf.to_container(OmegaConf.load(PROJECTS / "au_blip" / "stage2.yaml"))
+    assert variant["model"].pop("model_type") == "vitg_opt2.7b"
+    assert variant["model"].pop("opt_model") == "facebook/opt-2.7b"
+    assert variant["run"].pop("output_dir") == "output/au_blip/stage2_vitg_opt2.7b"
+    for key in ("model_type", "opt_model"):
+        base["model"].pop(key)
+    base["run"].pop("output_dir")
+    assert variant == base
+    cls, model_cfg = _model_cfg(OmegaConf.load(PROJECTS / "au_blip" / AU_BLIP_VITG_OPT27))
+    assert model_cfg.vit_model == "eva_clip_g" and model_cfg.pretrained == "output/au_blip/stage1"
+

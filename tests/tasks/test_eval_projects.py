@@ -17,7 +17,7 @@ from lavis_ext.captions import rules
 from lavis_ext.data.records import add_captions, new_record, save_records
 
 PROJECTS = Path(__file__).resolve().parents[2] / "projects" / "eval"
-MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip",
+MODELS = ("au_blip", "au_blip_vitg_opt2.7b", "emot_blip", "exp_blip", "mix_blip", "cat_blip",
           "blip2_pretrained", "blip2_coco")
 # the two BLIP-2 rows: LAVIS's blip2_opt as released (model type, released weights, image size)
 BLIP2 = {"blip2_pretrained": ("pretrain_opt6.7b", "blip2_pretrained_opt6.7b.pth", 224),
