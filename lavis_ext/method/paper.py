@@ -3,8 +3,9 @@ datasets, resumable, with every input checked before any work starts.
 
 The steps are ``lavis_ext.method.recipe.method_steps`` (the same table the demo runs):
 caption synthesis, AU-BLIP and Emot-BLIP, pseudo captions, LLM fusion, Exp-BLIP, the Mix-BLIP
-and Cat-BLIP baselines (``baselines: true``), evaluation. A finished step is skipped on a
-rerun; a crashed training run resumes from its newest checkpoint; LLM answers are cached in
+and Cat-BLIP baselines (``baselines: true``), evaluation, and the Tables 3-4 probes
+(``probes:``). A finished step is skipped on a rerun; a crashed training run resumes from its
+newest checkpoint; LLM answers are cached in
 ``<workdir>/llm_cache.sqlite``.
 
 Before any step, a preflight checks what the steps still to run need (prepared records,
@@ -19,9 +20,9 @@ import argparse
 import json
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlparse
 
 from lavis_ext.errors import InputError
@@ -32,6 +33,20 @@ from lavis_ext.method.recipe import SPLITS, MethodStep, Source, captions_path, m
 MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
 DEFAULT_MIN_FREE_GB = 100.0
 MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One representation probe (a ``projects/probe`` config) run after training; ``model``
+    names the captioner whose stage-2 checkpoint it loads (None: the released encoder)."""
+
+    config: Path
+    model: str | None
+    options: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return f"probe-{self.config.stem}"
 
 
 @dataclass
@@ -50,6 +65,7 @@ class PipelineConfig:
     baselines: bool
     pseudo: dict[str, Any]
     min_free_gb: float
+    probes: list[Probe] = field(default_factory=list)
 
     def sources(self, group: str) -> dict[str, Source]:
         return {"au": self.au, "emotion": self.emotion}.get(group, {**self.au, **self.emotion})
@@ -116,12 +132,53 @@ def load_config(path: str | os.PathLike, problems: list[str]) -> PipelineConfig 
     if not isinstance(llm, dict):
         problems.append(f"{where('llm')}: expected a mapping of LLM client options")
         llm = {}
+    probes = _probes(cfg.get("probes"), wanted, root, where, problems)
     return PipelineConfig(
         path=file, workdir=resolve_path(cfg.get("workdir") or "runs/paper", root), au=au,
         emotion=emotion, models=models, llm=llm, concurrency=numbers["concurrency"],
         nproc=max(1, numbers["nproc_per_node"]), device=str(cfg.get("device", "cuda")),
         baselines=baselines, pseudo=dict(cfg.get("pseudo_caption") or {}),
-        min_free_gb=numbers["min_free_disk_gb"])
+        min_free_gb=numbers["min_free_disk_gb"], probes=probes)
+
+
+def _probes(entries: Any, trained: set[str | None], root: Path, where: Callable[[str], str],
+            problems: list[str]) -> list[Probe]:
+    """``pipeline.probes``: a list of {config, model, options}; every bad entry is reported."""
+    if entries is None:
+        return []
+    if not isinstance(entries, list):
+        problems.append(f"{where('probes')}: expected a list of {{config, model, options}}")
+        return []
+    found: list[Probe] = []
+    for i, entry in enumerate(entries):
+        key = f"probes[{i}]"
+        if not isinstance(entry, dict) or not entry.get("config"):
+            problems.append(f"{where(key)}: needs 'config' (a probe config, e.g. "
+                            "projects/probe/table3_bp4d_qformer_au.yaml)")
+            continue
+        unknown = sorted(set(entry) - {"config", "model", "options"})
+        if unknown:
+            problems.append(f"{where(key)}: unknown keys {unknown}; expected config, model, "
+                            "options")
+        config = resolve_path(entry["config"], root)
+        if not config.is_file():
+            problems.append(f"{where(key + '.config')}: file not found: {config}")
+        model = entry.get("model")
+        if model is not None and model not in trained:
+            problems.append(f"{where(key + '.model')}: {model!r} is not a model this pipeline "
+                            f"trains; expected one of {sorted(m for m in trained if m)} or no "
+                            "model (a probe of the released encoder)")
+        options = entry.get("options") or []
+        if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
+            problems.append(f"{where(key + '.options')}: expected a list of key=value strings")
+            options = []
+        probe = Probe(config, model, tuple(options))
+        if probe.name in {p.name for p in found}:
+            problems.append(f"{where(key)}: a second probe of {config.name}; each config runs "
+                            "once (its results go to runs/probe/<config name>)")
+            continue
+        found.append(probe)
+    return found
 
 
 def marker(cfg: PipelineConfig, step: MethodStep) -> Path:
@@ -130,7 +187,8 @@ def marker(cfg: PipelineConfig, step: MethodStep) -> Path:
 
 def plan(cfg: PipelineConfig) -> list[tuple[MethodStep, bool]]:
     """Every step with whether an earlier run finished it."""
-    return [(step, marker(cfg, step).exists()) for step in method_steps(cfg.baselines)]
+    return [(step, marker(cfg, step).exists())
+            for step in method_steps(cfg.baselines, bool(cfg.probes))]
 
 
 # --- Preflight -----------------------------------------------------------------------------
@@ -261,6 +319,23 @@ def _check_models(cfg: PipelineConfig, todo: list[MethodStep], problems: list[st
             _check_weights(model, found, notes)
             for problem in found:
                 weights.setdefault(problem, []).append(f"{step.model} stage {stage}")
+    for step in todo:
+        if step.action != "probe":
+            continue
+        for probe in cfg.probes:
+            if not probe.config.is_file():
+                continue  # reported by load_config
+            try:
+                model = _model_config(probe.config)
+            except Exception as err:  # noqa: BLE001
+                problems.append(f"{probe.config}: not a readable YAML file ({err})")
+                continue
+            if probe.model:  # the captioner's checkpoint holds the encoder it probes
+                model["vit_weights_optional"] = True
+            found = []
+            _check_weights(model, found, notes)
+            for problem in found:
+                weights.setdefault(problem, []).append(probe.name)
     problems += [f"{problem} (needed by {', '.join(users)})" for problem, users in weights.items()]
 
 
@@ -438,9 +513,23 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
                 overrides, nproc=cfg.nproc, action="evaluate")
         steps.run(step.name, lambda: "all models evaluated")
 
-    method.run_method(method_steps(cfg.baselines), {
+    def probe_step(step: MethodStep) -> None:
+        for probe in cfg.probes:
+            # every probe's row in one table under the workdir; the entry's options last
+            overrides = [f"run.output_dir={work / 'runs' / 'probe' / probe.config.stem}",
+                         f"run.probe.table_dir={work / 'runs' / 'probe' / 'tables'}",
+                         f"run.probe.cache_dir={work / 'runs' / 'probe' / 'features'}"]
+            if probe.model:
+                overrides += ["model.load_finetuned=True",
+                              f"model.finetuned={checkpoints[probe.model]}"]
+            overrides += probe.options
+            results[probe.name] = steps.run(probe.name, train_stage, probe.config, overrides,
+                                            nproc=cfg.nproc)
+        steps.run(step.name, lambda: "all probes trained and tested")
+
+    method.run_method(method_steps(cfg.baselines, bool(cfg.probes)), {
         "synthesize": synthesize_step, "train": train_step, "pseudo": pseudo_step,
-        "evaluate": evaluate_step}, until=until)
+        "evaluate": evaluate_step, "probe": probe_step}, until=until)
     return {"checkpoints": checkpoints, "results": results, "timings": steps.timings}
 
 
@@ -451,7 +540,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true",
                         help="only check every input and print the plan (done / left, LLM "
                              "calls and cost); start nothing")
-    parser.add_argument("--until", choices=[s.name for s in method_steps(True)],
+    parser.add_argument("--until", choices=[s.name for s in method_steps(True, True)],
                         help="stop after this step")
     add_no_progress(parser)
 

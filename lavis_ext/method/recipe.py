@@ -40,7 +40,7 @@ class MethodStep:
     """
 
     name: str
-    action: str  # synthesize | train | pseudo | evaluate
+    action: str  # synthesize | train | pseudo | evaluate | probe
     group: str  # au | emotion | all: the datasets it works on
     model: str | None = None
     kinds: dict[str, tuple[str, ...]] = field(default_factory=dict)  # group -> kinds
@@ -48,11 +48,12 @@ class MethodStep:
     llm: bool = False
 
 
-def method_steps(baselines: bool = False) -> list[MethodStep]:
+def method_steps(baselines: bool = False, probes: bool = False) -> list[MethodStep]:
     """The method in order (paper §3): caption synthesis, AU-BLIP and Emot-BLIP, pseudo
     captions for the missing aspect, LLM fusion, Exp-BLIP, evaluation. ``baselines`` adds the
     paper's Mix-BLIP (rule AU captions and emotion captions, each dataset its own) and Cat-BLIP
-    (the two concatenated, no LLM; §4.3) to the models trained."""
+    (the two concatenated, no LLM; §4.3) to the models trained; ``probes`` ends with the
+    representation probes of Tables 3-4 (§4.4) on the trained captioners' checkpoints."""
     steps = [
         MethodStep("synthesize", "synthesize", "all", llm=True,
                    kinds={"au": ("au-rule", "au-llm"), "emotion": ("emotion-rule",)}),
@@ -77,6 +78,8 @@ def method_steps(baselines: bool = False) -> list[MethodStep]:
         ]
     trained = tuple(s.model for s in steps if s.action == "train")
     steps.append(MethodStep("evaluate", "evaluate", "all", uses=trained))  # type: ignore[arg-type]
+    if probes:
+        steps.append(MethodStep("probe", "probe", "all", uses=trained))  # type: ignore[arg-type]
     return steps
 
 

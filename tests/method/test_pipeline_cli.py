@@ -51,7 +51,26 @@ def _gpus():
     return torch.cuda.device_count()
 
 
-def _config(tmp_path, server_url, n_images=12):
+def _tiny_probe(tmp_path) -> Path:
+    """Table 3's AffectNet QFormer(Exp) probe config on the tiny model and the test's faces."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(REPO / "projects" / "probe" / "table3_affectnet_qformer_exp.yaml")
+    cfg.model = {"arch": cfg.model.arch, "model_type": "tiny", "load_finetuned": True}
+    data = cfg.datasets.affectnet_emotion
+    for split in ("train", "test"):
+        data.build_info.annotations[split].storage = str(tmp_path / "prepared" / "affectnet" /
+                                                         f"{split}.json")
+    data.build_info.images.storage = str(tmp_path / "data" / "affectnet")
+    data.vis_processor.train.image_size = data.vis_processor.eval.image_size = 112
+    cfg.run.merge_with({"max_epoch": 2, "batch_size_train": 16, "batch_size_eval": 16,
+                        "num_workers": 0, "device": "cpu", "amp": False, "distributed": False})
+    path = tmp_path / "probe_affectnet_qformer_exp.yaml"
+    path.write_text(OmegaConf.to_yaml(cfg))
+    return path
+
+
+def _config(tmp_path, server_url, n_images=12, probes=()):
     """A pipeline config beside its data, with paths relative to its own folder."""
     from lavis_ext.data.prepare import prepare_dataset
     from lavis_ext.data.synthetic.writers import make_synthetic
@@ -70,7 +89,8 @@ def _config(tmp_path, server_url, n_images=12):
         "llm": {"model": "gpt-4o-mini", "base_url": server_url}, "concurrency": 4,
         "models": {m: {"stage1": str(REPO / "projects" / m / "stage1_tiny.yaml"),
                        "stage2": str(REPO / "projects" / m / "stage2_tiny.yaml")}
-                   for m in ("au_blip", "emot_blip", "exp_blip")}}}))
+                   for m in ("au_blip", "emot_blip", "exp_blip")},
+        **({"probes": list(probes)} if probes else {})}}))
     return config
 
 
@@ -186,6 +206,39 @@ def test_preflight_names_the_local_llm_folder_the_config_chose(tmp_path):
     assert problems == []
 
 
+def test_probe_entries_are_checked_with_the_others(tmp_path):
+    """pipeline.probes: each bad entry is one problem naming its key; good ones load."""
+    from lavis_ext.method.paper import load_config, plan
+
+    config = _config(tmp_path, "http://127.0.0.1:9", probes=[
+        {"config": str(REPO / "projects" / "probe" / "table3_bp4d_qformer_au.yaml"),
+         "model": "au_blip", "options": ["run.max_epoch=1"]},
+        {"config": str(REPO / "projects" / "probe" / "table3_bp4d_vitg.yaml")},
+        {"config": "missing.yaml"},
+        {"config": str(REPO / "projects" / "probe" / "table4_rafau_vitg.yaml"),
+         "model": "mix_blip"},
+        {"model": "au_blip"},
+        {"config": str(REPO / "projects" / "probe" / "table3_bp4d_vitg.yaml"), "epochs": 3},
+    ])
+    problems = []
+    cfg = load_config(config, problems)
+    where = f"{config}: pipeline.probes"
+    assert problems == [
+        f"{where}[2].config: file not found: {tmp_path / 'missing.yaml'}",
+        f"{where}[3].model: 'mix_blip' is not a model this pipeline trains; expected one of "
+        "['au_blip', 'emot_blip', 'exp_blip'] or no model (a probe of the released encoder)",
+        f"{where}[4]: needs 'config' (a probe config, e.g. "
+        "projects/probe/table3_bp4d_qformer_au.yaml)",
+        f"{where}[5]: unknown keys ['epochs']; expected config, model, options",
+        f"{where}[5]: a second probe of table3_bp4d_vitg.yaml; each config runs once (its "
+        "results go to runs/probe/<config name>)",
+    ]
+    assert [(p.name, p.model, p.options) for p in cfg.probes][:2] == [
+        ("probe-table3_bp4d_qformer_au", "au_blip", ("run.max_epoch=1",)),
+        ("probe-table3_bp4d_vitg", None, ())]
+    assert [step.name for step, _ in plan(cfg)][-2:] == ["evaluate", "probe"]
+
+
 def _newest(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.exists() else []
 
@@ -194,14 +247,16 @@ def _newest(folder: Path, pattern: str) -> list[Path]:
 @pytest.mark.timeout(1200)  # under 1 min on 2 idle cores; minutes on a loaded machine
 def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     """Every step of the shared table on tiny models and synthetic faces: synthesize, AU-BLIP
-    and Emot-BLIP (stage 1 + 2), pseudo captions, fuse, concat, Exp-BLIP, evaluate. The
-    process is killed in the middle of Exp-BLIP's stage 2 (after its first checkpoint); the
+    and Emot-BLIP (stage 1 + 2), pseudo captions, fuse, concat, Exp-BLIP, evaluate, and a
+    Q-Former probe (Table 3's AffectNet row) on Exp-BLIP's stage-2 run. The process is killed in the middle of Exp-BLIP's stage 2 (after its first checkpoint); the
     rerun resumes from that checkpoint and loses at most one checkpoint interval."""
     from support.llm_server import FaultyLLMServer
 
     with FaultyLLMServer() as server:
         # 48 faces each: every training split holds more than one batch of the tiny configs
-        config = _config(tmp_path, server.base_url, n_images=48)
+        probe = {"config": "probe_affectnet_qformer_exp.yaml", "model": "exp_blip"}
+        config = _config(tmp_path, server.base_url, n_images=48, probes=[probe])
+        _tiny_probe(tmp_path)
         stage2 = tmp_path / "work" / "runs" / "exp_blip" / "stage2"
         command = [sys.executable, "-m", "lavis_ext.cli", "pipeline", "--config", str(config),
                    "--no-progress"]
@@ -223,7 +278,7 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
         second = _expblip("pipeline", "--config", str(config), "--no-progress", cwd=tmp_path)
         assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     out = second.stdout
-    for step in method_steps(baselines=False):
+    for step in method_steps(baselines=False, probes=True):
         assert f"{step.name}" in out, step.name
     for done in ("synthesize", "train-au-blip", "train-emot-blip", "pseudo-au",
                  "pseudo-emotion", "fuse", "concat"):
@@ -247,3 +302,11 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     for model in ("au_blip", "emot_blip", "exp_blip"):
         results = _newest(tmp_path / "work" / "runs" / model / "evaluate", "**/*.json")
         assert results, f"{model}: no evaluation written"
+    # the probe loaded Exp-BLIP's stage-2 run (its newest checkpoint: the last epoch's)
+    probe_log = "\n".join(p.read_text() for p in
+                          _newest(tmp_path / "work" / "runs" / "probe", "**/log.txt"))
+    assert probe_log, "the probe step wrote no run"
+    tables = _newest(tmp_path / "work" / "runs" / "probe" / "tables", "*.md")
+    assert tables and "QFormer(Exp)" in tables[0].read_text(), tables
+    assert (tmp_path / "work" / ".steps" / "probe.json").exists()
+
