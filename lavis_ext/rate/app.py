@@ -18,6 +18,7 @@ from lavis_ext.rate.page import PAGE
 from lavis_ext.rate.store import RatingRefused, RatingStore
 
 FIELDS = ("rater", "item", "caption", "correctness", "complete")
+PICKS = ("most", "least", None)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -48,9 +49,10 @@ def parse_rating(body: bytes) -> dict[str, Any]:
     if isinstance(score, bool) or not isinstance(score, int) or not 1 <= score <= 10:
         raise RatingRefused(422, f"correctness: expected a whole number from 1 to 10, got "
                                  f"{score!r:.60}")
-    if not isinstance(data["complete"], bool):
-        raise RatingRefused(422, f"complete: expected true or false (is this the most complete "
-                                 f"caption of the item?), got {data['complete']!r:.60}")
+    if data["complete"] not in PICKS:
+        raise RatingRefused(422, f"complete: expected \"most\", \"least\" or null (is this "
+                                 f"the item's most or least complete caption?), got "
+                                 f"{data['complete']!r:.60}")
     return data
 
 

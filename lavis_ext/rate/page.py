@@ -2,8 +2,9 @@
 
 Plain HTML and JavaScript, no external files (the kit may run offline). The rater's name is
 kept in the browser (``localStorage``) so a reload resumes; the server keeps the progress.
-Each caption gets a correctness score (1-10) and one caption per face is picked as the most
-complete; "Save and next" posts one rating per caption to ``/api/ratings``. Text from the
+Each caption gets a correctness score (1-10); one caption per face is picked as the most
+complete and, with three or more captions, one as the least complete (the paper's protocol);
+"Save and next" posts one rating per caption to ``/api/ratings``. Text from the
 server is inserted with ``textContent`` only.
 """
 
@@ -38,7 +39,7 @@ PAGE = """<!doctype html>
   <div id="work">
     <img id="face" alt="the face to describe">
     <p class="help">Score each description for correctness (1 = wrong, 10 = fully correct),
-      and pick the one that describes the face most completely.</p>
+      and pick the one that describes the face most completely, and the least completely.</p>
     <ol id="captions"></ol>
     <button id="save" type="button">Save and next</button>
   </div>
@@ -77,12 +78,15 @@ function showItem(answer) {
     score.append(new Option("correctness...", ""));
     for (let v = 1; v <= 10; v++) score.append(new Option(String(v), String(v)));
     if (c.correctness !== null) score.value = String(c.correctness);
-    const pick = document.createElement("input");
-    pick.type = "radio"; pick.name = "complete"; pick.className = "complete";
-    pick.checked = c.complete === true;
-    const label = document.createElement("label");
-    label.append(pick, " most complete");
-    li.append(text, score, " ", label);
+    li.append(text, score);
+    ["most", "least"].forEach(kind => {
+      const pick = document.createElement("input");
+      pick.type = "radio"; pick.name = kind; pick.className = kind;
+      pick.checked = c.complete === kind;
+      const label = document.createElement("label");
+      label.append(pick, " " + kind + " complete");
+      li.append(" ", label);
+    });
     list.append(li);
   });
 }
@@ -105,13 +109,19 @@ async function save() {
   if (rows.some(li => !li.querySelector(".score").value)) {
     say("Give every description a correctness score.", true); return;
   }
-  if (!rows.some(li => li.querySelector(".complete").checked)) {
-    say("Pick the most complete description.", true); return;
+  const picked = kind => rows.findIndex(li => li.querySelector("." + kind).checked);
+  if (picked("most") < 0) { say("Pick the most complete description.", true); return; }
+  if (rows.length > 2 && picked("least") < 0) {
+    say("Pick the least complete description.", true); return;
+  }
+  if (picked("most") === picked("least")) {
+    say("The most and the least complete must be different descriptions.", true); return;
   }
   for (const li of rows) {
+    const kind = li.querySelector(".most").checked ? "most" :
+                 li.querySelector(".least").checked ? "least" : null;
     const rating = {rater: rater, item: current.item, caption: li.dataset.caption,
-                    correctness: Number(li.querySelector(".score").value),
-                    complete: li.querySelector(".complete").checked};
+                    correctness: Number(li.querySelector(".score").value), complete: kind};
     let reply, body;
     try {
       reply = await fetch("api/ratings", {method: "POST", body: JSON.stringify(rating),

@@ -2,7 +2,9 @@
 
 WAL journal with ``synchronous=FULL``, one connection and one transaction per request: a
 rating is on disk before its request is answered, so killing the server (``kill -9``) or the
-machine loses nothing that a rater was told was saved. One row per rater, item and model.
+machine loses nothing that a rater was told was saved. One row per rater, item and model:
+its correctness (1-10) and whether the rater picked that caption as the item's most or least
+complete (the paper's protocol), or neither.
 
 Blinding: items and captions are known to raters only by random ids made when the kit is
 built; the model behind a caption id is never sent. Each rater gets their own order of items
@@ -37,7 +39,7 @@ CREATE TABLE captions (caption TEXT PRIMARY KEY,
 CREATE TABLE ratings (rater TEXT NOT NULL, item TEXT NOT NULL REFERENCES items(item),
                       model TEXT NOT NULL REFERENCES models(model),
                       correctness INTEGER NOT NULL CHECK (correctness BETWEEN 1 AND 10),
-                      complete INTEGER NOT NULL CHECK (complete IN (0, 1)),
+                      complete TEXT CHECK (complete IN ('most', 'least')),
                       updated REAL NOT NULL, PRIMARY KEY (rater, item, model));
 """
 MAX_RATER_NAME = 80
@@ -57,7 +59,7 @@ class Rating:
     item: str
     model: str
     correctness: int
-    complete: bool
+    complete: str | None   # "most", "least" or None
 
 
 def fingerprint(parts: Sequence[bytes]) -> str:
@@ -178,20 +180,21 @@ class RatingStore:
         return {**progress, "item": {
             "item": pending, "image": f"/api/images/{pending}",
             "captions": [{"caption": cid, "text": text, "correctness": score,
-                          "complete": None if complete is None else bool(complete)}
+                          "complete": complete}
                          for cid, text, score, complete in rows]}}
 
     def ratings(self) -> list[Rating]:
         with self.connect() as conn:
             rows = conn.execute("SELECT rater, item, model, correctness, complete FROM ratings "
                                 "ORDER BY rater, item, model").fetchall()
-        return [Rating(r, i, m, c, bool(k)) for r, i, m, c, k in rows]
+        return [Rating(r, i, m, c, k) for r, i, m, c, k in rows]
 
     # -- writing -----------------------------------------------------------------------------
     def rate(self, rater: str, item: str, caption: str, correctness: int,
-             complete: bool) -> dict[str, Any]:
-        """Store (or replace) one rating in its own committed transaction. Marking a caption
-        the most complete unmarks the rater's other captions of that item: one pick per item."""
+             complete: str | None) -> dict[str, Any]:
+        """Store (or replace) one rating in its own committed transaction. Picking a caption
+        as the most (or least) complete unpicks the rater's other caption of that item with
+        the same label: one most and one least complete per rater and item."""
         rater = check_rater(rater)
         with self.transaction() as conn:
             if conn.execute("SELECT 1 FROM items WHERE item=?", (item,)).fetchone() is None:
@@ -201,14 +204,14 @@ class RatingStore:
             if row is None:
                 raise RatingRefused(422, f"caption {caption!r} is not a caption of item "
                                          f"{item!r}")
-            if complete:
-                conn.execute("UPDATE ratings SET complete=0 WHERE rater=? AND item=?",
-                             (rater, item))
+            if complete is not None:
+                conn.execute("UPDATE ratings SET complete=NULL WHERE rater=? AND item=? AND "
+                             "complete=?", (rater, item, complete))
             conn.execute(
                 "INSERT INTO ratings VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (rater, item, model) "
                 "DO UPDATE SET correctness=excluded.correctness, complete=excluded.complete, "
                 "updated=excluded.updated",
-                (rater, item, row[0], correctness, int(complete), time.time()))
+                (rater, item, row[0], correctness, complete, time.time()))
         return {"saved": True, "rater": rater, "item": item, "caption": caption}
 
     def counts(self) -> dict[str, int]:

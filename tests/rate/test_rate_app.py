@@ -28,7 +28,7 @@ def rate_item(client, rater, answer, scores, pick):
     for caption, score in zip(answer["item"]["captions"], scores):
         reply = client.post("/api/ratings", json={
             "rater": rater, "item": answer["item"]["item"], "caption": caption["caption"],
-            "correctness": score, "complete": caption["caption"] == pick})
+            "correctness": score, "complete": "most" if caption["caption"] == pick else None})
         assert reply.status_code == 200, reply.json()
 
 
@@ -68,30 +68,39 @@ def test_progress_is_kept_and_a_half_rated_item_resumes(client, store):
     one = second["item"]["captions"][0]
     reply = client.post("/api/ratings", json={"rater": "ana", "item": second["item"]["item"],
                                               "caption": one["caption"], "correctness": 9,
-                                              "complete": False})
+                                              "complete": "least"})
     assert reply.json() == {"saved": True, "rater": "ana", "item": second["item"]["item"],
                             "caption": one["caption"]}
     again = client.get("/api/next?rater=ana").json()
     assert again["done"] == 1 and again["item"]["item"] == second["item"]["item"]
-    assert [(c["caption"], c["correctness"]) for c in again["item"]["captions"]] == [
-        (one["caption"], 9), (second["item"]["captions"][1]["caption"], None)]
+    assert [(c["caption"], c["correctness"], c["complete"])
+            for c in again["item"]["captions"]] == [
+        (one["caption"], 9, "least"), (second["item"]["captions"][1]["caption"], None, None)]
     # Another rater starts from nothing.
     assert client.get("/api/next?rater=bea").json()["done"] == 0
     assert client.get("/health").json() == {"status": "ok", "items": 12, "models": 2,
                                             "raters": 1, "ratings": 3}
 
 
-def test_one_row_per_rater_item_model_and_one_most_complete_pick(client, store):
+def test_one_row_per_rater_item_model_and_one_pick_of_each_kind(client, store):
     answer = client.get("/api/next?rater=ana").json()
     a, b = (c["caption"] for c in answer["item"]["captions"])
     rate_item(client, "ana", answer, [5, 6], a)
     rate_item(client, "ana", answer, [8, 6], b)   # changed their mind
     rows = sqlite3.connect(store.path).execute(
         "SELECT model, correctness, complete FROM ratings ORDER BY model").fetchall()
-    assert len(rows) == 2 and sum(complete for _, _, complete in rows) == 1
-    (picked,) = [r for r in store.ratings() if r.complete]
+    assert len(rows) == 2 and [r.complete for r in store.ratings()].count("most") == 1
+    (picked,) = [r for r in store.ratings() if r.complete == "most"]
     assert picked.correctness == 6  # b's row: the later pick replaced the first one
     assert {r.correctness for r in store.ratings()} == {8, 6}
+    # Picking a as most complete alone takes the pick from b (one per rater and item).
+    item = answer["item"]["item"]
+    client.post("/api/ratings", json={"rater": "ana", "item": item, "caption": a,
+                                      "correctness": 8, "complete": "most"})
+    client.post("/api/ratings", json={"rater": "ana", "item": item, "caption": b,
+                                      "correctness": 6, "complete": "least"})
+    assert sorted((r.correctness, r.complete) for r in store.ratings()) == [
+        (6, "least"), (8, "most")]
 
 
 @pytest.mark.parametrize("body, status, words", [
@@ -102,7 +111,8 @@ def test_one_row_per_rater_item_model_and_one_most_complete_pick(client, store):
     ({"correctness": 11}, 422, "correctness: expected a whole number from 1 to 10"),
     ({"correctness": 7.5}, 422, "correctness: expected a whole number from 1 to 10"),
     ({"correctness": True}, 422, "correctness: expected a whole number from 1 to 10"),
-    ({"complete": "yes"}, 422, "complete: expected true or false"),
+    ({"complete": "yes"}, 422, 'complete: expected "most", "least" or null'),
+    ({"complete": True}, 422, 'complete: expected "most", "least" or null'),
     ({"rater": "  "}, 422, "rater: expected a non-empty name"),
     ({"rater": "x" * 81}, 422, "rater: expected at most 80"),
     ({"item": "i-nope"}, 422, "item 'i-nope' is not in this kit"),
@@ -112,7 +122,7 @@ def test_one_row_per_rater_item_model_and_one_most_complete_pick(client, store):
 def test_bad_ratings_are_refused_with_the_field_named(client, store, body, status, words):
     answer = client.get("/api/next?rater=ana").json()["item"]
     good = {"rater": "ana", "item": answer["item"], "caption": answer["captions"][0]["caption"],
-            "correctness": 5, "complete": True}
+            "correctness": 5, "complete": "most"}
     if isinstance(body, dict):
         body = {**good, **body}
         if "missing" in words:

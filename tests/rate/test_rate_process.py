@@ -10,6 +10,7 @@ import pytest
 from lavis_ext.cli import main
 from lavis_ext.serve.load import ServerProcess
 from support.chromium import Chromium, chromium_binary
+from support.rating_kit import write_kit
 
 
 def get(url):
@@ -41,12 +42,12 @@ def test_kill_9_loses_no_submitted_rating(kit_files, tmp_path, capsys):
             for caption, score in zip(item["captions"], (3, 8)):
                 post(server.url + "/api/ratings", {
                     "rater": "ana", "item": item["item"], "caption": caption["caption"],
-                    "correctness": score, "complete": score == 8})
+                    "correctness": score, "complete": "most" if score == 8 else "least"})
                 submitted.append((item["item"], caption["caption"], score))
         half = get(server.url + "/api/next?rater=ana")["item"]  # ana is on her 4th face
         post(server.url + "/api/ratings", {"rater": "ana", "item": half["item"],
                                            "caption": half["captions"][0]["caption"],
-                                           "correctness": 6, "complete": False})
+                                           "correctness": 6, "complete": None})
         submitted.append((half["item"], half["captions"][0]["caption"], 6))
         server.process.send_signal(signal.SIGKILL)
         assert server.process.wait(30) == -signal.SIGKILL
@@ -72,7 +73,8 @@ def test_kill_9_loses_no_submitted_rating(kit_files, tmp_path, capsys):
     capsys.readouterr()
     assert main(["rate", "--report", "--out", str(out)]) == 0
     report = capsys.readouterr().out
-    assert report.startswith("7 ratings by 1 raters on 4 of 12 items; 3 most-complete picks")
+    assert report.startswith("7 ratings by 1 raters on 4 of 12 items; 3 most- and 3 "
+                             "least-complete picks")
 
 
 def test_restart_with_other_inputs_is_refused(kit_files, tmp_path, capsys):
@@ -91,8 +93,9 @@ def test_restart_with_other_inputs_is_refused(kit_files, tmp_path, capsys):
     assert code == 2 and "holds a kit built from other" in err
 
 
-def test_two_raters_in_headless_chromium_rate_reload_and_resume(kit_files, tmp_path):
+def test_two_raters_in_headless_chromium_rate_reload_and_resume(tmp_path):
     binary = chromium_binary()
+    kit_files = write_kit(tmp_path / "kit", models=("mix", "cat", "exp"))
     out = tmp_path / "ratings.sqlite"
     server = ServerProcess([*kit_args(kit_files, out), "--sample", "4"],
                            log_path=str(tmp_path / "server.log"), command="rate")
@@ -115,12 +118,16 @@ def test_two_raters_in_headless_chromium_rate_reload_and_resume(kit_files, tmp_p
                              " && document.getElementById('face').naturalWidth === 48")
             seen[name] = browser.evaluate("document.querySelector('#captions li')"
                                           ".dataset.caption")
-            # Saving without a pick is refused on the page, nothing is posted.
+            # Saving without both picks is refused on the page, nothing is posted.
             browser.evaluate(f"document.querySelectorAll('.score').forEach(s => "
                              f"s.value = '{score}'); document.getElementById('save').click()")
             browser.wait_for("document.getElementById('status').textContent"
                              ".includes('Pick the most complete')")
-            browser.evaluate("document.querySelectorAll('.complete')[1].checked = true;"
+            browser.evaluate("document.querySelectorAll('.most')[1].checked = true;"
+                             "document.getElementById('save').click()")
+            browser.wait_for("document.getElementById('status').textContent"
+                             ".includes('Pick the least complete')")
+            browser.evaluate("document.querySelectorAll('.least')[2].checked = true;"
                              "document.getElementById('save').click()")
             browser.wait_for("document.getElementById('progress').textContent === "
                              "'1 of 4 faces rated'")
@@ -141,4 +148,6 @@ def test_two_raters_in_headless_chromium_rate_reload_and_resume(kit_files, tmp_p
     with sqlite3.connect(out) as conn:
         rows = conn.execute("SELECT rater, correctness, complete FROM ratings ORDER BY rater"
                             ).fetchall()
-    assert sorted(rows) == [("ana", 7, 0), ("ana", 7, 1), ("bea", 4, 0), ("bea", 4, 1)]
+    assert sorted(rows, key=str) == sorted([
+        ("ana", 7, None), ("ana", 7, "most"), ("ana", 7, "least"),
+        ("bea", 4, None), ("bea", 4, "most"), ("bea", 4, "least")], key=str)
