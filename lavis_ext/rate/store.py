@@ -116,9 +116,9 @@ class RatingStore:
         if self.exists():
             raise InputError(f"--out {self.path}: already holds a rating kit")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.connect() as conn:
-            conn.executescript("BEGIN;" + SCHEMA + "COMMIT;")
-        with self.transaction() as conn:
+        with self.transaction() as conn:  # tables and rows in one transaction: all or none
+            for statement in filter(str.strip, SCHEMA.split(";")):
+                conn.execute(statement)
             conn.executemany("INSERT INTO meta VALUES (?, ?)", [
                 ("source", source), ("seed", seed or secrets.token_hex(8)),
                 ("created", str(time.time()))])
