@@ -3,7 +3,8 @@
 ``GET /api/next?rater=NAME``, ``POST /api/ratings``, ``GET /api/images/{item}``, ``GET
 /health``; refusals answer ``{"error": message, "status": code}``: 400 (the body is not a JSON
 object), 404 (no such image), 422 (a field is missing or wrong; the message names it).
-The routes are plain functions, which FastAPI runs in its thread pool: SQLite calls block.
+SQLite calls block, so they run in the thread pool (plain ``def`` routes, or
+``run_in_threadpool`` where the body is read asynchronously).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from lavis_ext.rate.page import PAGE
 from lavis_ext.rate.store import RatingRefused, RatingStore
@@ -76,8 +78,6 @@ def create_app(store: RatingStore) -> FastAPI:
 
     @app.post("/api/ratings")
     async def rate(request: Request) -> JSONResponse:
-        from starlette.concurrency import run_in_threadpool
-
         try:
             data = parse_rating(await request.body())
             saved = await run_in_threadpool(store.rate, data["rater"], data["item"],

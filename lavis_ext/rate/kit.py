@@ -11,7 +11,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from lavis_ext.data.records import RecordError, image_file, load_records
 from lavis_ext.errors import InputError, UsageError

@@ -5,9 +5,8 @@ import signal
 import sqlite3
 import urllib.request
 
-import pytest
-
-from lavis_ext.cli import main
+from lavis_ext.cli import build_parser, main
+from lavis_ext.rate.cli import open_kit
 from lavis_ext.serve.load import ServerProcess
 from support.chromium import Chromium, chromium_binary
 from support.rating_kit import write_kit
@@ -79,15 +78,12 @@ def test_kill_9_loses_no_submitted_rating(kit_files, tmp_path, capsys):
 
 def test_restart_with_other_inputs_is_refused(kit_files, tmp_path, capsys):
     out = tmp_path / "ratings.sqlite"
-    from lavis_ext.rate.cli import open_kit
-    from lavis_ext.cli import build_parser
-
     args = build_parser("rate").parse_args(["rate", *kit_args(kit_files, out)])
     open_kit(args)
     assert "12 items from 2 models (bp4d 6, disfa 3, rafdb 3); skipped 3 records" in \
         capsys.readouterr().out
-    code = main(["rate", *kit_args(kit_files, out), "--sample", "5", "--port", "70000"])
-    assert code == 2
+    assert main(["rate", "--out", str(out), "--port", "70000"]) == 2
+    assert "--port 70000: expected 0-65535" in capsys.readouterr().err
     code = main(["rate", *kit_args(kit_files, out), "--sample", "5"])
     err = capsys.readouterr().err
     assert code == 2 and "holds a kit built from other" in err
