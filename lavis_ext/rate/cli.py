@@ -11,8 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from lavis_ext.errors import InputError, UsageError
 from lavis_ext.flags import positive_int
+
+if TYPE_CHECKING:
+    from lavis_ext.rate.store import RatingStore
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +60,7 @@ def _source(args: argparse.Namespace) -> str:
     return fingerprint(parts)
 
 
-def open_kit(args: argparse.Namespace):
+def open_kit(args: argparse.Namespace) -> "RatingStore":
     """The store for ``--out``: built now, or the existing one when its inputs match."""
     from lavis_ext.rate.kit import build_items, describe_build, parse_pred_flags, sample_items
     from lavis_ext.rate.store import RatingStore
@@ -93,6 +98,7 @@ def open_kit(args: argparse.Namespace):
 
 
 def check(args: argparse.Namespace) -> None:
+    """Flag checks before anything is read or bound."""
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port {args.port}: expected 0-65535")
 

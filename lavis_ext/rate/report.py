@@ -94,6 +94,7 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def format_report(summary: dict[str, Any]) -> str:
+    """The summary as the console table (shares as percentages, as the paper gives them)."""
     lines = [f"{summary['ratings']} ratings by {summary['raters']} raters on "
              f"{summary['items_rated']} of {summary['items']} items; "
              f"{summary['most_complete_picks']} most- and {summary['least_complete_picks']} "
@@ -119,4 +120,5 @@ def format_report(summary: dict[str, Any]) -> str:
 
 
 def report(store: RatingStore) -> dict[str, Any]:
+    """``summarize`` over everything in a ratings file."""
     return summarize(store.ratings(), store.models(), store.item_ids())

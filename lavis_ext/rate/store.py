@@ -133,6 +133,7 @@ class RatingStore:
                     for model in models])
 
     def meta(self, key: str) -> str:
+        """A value the kit was built with (``source``: the inputs' fingerprint; ``seed``)."""
         with self.connect() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         if row is None:

@@ -84,6 +84,8 @@ def test_restart_with_other_inputs_is_refused(kit_files, tmp_path, capsys):
         capsys.readouterr().out
     assert main(["rate", "--out", str(out), "--port", "70000"]) == 2
     assert "--port 70000: expected 0-65535" in capsys.readouterr().err
+    assert main(["rate", "--out", str(out), "--ann", str(kit_files.ann)]) == 2
+    assert "--pred, --ann and --images go together" in capsys.readouterr().err
     code = main(["rate", *kit_args(kit_files, out), "--sample", "5"])
     err = capsys.readouterr().err
     assert code == 2 and "holds a kit built from other" in err
