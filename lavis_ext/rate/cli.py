@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ann", help="records JSON of the rated split (the test records)")
     parser.add_argument("--images", help="images root of the records")
     parser.add_argument("--out", required=True, help="the ratings file (SQLite)")
-    parser.add_argument("--split", default="test",
+    parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="rate records of this split (default test; 'all' for every one)")
     parser.add_argument("--sample", type=positive_int, metavar="N",
                         help="rate a seeded sample of N items, stratified by dataset "
