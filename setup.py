@@ -45,6 +45,7 @@ PLUGIN_DEPS = [
     "fastapi",
     "uvicorn",
     "python-multipart",
+    "krippendorff",  # inter-rater agreement in `expblip rate --report`
 ]
 
 setup(

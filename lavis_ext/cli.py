@@ -37,6 +37,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
                        "caption records with a trained AU-BLIP or Emot-BLIP"),
     "describe": ("lavis_ext.describe.cli", "describe the faces in photos or videos"),
     "serve": ("lavis_ext.serve.cli", "an HTTP API and web page that describe uploaded faces"),
+    "rate": ("lavis_ext.rate.cli",
+             "a web page where people rate models' captions blind (Table 5); --report"),
     "pipeline": ("lavis_ext.method.paper",
                  "the paper's three stages on prepared datasets, from one YAML file"),
     "demo": ("lavis_ext.method.demo", "run the whole method on synthetic faces, on CPU"),

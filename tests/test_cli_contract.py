@@ -33,6 +33,7 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
         "describe": ["describe", str(tmp / "no_such_photo.jpg"), "--model",
                      str(tmp / "no_such_checkpoint.pth")],
         "serve": ["serve", "--port", "70000"],
+        "rate": ["rate", "--report", "--out", str(tmp / "no_ratings.sqlite")],
         "pipeline": ["pipeline", "--config", str(tmp / "no_such_config.yaml")],
         "demo": ["demo", "--quick", "--workdir", str(settings.parent)],
         "export-hf": ["export-hf", "--model", str(tmp / "m.pth"), "--out", str(tmp / "hf"),

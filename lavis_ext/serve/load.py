@@ -26,16 +26,17 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """``python -m lavis_ext serve ARGS`` on a free local port, stopped on exit."""
+    """``python -m lavis_ext COMMAND ARGS`` (``serve`` unless told) on a free local port,
+    stopped on exit."""
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None,
-                 log_path: str | None = None):
+                 log_path: str | None = None, command: str = "serve"):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "lavis_ext", "serve", "--host", "127.0.0.1",
+        argv = [sys.executable, "-m", "lavis_ext", command, "--host", "127.0.0.1",
                    "--port", str(self.port), *args]
         self.log = open(log_path, "w") if log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(argv, stdout=self.log, stderr=subprocess.STDOUT,
                                         env={**os.environ, **(env or {})})
 
     def wait_ready(self, timeout: float = 120.0) -> dict[str, Any]:

@@ -12,10 +12,7 @@ import http.client
 import io
 import json
 import os
-import shutil
 import statistics
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -24,6 +21,7 @@ from PIL import Image
 
 from lavis_ext.describe.faces import iou
 from lavis_ext.serve.load import ServerProcess, load
+from support.chromium import Chromium, chromium_binary
 
 ASTRONAUT_FACE = (181, 62, 268 - 181, 172 - 62)
 REPO = Path(__file__).resolve().parents[2]
@@ -199,71 +197,8 @@ def test_16_clients_all_succeed_and_batching_doubles_throughput(servers):
 
 
 # -- the page, in headless Chromium ---------------------------------------------------------
-class Chromium:
-    """Just enough of the DevTools protocol: headless Chromium driven over its websocket."""
-
-    def __init__(self, binary, profile):
-        from websockets.sync.client import connect
-
-        profile.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [binary, "--headless=new", "--no-sandbox", "--disable-gpu",
-             "--disable-dev-shm-usage", "--no-first-run", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "--window-size=900,840", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.time() + 60
-        while not (port_file.exists() and port_file.read_text().strip()):
-            if time.time() > deadline or self.process.poll() is not None:
-                raise RuntimeError("Chromium did not open its DevTools port")
-            time.sleep(0.1)
-        port = port_file.read_text().split()[0]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as r:
-            page = next(t for t in json.load(r) if t["type"] == "page")
-        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None)
-        self.next_id = 0
-
-    def call(self, method, **params):
-        self.next_id += 1
-        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv(timeout=60))
-            if message.get("id") == self.next_id:
-                if "error" in message:
-                    raise RuntimeError(f"{method}: {message['error']}")
-                return message["result"]
-
-    def evaluate(self, expression):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
-        return result["result"].get("value")
-
-    def wait_for(self, expression, timeout=90):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {expression}")
-
-    def close(self):
-        try:
-            self.socket.close()
-        finally:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-
-
 def test_page_in_headless_chromium_shows_the_description(server, astronaut_png, tmp_path):
-    binary = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")
-                   if shutil.which(n)), None)
-    if binary is None:
-        if os.environ.get("CI"):
-            pytest.fail("CI must have Chromium (.ci/run installs Debian's chromium package)")
-        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    binary = chromium_binary()
     status, answer = post(server.url, astronaut_png.read_bytes(), "image/png")
     assert status == 200
     caption = answer["faces"][0]["caption"]
