@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -328,11 +327,6 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--pred: file not found: {pred_path}")
     predictions, read = load_predictions(pred_path, args.pred_format, id_field=args.id_field,
                                          text_field=args.text_field)
-    print(f"--pred {pred_path}: {read['n_items']} predictions read as {read['format']} "
-          f"({read['format_reason']})", file=sys.stderr)
-    if read["n_incomplete"]:
-        print(f"  {read['n_incomplete']} of them with {read['incomplete_means']} (e.g. "
-              f"{read['incomplete_examples']})", file=sys.stderr)
     try:
         records = load_records(args.ann)
     except (RecordError, FileNotFoundError) as err:
@@ -357,6 +351,11 @@ def run(args: argparse.Namespace) -> int:
                                     "incomplete_examples", "incomplete_means")}
     name = args.name or pred_path.stem
     atomic_write_text(out, json.dumps({name: result}, indent=1) + "\n")
+    print(f"--pred {pred_path}: {read['n_items']} predictions read as {read['format']} "
+          f"({read['format_reason']})")
+    if read["n_incomplete"]:
+        print(f"  {read['n_incomplete']} of them with {read['incomplete_means']} (e.g. "
+              f"{read['incomplete_examples']})")
     print(format_table({name: result}))
     print(f"\n{result['n_scored']} captions scored; skipped: "
           f"{result['n_skipped_missing_in_ground_truth']} ids not in {args.ann}, "

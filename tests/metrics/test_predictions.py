@@ -72,7 +72,7 @@ def test_facial_r1_jsonl_scored_from_the_answer(tmp_path, gt_file, capsys):
     pred.write_text("".join(json.dumps({"id": k, "output": v}) + "\n"
                             for k, v in FACIAL_R1.items()))
     result = _evaluate(tmp_path, gt_file, pred)
-    assert "read as facial-r1 (an <answer> tag in 4 of 4 texts)" in capsys.readouterr().err
+    assert "read as facial-r1 (an <answer> tag in 4 of 4 texts)" in capsys.readouterr().out
     assert result["prediction_format"]["format"] == "facial-r1"
     assert result["metrics"]["au_f1_macro"] == pytest.approx(FACIAL_R1_F1)
     assert result["recognition"]["au_f1"]["1"] == pytest.approx(2 / 3)
@@ -90,7 +90,7 @@ def test_expllm_json_emotion_from_the_conclusion(tmp_path, gt_file, capsys):
     pred = tmp_path / "expllm.json"
     pred.write_text(json.dumps([{"image_id": k, "response": v} for k, v in EXPLLM.items()]))
     result = _evaluate(tmp_path, gt_file, pred)
-    assert "read as expllm" in capsys.readouterr().err
+    assert "read as expllm" in capsys.readouterr().out
     assert result["recognition"]["au_f1"] == {"1": 1.0, "2": 0.0, "4": 1.0, "12": 1.0}
     assert result["metrics"]["au_f1_macro"] == pytest.approx(EXPLLM_F1)
     assert result["metrics"]["emotion_accuracy"] == pytest.approx(EXPLLM_ACC)
@@ -103,7 +103,7 @@ def test_our_own_format_still_detected_as_captions(tmp_path, gt_file, capsys):
     pred.write_text(json.dumps([{"image_id": "c", "caption": "He raises his cheeks and "
                                  "pulls his lip corners: happy."}]))
     result = _evaluate(tmp_path, gt_file, pred)
-    assert "read as caption" in capsys.readouterr().err
+    assert "read as caption" in capsys.readouterr().out
     assert result["recognition"]["au_f1"]["12"] == 1.0
     assert result["metrics"]["emotion_accuracy"] == 1.0
 
