@@ -160,6 +160,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--subset", choices=("compound", "basic"), help="RAF-DB part")
     parser.add_argument("--release", choices=("csv", "npy"), help="AffectNet release")
     parser.add_argument("--min-votes", type=int, help="FaceME: annotators needed (default 2)")
+    parser.add_argument("--image-roots", metavar="NAME=DIR[,NAME=DIR]",
+                        help="fea20k/faba: the folder of each source dataset their images come "
+                             "from, e.g. rafdb=data/rafdb/basic/Image,affectnet=data/affectnet")
+    parser.add_argument("--train-file", help="fea20k/faba: the training annotation file")
+    parser.add_argument("--test-file", help="fea20k/faba: the test annotation file")
     parser.add_argument("--check-images", action="store_true",
                         help="skip (and count) records whose image file is missing")
     parser.add_argument("--extract-frames", action="store_true",
@@ -219,7 +224,9 @@ def run(args: argparse.Namespace) -> int:
     options = {"aus": _parse_aus(args.aus), "threshold": args.threshold,
                "frame_pattern": args.frame_pattern, "image_pattern": args.image_pattern,
                "labels_file": args.labels_file, "subset": args.subset,
-               "release": args.release, "min_votes": args.min_votes}
+               "release": args.release, "min_votes": args.min_votes,
+               "image_roots": args.image_roots, "train_file": args.train_file,
+               "test_file": args.test_file}
     if args.extract_frames:
         if args.dataset != "disfa":
             raise UsageError("--extract-frames applies to disfa only")

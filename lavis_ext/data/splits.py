@@ -6,7 +6,8 @@
 - RAF-AU, EmotioNet: seeded random, with the paper's test fraction applied to the number of
   images the user has.
 - AffectNet, RAF-DB (compound and basic): official (set by the reader; RAF-DB by the
-  ``train_``/``test_`` name prefix). FaceME: all for training.
+  ``train_``/``test_`` name prefix). FaceME: all for training. FEA-20K, FABA: as published
+  (one file per split, set by the reader).
 """
 from __future__ import annotations
 
@@ -121,6 +122,8 @@ def apply_split(dataset: str, records: list[Record], *, fold: int | None = None,
         return {"kind": "seeded random", "seed": seed, "test_fraction": round(fraction, 6)}
     if dataset in ("affectnet", "rafdb"):
         return {"kind": "official"}
+    if dataset in ("fea20k", "faba"):  # the published files: the reader sets the split
+        return {"kind": "published files"}
     if dataset == "faceme":
         for record in records:
             record["split"] = "train"

@@ -171,7 +171,8 @@ def _register(name: str, base: type) -> type:
     return registry.register_builder(name)(cls)
 
 
-CAPTION_DATASETS = ("bp4d", "disfa", "gft", "rafau", "emotionet", "affectnet", "rafdb", "faceme")
+CAPTION_DATASETS = ("bp4d", "disfa", "gft", "rafau", "emotionet", "affectnet", "rafdb", "faceme",
+                    "fea20k", "faba")
 AU_DATASETS = ("bp4d", "disfa", "gft", "rafau", "emotionet")
 EMOTION_DATASETS = ("affectnet", "rafdb", "faceme")
 

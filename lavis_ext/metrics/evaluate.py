@@ -21,6 +21,8 @@ from lavis_ext.metrics.captioning import (DEFAULT_PROTOCOL, PROTOCOLS, MeteorSco
                                           normalize_caption, score_captions,
                                           score_captions_coco)
 from lavis_ext.metrics.embeddings import TextEncoder, build_encoder
+from lavis_ext.metrics.predictions import (FORMATS, ID_FIELDS, TEXT_FIELDS,
+                                            load_predictions)
 from lavis_ext.metrics.recognition import parse_caption, recognition_scores
 
 ROUGE_L_DEFINITION = "ROUGE-L = LCS F-measure with beta 1.2 (pycocoevalcap definition)"
@@ -108,6 +110,16 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
         raise EvaluationError(f"report_by: expected one of {REPORT_BY}, got {report_by!r}")
     ref_kinds = list(ref_kinds) if ref_kinds else None
     by_id = _predictions_by_id(predictions, where)
+    # Other systems' outputs (metrics.predictions) may say AUs and emotions in parts of
+    # their text apart from the caption that the caption metrics score.
+    parts = {str(p["image_id"]): p for p in predictions}
+
+    def au_text_of(i: str) -> str:
+        return parts[i].get("au_text", by_id[i]) or ""
+
+    def emotion_text_of(i: str) -> str:
+        return parts[i].get("emotion_text", by_id[i]) or ""
+
     record_by_id: dict[str, Mapping[str, Any]] = {}
     for record in records:
         record_by_id.setdefault(str(record["image_id"]), record)
@@ -150,8 +162,9 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
 
     def summary(ids: list[str], means: Mapping[str, Any]) -> dict[str, Any]:
         scored = [i for i in ids if i in position]
-        recognition = recognition_scores([by_id[i] for i in ids],
-                                         [record_by_id[i] for i in ids], au_subset)
+        recognition = recognition_scores([au_text_of(i) for i in ids],
+                                         [record_by_id[i] for i in ids], au_subset,
+                                         emotion_captions=[emotion_text_of(i) for i in ids])
         return {
             "n_scored": len(ids),
             "n_without_reference": len(ids) - len(scored),
@@ -185,10 +198,13 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
                             for g in group_names}
     samples = []
     for i in matched:
-        parsed = parse_caption(by_id[i])
         sample: dict[str, Any] = {"image_id": i, "caption": by_id[i],
-                                  "aus_mentioned": sorted(parsed.aus),
-                                  "emotions_mentioned": sorted(parsed.emotions)}
+                                  "aus_mentioned": sorted(parse_caption(au_text_of(i)).aus),
+                                  "emotions_mentioned":
+                                      sorted(parse_caption(emotion_text_of(i)).emotions)}
+        if "au_text" in parts[i]:
+            sample["au_text"] = parts[i]["au_text"]
+            sample["emotion_text"] = parts[i].get("emotion_text")
         if report_by is not None:
             sample[report_by] = group_of[i]
         if i in position:
@@ -264,7 +280,18 @@ def _au_subset(text: str | None) -> tuple[int, ...] | None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pred", required=True, help="JSON list of {image_id, caption}")
+    parser.add_argument("--pred", required=True,
+                        help="predictions: a JSON list of {image_id, caption}, an object "
+                             "{id: text}, or JSONL; other systems' outputs too (--format)")
+    parser.add_argument("--format", choices=FORMATS, default="auto", dest="pred_format",
+                        help="how to read each prediction's text: caption (as it is), "
+                             "facial-r1 (<think>..</think><answer>..</answer>: AUs and emotion "
+                             "from the answer), expllm (three bold sections: emotion from the "
+                             "last); auto (default) detects it and says which")
+    parser.add_argument("--id-field", help="the id field of --pred items (default: the first "
+                                           f"of {', '.join(ID_FIELDS)})")
+    parser.add_argument("--text-field", help="the text field of --pred items (default: the "
+                                             f"first of {', '.join(TEXT_FIELDS)})")
     parser.add_argument("--ann", required=True, help="records JSON with the reference captions")
     parser.add_argument("--out", help="scores JSON to write (default: PRED with .scores.json)")
     parser.add_argument("--name", help="row label in the table (default: the PRED file name)")
@@ -298,12 +325,8 @@ def run(args: argparse.Namespace) -> int:
     pred_path = Path(args.pred)
     if not pred_path.is_file():
         raise InputError(f"--pred: file not found: {pred_path}")
-    try:
-        predictions = json.loads(pred_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"--pred: {pred_path}: not valid JSON ({err})") from None
-    if not isinstance(predictions, list):
-        raise InputError(f"--pred: {pred_path}: expected a JSON list of {{image_id, caption}}")
+    predictions, read = load_predictions(pred_path, args.pred_format, id_field=args.id_field,
+                                         text_field=args.text_field)
     try:
         records = load_records(args.ann)
     except (RecordError, FileNotFoundError) as err:
@@ -323,8 +346,16 @@ def run(args: argparse.Namespace) -> int:
                                    report_by=args.report_by, protocol=args.protocol)
     except (EvaluationError, RuntimeError) as err:
         raise InputError(str(err)) from err
+    result["prediction_format"] = {k: read[k] for k in
+                                   ("format", "format_reason", "n_items", "n_incomplete",
+                                    "incomplete_examples", "incomplete_means")}
     name = args.name or pred_path.stem
     atomic_write_text(out, json.dumps({name: result}, indent=1) + "\n")
+    print(f"--pred {pred_path}: {read['n_items']} predictions read as {read['format']} "
+          f"({read['format_reason']})")
+    if read["n_incomplete"]:
+        print(f"  {read['n_incomplete']} of them with {read['incomplete_means']} (e.g. "
+              f"{read['incomplete_examples']})")
     print(format_table({name: result}))
     print(f"\n{result['n_scored']} captions scored; skipped: "
           f"{result['n_skipped_missing_in_ground_truth']} ids not in {args.ann}, "

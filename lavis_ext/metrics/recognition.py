@@ -36,7 +36,17 @@ _SCOPE_BREAKS = frozenset("and but while whereas although though yet with".split
 _NOT_EMOTION_NEXT = frozenset({"position", "state"})
 _CLAUSE_SPLIT = re.compile(r"[.;:!?,()\n]+")
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
-_AU_CODE = re.compile(r"\baus?\s*[-#]?\s*(\d{1,2})\b")
+# "AU4", "AU 4", "au-4", "AU04", with an optional side prefix (L/R/B/T, as RAF-AU writes
+# them) and an optional intensity letter (A-E): "AU12B", "LAU12", "R AU2" is not one.
+_AU_CODE = re.compile(r"\b[lrbt]?aus?\s*[-#]?\s*0*(\d{1,2})[a-e]?\b")
+# A bracket that holds only AU codes ("(AU4)", "(AU6, AU12)"): read as part of the clause it
+# follows, so that "no brow lowering (AU4)" negates the code as well as the words.
+_AU_BRACKET = re.compile(r"[(\[]\s*((?:[lrbt]?aus?\s*[-#]?\s*\d{1,2}[a-e]?[\s,+/&]*"
+                         r"(?:and\s+)?)+)[)\]]")
+
+
+def _unbracket_codes(text: str) -> str:
+    return _AU_BRACKET.sub(lambda m: " " + re.sub(r"[,/&]", " ", m.group(1)) + " ", text)
 
 
 def stem(word: str) -> str:
@@ -153,7 +163,7 @@ def _negated(tokens: Sequence[str], positions: list[int]) -> bool:
 def parse_caption(text: str) -> ParsedCaption:
     """Find the AUs and emotions a caption mentions, with negation applied."""
     mentions: list[Mention] = []
-    lowered = re.sub(r"n't\b", " not", text.lower())
+    lowered = _unbracket_codes(re.sub(r"n't\b", " not", text.lower()))
     for clause_index, clause in enumerate(_CLAUSE_SPLIT.split(lowered)):
         raw = _TOKEN.findall(clause)
         tokens = [_norm_token(t) for t in raw]
@@ -201,17 +211,25 @@ def _basic_emotion_labels(labels: Iterable[str]) -> tuple[set[str], list[str]]:
 
 
 def recognition_scores(captions: Sequence[str], records: Sequence[Mapping[str, Any]],
-                       au_subset: Iterable[int] | None = None) -> dict[str, Any]:
+                       au_subset: Iterable[int] | None = None, *,
+                       emotion_captions: Sequence[str] | None = None) -> dict[str, Any]:
     """AU F1 (per AU and macro) and emotion accuracy of what captions say, against labels.
 
     AUs: an AU counts for an image when the record codes it 0/1 (null is skipped). The macro
     F1 averages AUs that have at least one positive label. Emotions: only records with basic
     emotion labels count; ``emotion_accuracy`` needs the caption's emotion set to equal the
-    label set, ``emotion_hit_rate`` needs one labelled emotion named.
+    label set, ``emotion_hit_rate`` needs one labelled emotion named. ``emotion_captions``:
+    read emotions from these texts instead (another system's conclusion, say).
     """
     if len(captions) != len(records):
         raise ValueError(f"{len(captions)} captions but {len(records)} records")
     parsed = [parse_caption(c or "") for c in captions]
+    if emotion_captions is not None:
+        if len(emotion_captions) != len(records):
+            raise ValueError(f"{len(emotion_captions)} emotion texts but {len(records)} records")
+        emotion_parsed = [parse_caption(c or "") for c in emotion_captions]
+    else:
+        emotion_parsed = parsed
     allowed = set(int(a) for a in au_subset) if au_subset is not None else None
     counts: dict[int, list[int]] = {}
     for p, record in zip(parsed, records):
@@ -228,7 +246,7 @@ def recognition_scores(captions: Sequence[str], records: Sequence[Mapping[str, A
     per_au = {str(au): f1_from_counts(c[0], c[1], c[2]) for au, c in sorted(counts.items())}
     scored = [f1_from_counts(c[0], c[1], c[2]) for au, c in sorted(counts.items()) if c[3] > 0]
     n_emo = exact = hit = no_emotion = unknown_label_records = 0
-    for p, record in zip(parsed, records):
+    for p, record in zip(emotion_parsed, records):
         labels = record.get("emotions") or []
         if not labels:
             continue
