@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lavis_ext.errors import InputError
+from lavis_ext.facs import check_intensity_style
 from lavis_ext.flags import add_no_progress
 from lavis_ext.io import config_root, resolve_path
 from lavis_ext.method.recipe import SPLITS, MethodStep, Source, captions_path, method_steps
@@ -50,6 +51,7 @@ class PipelineConfig:
     baselines: bool
     pseudo: dict[str, Any]
     min_free_gb: float
+    intensity: str | None = None  # au-rule captions say AU levels: None, adverb or degree
 
     def sources(self, group: str) -> dict[str, Source]:
         return {"au": self.au, "emotion": self.emotion}.get(group, {**self.au, **self.emotion})
@@ -116,8 +118,13 @@ def load_config(path: str | os.PathLike, problems: list[str]) -> PipelineConfig 
     if not isinstance(llm, dict):
         problems.append(f"{where('llm')}: expected a mapping of LLM client options")
         llm = {}
+    try:
+        intensity = check_intensity_style(cfg.get("rule_intensity"), where("rule_intensity"))
+    except InputError as err:
+        problems.append(str(err))
+        intensity = None
     return PipelineConfig(
-        path=file, workdir=resolve_path(cfg.get("workdir") or "runs/paper", root), au=au,
+        intensity=intensity, path=file, workdir=resolve_path(cfg.get("workdir") or "runs/paper", root), au=au,
         emotion=emotion, models=models, llm=llm, concurrency=numbers["concurrency"],
         nproc=max(1, numbers["nproc_per_node"]), device=str(cfg.get("device", "cuda")),
         baselines=baselines, pseudo=dict(cfg.get("pseudo_caption") or {}),
@@ -413,7 +420,7 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
         kinds = {name: list(k) for group, k in step.kinds.items() for name in cfg.sources(group)}
         results[step.name] = steps.run(step.name, method.synthesize, work,
                                        cfg.sources(step.group), kinds, llm, cfg.concurrency,
-                                       progress=progress)
+                                       progress=progress, intensity=cfg.intensity)
 
     def train_step(step: MethodStep) -> None:
         checkpoints[step.model] = steps.run(
