@@ -107,6 +107,40 @@ INTENSITY_WORDS = {0: "absent", 1: "trace", 2: "slight", 3: "marked", 4: "severe
                    5: "maximum"}
 # Adverbs for captions that mention intensity ("slightly raises inner eyebrow").
 INTENSITY_ADVERBS = {1: "barely", 2: "slightly", 3: "clearly", 4: "strongly", 5: "extremely"}
+# How a rule caption says an AU's intensity: "adverb" ("slightly raises cheek") or "degree",
+# the FACS A-E word after the action ("raises cheek with slight intensity").
+INTENSITY_STYLES: tuple[str, ...] = ("adverb", "degree")
+DEGREE_SUFFIX = "intensity"  # the noun after the degree word: "with marked intensity"
+
+
+def degree_word(level: int) -> str:
+    """The FACS A-E word for an intensity 1-5 (trace, slight, marked, severe, maximum)."""
+    if level not in INTENSITY_WORDS or level == 0:
+        raise InputError(f"AU intensity degree must be 1-5, got {level!r}")
+    return INTENSITY_WORDS[level]
+
+
+def intensity_from_word(word: str) -> int | None:
+    """1-5 for a degree word or intensity adverb of this module ("marked", "slightly"), else
+    None: the reverse of what the rule captions write, for reading intensity back."""
+    text = word.strip().lower()
+    for table in (INTENSITY_WORDS, INTENSITY_ADVERBS):
+        for level, name in table.items():
+            if level and name == text:
+                return level
+    return None
+
+
+def check_intensity_style(style: str | bool | None, where: str = "intensity") -> str | None:
+    """None (off), or a style of ``INTENSITY_STYLES``; True is the historical "adverb"."""
+    if style is None or style is False:
+        return None
+    if style is True:
+        return "adverb"
+    if isinstance(style, str) and style.strip().lower() in INTENSITY_STYLES:
+        return style.strip().lower()
+    raise InputError(f"{where}: expected one of {list(INTENSITY_STYLES)} (or off), got "
+                     f"{style!r}")
 
 
 def intensity_from_letter(value: str | int) -> int:

@@ -25,6 +25,7 @@ from lavis_ext.captions.cost import PriceTable, estimate_tokens, format_usd
 from lavis_ext.captions.validate import validate_answer
 from lavis_ext.data.records import Record, add_captions, present_aus
 from lavis_ext.errors import UsageError
+from lavis_ext.facs import check_intensity_style
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ class _Saver:
 
 
 def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
-                  emotion_kinds: tuple[str, ...], template: str | None, intensity: bool,
+                  emotion_kinds: tuple[str, ...], template: str | None, intensity: str | None,
                   prompt_dir: str | None) -> str | None | Exception:
     if kind == "au-rule":
         if not _coded(record):
@@ -203,6 +204,7 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
             return rules.neutral_au_caption(prompt_dir)
         return rules.au_caption(aus, template=template,
                                 intensities=_intensities(record) if intensity else None,
+                                style=intensity or "adverb",
                                 prompt_dir=prompt_dir)
     if kind == "emotion-rule":
         labels = (record.get("meta") or {}).get("labels")
@@ -251,7 +253,7 @@ def synthesize_records(records: list[Record], kind: str, *,
                        save_every: int = 100, save_interval: float = 30.0,
                        au_kinds: tuple[str, ...] | None = None,
                        emotion_kinds: tuple[str, ...] = DEFAULT_EMOTION_KINDS,
-                       template: str | None = None, intensity: bool = False,
+                       template: str | None = None, intensity: bool | str | None = None,
                        batch: bool = False, batch_poll: float = 30.0,
                        batch_max_requests: int = 50_000,
                        echo: Callable[[str], None] = print) -> SynthesisSummary:
@@ -260,9 +262,12 @@ def synthesize_records(records: list[Record], kind: str, *,
     LLM kinds need ``cache_path``. ``save`` is called with the records periodically and on
     exit (also after Ctrl-C, which sets ``summary.interrupted``). With ``dry_run`` nothing is
     called or changed: the summary holds the calls, tokens and cost that a run would need.
+    ``intensity`` (au-rule): None (off), ``"adverb"`` or ``"degree"`` (``facs``'s A-E words),
+    from each record's ``au_intensity``.
     """
     if kind not in KINDS:
         raise UsageError(f"unknown synthesis kind {kind!r}; expected one of {KINDS}")
+    intensity = check_intensity_style(intensity)
     au_kinds = tuple(au_kinds) if au_kinds else default_au_kinds(kind)
     config = client_config or ClientConfig()
     summary = SynthesisSummary(kind=kind, records=len(records), dry_run=dry_run,
@@ -300,7 +305,7 @@ def _progress(total: int, enabled: bool, kind: str):
 
 def _run_rules(records: list[Record], kind: str, dry_run: bool, progress: bool, saver: _Saver,
                summary: SynthesisSummary, au_kinds: tuple[str, ...],
-               emotion_kinds: tuple[str, ...], template: str | None, intensity: bool,
+               emotion_kinds: tuple[str, ...], template: str | None, intensity: str | None,
                prompt_dir: str | None) -> None:
     with _progress(len(records), progress, kind) as bar:
         for record in records:

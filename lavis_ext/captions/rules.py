@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from lavis_ext.errors import InputError, MissingEntryError
-from lavis_ext.facs import (BASIC_EMOTIONS, INTENSITY_ADVERBS, au_name, canonical_emotion,
-                            join_words, third_person)
+from lavis_ext.facs import (BASIC_EMOTIONS, DEGREE_SUFFIX, INTENSITY_ADVERBS, au_name,
+                            canonical_emotion, check_intensity_style, degree_word, join_words,
+                            third_person)
 from lavis_ext.captions.prompts import load_prompt, prompt_file
 
 
@@ -17,29 +18,35 @@ def _rules(prompt_dir: str | Path | None) -> dict:
     return load_prompt("rules", prompt_dir)
 
 
-def au_actions(aus: Iterable[int], intensities: Mapping[int, int] | None = None) -> str:
+def au_actions(aus: Iterable[int], intensities: Mapping[int, int] | None = None,
+               style: str = "adverb") -> str:
     """The verb phrases of the AUs, conjugated and joined ("raises cheek and pulls lip corner").
 
-    With ``intensities`` (0-5 per AU, e.g. from DISFA), each action gets its adverb
-    ("slightly raises cheek").
+    With ``intensities`` (0-5 per AU, e.g. from DISFA or BP4D), each action says its level:
+    style ``adverb`` puts an adverb before it ("slightly raises cheek"), style ``degree`` the
+    FACS A-E word after it ("raises cheek with slight intensity").
     """
+    style = check_intensity_style(style, "intensity style") or "adverb"
     phrases = []
     for number in sorted(set(int(a) for a in aus)):
         phrase = third_person(au_name(number).verb)
         level = (intensities or {}).get(number)
-        if level:
+        if level and style == "degree":
+            phrase = f"{phrase} with {degree_word(int(level))} {DEGREE_SUFFIX}"
+        elif level:
             phrase = f"{INTENSITY_ADVERBS[int(level)]} {phrase}"
         phrases.append(phrase)
     return join_words(phrases)
 
 
 def au_caption(aus: list[int], *, template: str | None = None,
-               intensities: Mapping[int, int] | None = None,
+               intensities: Mapping[int, int] | None = None, style: str = "adverb",
                prompt_dir: str | Path | None = None) -> str | None:
     """The paper's rule-based AU caption; None when no AU is present (the paper gives none)."""
     if not aus:
         return None
-    return _fill(template, "au_template", prompt_dir, actions=au_actions(aus, intensities))
+    return _fill(template, "au_template", prompt_dir,
+                 actions=au_actions(aus, intensities, style))
 
 
 def neutral_au_caption(prompt_dir: str | Path | None = None) -> str:

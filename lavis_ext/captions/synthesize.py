@@ -20,6 +20,7 @@ from lavis_ext.captions.prompts import DEFAULT_PROMPT_SET, PROMPT_SETS
 from lavis_ext.captions.engine import (CONCAT_AU_KINDS, DEFAULT_AU_KINDS, DEFAULT_EMOTION_KINDS,
                                        KINDS, LLM_KINDS, SynthesisSummary, synthesize_records)
 from lavis_ext.data.records import RecordError, load_records, save_records
+from lavis_ext.facs import INTENSITY_STYLES
 from lavis_ext.errors import EXIT_INTERRUPTED, InputError, UsageError, check_partial
 from lavis_ext.flags import add_base_url, add_concurrency, add_no_progress
 
@@ -79,8 +80,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where fuse/concat find emotion captions, in order")
     parser.add_argument("--template", help="rule template, e.g. 'The person {actions}.' for "
                                            "au-rule or 'They look {emotions}.' for emotion-rule")
-    parser.add_argument("--intensity", action="store_true",
-                        help="au-rule: add intensity adverbs from au_intensity")
+    parser.add_argument("--intensity", nargs="?", const="adverb", choices=INTENSITY_STYLES,
+                        help="au-rule: say each AU's level from au_intensity: adverb "
+                             "(the default when given bare; 'slightly raises cheek') or degree "
+                             "(FACS A-E words; 'raises cheek with slight intensity'); "
+                             "default off")
     parser.add_argument("--save-every", type=int, default=100,
                         help="rewrite --out after this many finished records")
     add_no_progress(parser)

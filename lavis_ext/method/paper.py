@@ -26,6 +26,7 @@ from typing import Any, Callable
 from urllib.parse import urlparse
 
 from lavis_ext.errors import InputError
+from lavis_ext.facs import check_intensity_style
 from lavis_ext.flags import add_no_progress
 from lavis_ext.io import config_root, resolve_path
 from lavis_ext.method.recipe import SPLITS, MethodStep, Source, captions_path, method_steps
@@ -66,6 +67,7 @@ class PipelineConfig:
     pseudo: dict[str, Any]
     min_free_gb: float
     probes: list[Probe] = field(default_factory=list)
+    intensity: str | None = None  # au-rule captions say AU levels: None, adverb or degree
 
     def sources(self, group: str) -> dict[str, Source]:
         return {"au": self.au, "emotion": self.emotion}.get(group, {**self.au, **self.emotion})
@@ -133,11 +135,16 @@ def load_config(path: str | os.PathLike, problems: list[str]) -> PipelineConfig 
         problems.append(f"{where('llm')}: expected a mapping of LLM client options")
         llm = {}
     probes = _probes(cfg.get("probes"), wanted, root, where, problems)
+    try:
+        intensity = check_intensity_style(cfg.get("rule_intensity"), where("rule_intensity"))
+    except InputError as err:
+        problems.append(str(err))
+        intensity = None
     return PipelineConfig(
         path=file, workdir=resolve_path(cfg.get("workdir") or "runs/paper", root), au=au,
         emotion=emotion, models=models, llm=llm, concurrency=numbers["concurrency"],
         nproc=max(1, numbers["nproc_per_node"]), device=str(cfg.get("device", "cuda")),
-        baselines=baselines, pseudo=dict(cfg.get("pseudo_caption") or {}),
+        baselines=baselines, pseudo=dict(cfg.get("pseudo_caption") or {}), intensity=intensity,
         min_free_gb=numbers["min_free_disk_gb"], probes=probes)
 
 
@@ -488,7 +495,7 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
         kinds = {name: list(k) for group, k in step.kinds.items() for name in cfg.sources(group)}
         results[step.name] = steps.run(step.name, method.synthesize, work,
                                        cfg.sources(step.group), kinds, llm, cfg.concurrency,
-                                       progress=progress)
+                                       progress=progress, intensity=cfg.intensity)
 
     def train_step(step: MethodStep) -> None:
         checkpoints[step.model] = steps.run(

@@ -23,7 +23,8 @@ from lavis_ext.metrics.captioning import (DEFAULT_PROTOCOL, PROTOCOLS, MeteorSco
 from lavis_ext.metrics.embeddings import TextEncoder, build_encoder
 from lavis_ext.metrics.predictions import (FORMATS, ID_FIELDS, TEXT_FIELDS,
                                             load_predictions)
-from lavis_ext.metrics.recognition import parse_caption, recognition_scores
+from lavis_ext.metrics.recognition import (intensity_scores, parse_caption,
+                                            recognition_scores)
 
 ROUGE_L_DEFINITION = "ROUGE-L = LCS F-measure with beta 1.2 (pycocoevalcap definition)"
 PROTOCOL_DEFINITIONS = {
@@ -165,13 +166,19 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
         recognition = recognition_scores([au_text_of(i) for i in ids],
                                          [record_by_id[i] for i in ids], au_subset,
                                          emotion_captions=[emotion_text_of(i) for i in ids])
+        intensity = intensity_scores([au_text_of(i) for i in ids],
+                                     [record_by_id[i] for i in ids], au_subset)
+        extra = {}
+        if intensity is not None:  # only where references carry au_intensity
+            recognition["au_intensity"] = intensity
+            extra["au_intensity_pcc"] = intensity["pcc_macro"]
         return {
             "n_scored": len(ids),
             "n_without_reference": len(ids) - len(scored),
             "n_empty_predictions": sum(1 for i in ids if not normalize_caption(by_id[i])),
             "metrics": {**{name: means.get(name) for name in CAPTION_METRICS if name in means},
                         "au_f1_macro": recognition["au_f1_macro"],
-                        "emotion_accuracy": recognition["emotion_accuracy"]},
+                        "emotion_accuracy": recognition["emotion_accuracy"], **extra},
             "recognition": recognition,
         }
 
@@ -272,6 +279,17 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
             cells = [_fmt(rec["au_f1"].get(str(a)), 100, 1) for a in aus]
             lines.append(f"{label(name, data)} " + " | ".join(cells)
                          + f" | {_fmt(rec['au_f1_macro'], 100, 1)} |")
+    with_level = [(name, data, r["recognition"]["au_intensity"]) for name, data, r in rows
+                  if r["recognition"].get("au_intensity")]
+    level_aus = sorted({int(a) for _, _, rec in with_level for a in rec["pcc"]})
+    if level_aus:
+        lines += ["", "AU intensity PCC read from the captions (against au_intensity):", "",
+                  head + " " + " | ".join(f"AU{a}" for a in level_aus) + " | avg |",
+                  "|---|" + ("---|" if grouped else "") + "---|" * (len(level_aus) + 1)]
+        for name, data, rec in with_level:
+            cells = [_fmt(rec["pcc"].get(str(a))) for a in level_aus]
+            lines.append(f"{label(name, data)} " + " | ".join(cells)
+                         + f" | {_fmt(rec['pcc_macro'])} |")
     return "\n".join(lines)
 
 

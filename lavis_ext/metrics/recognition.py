@@ -268,3 +268,95 @@ def recognition_scores(captions: Sequence[str], records: Sequence[Mapping[str, A
         "n_captions_without_emotion": no_emotion,
         "n_records_with_unknown_emotion_labels": unknown_label_records,
     }
+
+
+# --- AU intensity read back from a caption ---------------------------------------------------
+
+def caption_intensities(text: str, parsed: ParsedCaption | None = None) -> dict[int, int]:
+    """AU -> 1-5 for the AUs a caption gives a level, from ``facs``'s degree words and adverbs.
+
+    Each level word goes to the nearest AU mention in its clause (a tie to the one before it,
+    as in "raises cheek with slight intensity"); words that belong to a matched phrase
+    ("mouth slightly open") and negated mentions give no level. The first level an AU gets
+    stands.
+    """
+    parsed = parsed or parse_caption(text)
+    lowered = re.sub(r"n't\b", " not", text.lower())
+    by_clause: dict[int, list[Mention]] = {}
+    for mention in parsed.mentions:
+        if mention.aus and not mention.negated:
+            for clause, pos in mention.positions:
+                if pos >= 0:  # AU codes ("AU12") carry a character offset, not a position
+                    by_clause.setdefault(clause, []).append(mention)
+                    break
+    levels: dict[int, int] = {}
+    for clause_index, clause in enumerate(_CLAUSE_SPLIT.split(lowered)):
+        mentions = by_clause.get(clause_index)
+        if not mentions:
+            continue
+        spans = [sorted(p for c, p in m.positions if c == clause_index) for m in mentions]
+        taken = {p for span in spans for p in span}
+        for pos, token in enumerate(_TOKEN.findall(clause)):
+            level = facs.intensity_from_word(token)
+            if level is None or pos in taken:
+                continue
+            # distance to each mention's span; the earlier mention wins a tie
+            best = min(range(len(mentions)),
+                       key=lambda k: (max(spans[k][0] - pos, pos - spans[k][-1], 0),
+                                      spans[k][0] > pos))
+            for au in mentions[best].aus:
+                levels.setdefault(au, level)
+    return levels
+
+
+def pearson(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Pearson's r; None when fewer than two pairs or either side is constant."""
+    n = len(xs)
+    if n < 2 or n != len(ys):
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    sxx = sum((x - mx) ** 2 for x in xs)
+    syy = sum((y - my) ** 2 for y in ys)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / (sxx * syy) ** 0.5
+
+
+def intensity_scores(captions: Sequence[str], records: Sequence[Mapping[str, Any]],
+                     au_subset: Iterable[int] | None = None) -> dict[str, Any] | None:
+    """PCC between the AU levels captions say and the records' ``au_intensity`` (0-5).
+
+    One pair per (record, AU) the record codes (null skipped): an AU the caption does not
+    name (or negates) reads 0; one named with a level word reads that level; one named
+    without a level cannot be read and is left out (counted). The macro PCC averages the AUs
+    whose PCC is defined. None when no record carries ``au_intensity``.
+    """
+    if len(captions) != len(records):
+        raise ValueError(f"{len(captions)} captions but {len(records)} records")
+    if not any(r.get("au_intensity") for r in records):
+        return None
+    allowed = set(int(a) for a in au_subset) if au_subset is not None else None
+    pairs: dict[int, tuple[list[int], list[int]]] = {}
+    without_level = 0
+    for caption, record in zip(captions, records):
+        parsed = parse_caption(caption or "")
+        said = caption_intensities(caption or "", parsed)
+        for key, value in (record.get("au_intensity") or {}).items():
+            au = int(key)
+            if value is None or (allowed is not None and au not in allowed):
+                continue
+            if au in parsed.aus and au not in said:
+                without_level += 1
+                continue
+            ref, pred = pairs.setdefault(au, ([], []))
+            ref.append(int(value))
+            pred.append(said.get(au, 0) if au in parsed.aus else 0)
+    per_au = {str(au): pearson(ref, pred) for au, (ref, pred) in sorted(pairs.items())}
+    defined = [v for v in per_au.values() if v is not None]
+    return {
+        "pcc": per_au,
+        "pcc_macro": sum(defined) / len(defined) if defined else None,
+        "n_pairs": {str(au): len(ref) for au, (ref, _) in sorted(pairs.items())},
+        "n_named_without_level": without_level,
+    }

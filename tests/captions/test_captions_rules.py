@@ -35,6 +35,20 @@ def test_template_and_intensity_are_configurable():
         "It is a people who slightly lowers brow and extremely wrinkles nose.")
 
 
+def test_intensity_degree_words_follow_facs_a_to_e():
+    text = rules.au_caption([4, 9, 12], intensities={4: 1, 9: 5, 12: 3}, style="degree")
+    assert text == ("It is a people who lowers brow with trace intensity, wrinkles nose with "
+                    "maximum intensity and pulls lip corner with marked intensity.")
+    # an AU without a level (0 or missing) is said plainly
+    assert rules.au_caption([6, 12], intensities={12: 2}, style="degree") == (
+        "It is a people who raises cheek and pulls lip corner with slight intensity.")
+    import pytest
+
+    from lavis_ext.errors import InputError
+    with pytest.raises(InputError, match="expected one of"):
+        rules.au_caption([6], intensities={6: 2}, style="loud")
+
+
 def test_emotion_caption_merges_labels():
     assert rules.emotion_caption(["happiness", "surprise"]) == (
         "The face shows happiness and surprise.")

@@ -76,6 +76,39 @@ def test_bp4d_bad_rows_and_files(tmp_path):
         read("bp4d", tmp_path / "nowhere")
 
 
+def test_bp4d_intensity_files_fill_au_intensity(tmp_path):
+    labels = tmp_path / "AUCoding" / "AU_OCC"
+    protocol = {1: 0, 2: 0, 4: 0, 6: 1, 7: 0, 10: 0, 12: 1, 14: 0, 15: 0, 17: 0, 23: 0, 24: 0}
+    write_csv(labels / "F001_T1.csv", [[str(i) for i in range(100)],
+                                       bp4d_row(2440, protocol), bp4d_row(2441, protocol),
+                                       bp4d_row(2442, protocol)])
+    codes = tmp_path / "AU-Intensity-Codes3.0"
+    # native layout: one folder per AU, no header, frame,intensity; 9 = not coded
+    write_csv(codes / "AU06" / "F001_T1_AU06.csv", [["2440", "3"], ["2441", "9"],
+                                                    ["2442", "C"]])
+    write_csv(codes / "AU12" / "F001_T1_AU12.csv", [["2440", "5"], ["2441", "7"],
+                                                    ["2440", "1"], ["x", "2"]])
+    (codes / "AU06" / "readme.txt").write_text("notes")
+    records, report = read("bp4d", tmp_path)
+    assert records["F001_T1_2440"]["au_intensity"] == {"6": 3, "12": 5}
+    assert records["F001_T1_2441"]["au_intensity"] == {"6": None, "12": None}  # 9; bad 7
+    assert records["F001_T1_2442"]["au_intensity"] == {"6": 3, "12": None}  # letter C; no line
+    assert report.skipped == {"intensity: value out of range": 1,
+                              "intensity: duplicate frame": 1,
+                              "intensity: frame is not an integer": 1}
+    assert report.examples["intensity: value out of range"][0].startswith(
+        str(codes / "AU12" / "F001_T1_AU12.csv") + ":2")
+    assert any("names" not in n and "ignored" in n for n in report.notes)
+    # AUs outside the kept set carry no intensity; no folder at all: no field, noted
+    only_brows, _ = read("bp4d", tmp_path, aus=[1, 2, 4])
+    assert "au_intensity" not in only_brows["F001_T1_2440"]
+    import shutil
+    shutil.rmtree(codes)
+    plain, report = read("bp4d", tmp_path)
+    assert "au_intensity" not in plain["F001_T1_2440"]
+    assert any("no AU-Intensity-Codes3.0" in n for n in report.notes)
+
+
 # --- DISFA -------------------------------------------------------------------------------
 def write_disfa(root: Path, subject: str, values: dict[int, list[int]]) -> None:
     folder = root / "ActionUnit_Labels" / subject

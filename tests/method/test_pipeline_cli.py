@@ -310,3 +310,17 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     assert tables and "QFormer(Exp)" in tables[0].read_text(), tables
     assert (tmp_path / "work" / ".steps" / "probe.json").exists()
 
+
+
+def test_pipeline_rule_intensity_key(tmp_path):
+    from lavis_ext.method.paper import load_config
+
+    problems: list[str] = []
+    assert load_config(PAPER, problems).intensity is None  # the paper's captions: no level
+    text = PAPER.read_text().replace("rule_intensity: null", "rule_intensity: degree")
+    (tmp_path / "p.yaml").write_text(text)
+    assert load_config(tmp_path / "p.yaml", problems).intensity == "degree"
+    (tmp_path / "p.yaml").write_text(text.replace("rule_intensity: degree",
+                                                  "rule_intensity: loud"))
+    load_config(tmp_path / "p.yaml", problems)
+    assert any("rule_intensity" in p and "expected one of" in p for p in problems)
