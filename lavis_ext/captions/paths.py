@@ -5,7 +5,8 @@ another step wrote: the pipeline (its ``workdir``), ``expblip import-captions`` 
 and the ``storage`` paths of the project YAMLs (``DEFAULT_WORKDIR``, the paper pipeline's
 ``workdir``; the tiny configs use the demo's). All models share one file per dataset and
 split: the records hold every caption kind (``captions[kind]``) and each config picks its
-kinds with ``caption_kinds``.
+kinds with ``caption_kinds``. (The field's benchmark configs that score against a
+benchmark's own reference texts, FEA-20K's, read its prepared records instead.)
 """
 from __future__ import annotations
 

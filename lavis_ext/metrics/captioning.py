@@ -28,7 +28,7 @@ from lavis_ext.errors import InputError
 from lavis_ext.metrics.embeddings import TextEncoder
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)*")
-PROTOCOLS = ("best", "coco")
+PROTOCOLS = ("best", "coco", "facial-r1")
 DEFAULT_PROTOCOL = "best"
 
 
@@ -227,9 +227,19 @@ def _tokenized(predictions: Sequence[str], kept: Sequence[Sequence[str]]
     return hyps, refs_tok
 
 
+def rouge_score_l(hypotheses: Sequence[str], references: Sequence[str]) -> list[float]:
+    """``rouge_score``'s ROUGE-L F-measure (stemmed) of each (hypothesis, reference) pair."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [float(scorer.score(r or "", h or "")["rougeL"].fmeasure)
+            for h, r in zip(hypotheses, references)]
+
+
 def score_captions(predictions: Sequence[str], references: Sequence[Sequence[str]], *,
                    meteor: MeteorScorer | None = None, encoder: TextEncoder | None = None,
-                   groups: Mapping[str, Sequence[int]] | None = None) -> dict[str, Any]:
+                   groups: Mapping[str, Sequence[int]] | None = None,
+                   rouge: str = "coco") -> dict[str, Any]:
     """The paper's protocol: each sample's best single-reference METEOR, ROUGE-L and embedding
     similarity, and their means over samples (``mean``; per group in ``group_mean``).
 
@@ -237,21 +247,31 @@ def score_captions(predictions: Sequence[str], references: Sequence[Sequence[str
     (PTB tokens, ``Meteor`` segment score, ``Rouge``). Every sample must have at least one
     non-empty reference (the caller counts and drops those that do not). Metrics whose scorer
     is None are left out. ``groups`` names subsets of sample positions (e.g. one per dataset).
+    ``rouge``: ``coco`` (pycocoevalcap's, on PTB tokens) or ``rouge_score`` (Facial-R1's, on
+    the raw texts; then only METEOR needs the PTB tokenizer).
     """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} reference lists")
-    from pycocoevalcap.rouge.rouge import Rouge
-
+    if rouge not in ("coco", "rouge_score"):
+        raise ValueError(f"rouge: expected coco or rouge_score, got {rouge!r}")
     kept = _kept_references(references)
     n = len(predictions)
-    hyps, refs_tok = _tokenized(predictions, kept)
     owners = [i for i, refs in enumerate(kept) for _ in refs]
-    pairs_h = [hyps[i] for i in owners]
-    pairs_r = [r for refs in refs_tok for r in refs]
     per_sample: dict[str, list[float]] = {}
-    rouge = Rouge()
-    per_sample["rouge_l"] = _max_per_sample(
-        [float(rouge.calc_score([h], [r])) for h, r in zip(pairs_h, pairs_r)], owners, n)
+    if rouge == "rouge_score":
+        per_sample["rouge_l"] = _max_per_sample(
+            rouge_score_l([predictions[i] for i in owners], [r for refs in kept for r in refs]),
+            owners, n)
+    if rouge == "coco" or meteor is not None:
+        from pycocoevalcap.rouge.rouge import Rouge
+
+        hyps, refs_tok = _tokenized(predictions, kept)
+        pairs_h = [hyps[i] for i in owners]
+        pairs_r = [r for refs in refs_tok for r in refs]
+    if rouge == "coco":
+        scorer = Rouge()
+        per_sample["rouge_l"] = _max_per_sample(
+            [float(scorer.calc_score([h], [r])) for h, r in zip(pairs_h, pairs_r)], owners, n)
     if meteor is not None:
         per_sample["meteor"] = _max_per_sample(meteor.score_pairs(pairs_h, pairs_r), owners, n)
     if encoder is not None:

@@ -35,7 +35,14 @@ PROTOCOL_DEFINITIONS = {
              "references at once, corpus-level score; ROUGE-L with the best precision and the "
              "best recall over references, mean over images; embedding similarity: best "
              "reference, mean over images"),
+    "facial-r1": ("Facial-R1's protocol (its released evaluation code): ROUGE-L is the "
+                  "rouge_score package's rougeL F-measure (beta 1, Porter stemming, its own "
+                  "tokenizer) against the best reference, mean over images; METEOR and "
+                  "embedding similarity, when asked for, as in 'best'"),
 }
+# What 'rouge_l' means in a result, by protocol.
+ROUGE_L_DEFINITIONS = {"best": ROUGE_L_DEFINITION, "coco": ROUGE_L_DEFINITION,
+                       "facial-r1": "ROUGE-L = rouge_score's rougeL F-measure (beta 1, stemmed)"}
 CAPTION_METRICS = ("meteor", "rouge_l", "embedding_sim")
 REPORT_BY = (None, "dataset", "split")
 
@@ -148,10 +155,12 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
     if with_refs:
         refs = [refs_of[i] for i in with_refs]
         preds = [by_id[i] for i in with_refs]
-        score = score_captions_coco if protocol == "coco" else score_captions
-
         def run(scorer: MeteorScorer | None) -> dict[str, Any]:
-            return score(preds, refs, meteor=scorer, encoder=encoder, groups=groups)
+            if protocol == "coco":
+                return score_captions_coco(preds, refs, meteor=scorer, encoder=encoder,
+                                           groups=groups)
+            return score_captions(preds, refs, meteor=scorer, encoder=encoder, groups=groups,
+                                  rouge="rouge_score" if protocol == "facial-r1" else "coco")
 
         if isinstance(meteor, MeteorScorer):
             caption_scores = run(meteor)
@@ -192,7 +201,7 @@ def evaluate_captions(predictions: Sequence[Mapping[str, Any]],
         "n_empty_predictions": pooled["n_empty_predictions"],
         "protocol": protocol,
         "protocol_definition": PROTOCOL_DEFINITIONS[protocol],
-        "rouge_l_definition": ROUGE_L_DEFINITION,
+        "rouge_l_definition": ROUGE_L_DEFINITIONS[protocol],
         "ref_kinds": ref_kinds,
         "report_by": report_by,
         "embedding_encoder": getattr(encoder, "name", None),

@@ -39,7 +39,7 @@ from lavis_ext.data.records import atomic_write_text
 from lavis_ext.errors import InputError
 from lavis_ext.metrics.embeddings import build_encoder
 from lavis_ext.metrics.captioning import DEFAULT_PROTOCOL, check_protocol
-from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY, ROUGE_L_DEFINITION,
+from lavis_ext.metrics.evaluate import (CAPTION_METRICS, REPORT_BY,
                                         evaluate_captions, format_table)
 from lavis_ext.tasks.references import annotation_storage, records_for_dataset
 from lavis_ext.tasks.run import RunBoundTask
@@ -206,7 +206,7 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
                             "for it); agg_metrics = 0", self.select_metric, split_name)
         metrics["agg_metrics"] = float(selected or 0.0)
         report = {"split": split_name, "epoch": epoch, "select_metric": self.select_metric,
-                  "rouge_l_definition": ROUGE_L_DEFINITION, **scores}
+                  **scores}  # scores name their protocol's ROUGE-L definition
         scores_file = os.path.join(result_dir, f"{split_name}_epoch{epoch}_scores.json")
         atomic_write_text(scores_file, json.dumps(report, indent=1) + "\n")
         line: dict[str, Any] = {split_name: metrics, "epoch": epoch}

@@ -92,3 +92,21 @@ def test_per_au_table_leaves_out_rows_without_au_labels():
     main_rows, per_au = table.split("AU F1 (%) read from the captions:")
     assert "| Emotion model |" in main_rows and "| AU model |" in per_au
     assert "Emotion model" not in per_au
+
+
+def test_facial_r1_protocol_scores_rouge_l_as_its_code_does():
+    """Facial-R1's ROUGE-L: rouge_score's rougeL F1 (beta 1) on stemmed words, best reference.
+
+    "the man is smiling" against "a man smiles": stemmed, the LCS is "man smile" (2 words),
+    P = 2/4, R = 2/3, F1 = 4/7. pycocoevalcap's ROUGE-L (no stemming, beta 1.2) sees only "man".
+    """
+    record = new_record("a.jpg", "x1", "fea20k", "test", aus={"12": 1})
+    record["caption"] = ["the face is neutral", "a man smiles"]
+    out = evaluate_captions([{"image_id": "x1", "caption": "the man is smiling"}], [record],
+                            meteor=False, protocol="facial-r1")
+    assert out["metrics"]["rouge_l"] == pytest.approx(4 / 7)
+    assert "rouge_score" in out["rouge_l_definition"] and out["protocol"] == "facial-r1"
+    assert out["recognition"]["au_f1_macro"] == pytest.approx(1.0)  # "smiling" names AU12
+    with pytest.raises(Exception, match="expected one of"):
+        evaluate_captions([{"image_id": "x1", "caption": "a"}], [record], meteor=False,
+                          protocol="rouge")
