@@ -24,8 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pred", action="append", default=[], metavar="[NAME=]FILE",
                         help="one model's predictions (JSON list of {image_id, caption}); "
                              "repeat for each model; NAME defaults to the file's stem")
-    parser.add_argument("--ann", help="records JSON of the rated split (the test records)")
-    parser.add_argument("--images", help="images root of the records")
+    parser.add_argument("--ann", action="append", default=[],
+                        help="records JSON of the rated split (the test records); repeat for "
+                             "several datasets' files (Table 5 rates all of Table 1's)")
+    parser.add_argument("--images", action="append", default=[],
+                        help="images root of the records: one for every --ann, or one per "
+                             "--ann in the same order")
     parser.add_argument("--out", required=True, help="the ratings file (SQLite)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test", "all"),
                         help="rate records of this split (default test; 'all' for every one)")
@@ -44,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _source(args: argparse.Namespace) -> str:
     """A fingerprint of what the kit is built from."""
-    from lavis_ext.rate.kit import parse_pred_flags
+    from lavis_ext.rate.kit import paired_sources, parse_pred_flags
     from lavis_ext.rate.store import fingerprint
 
     parts = []
@@ -52,17 +56,18 @@ def _source(args: argparse.Namespace) -> str:
         if not path.is_file():
             raise InputError(f"--pred: file not found: {path}")
         parts += [name.encode(), path.read_bytes()]
-    ann = Path(args.ann)
-    if not ann.is_file():
-        raise InputError(f"--ann: file not found: {ann}")
-    parts += [ann.read_bytes(), str(Path(args.images).resolve()).encode(), args.split.encode(),
-              f"{args.sample}:{args.seed}".encode()]
+    for ann, images in paired_sources(args.ann, args.images):
+        if not ann.is_file():
+            raise InputError(f"--ann: file not found: {ann}")
+        parts += [ann.read_bytes(), str(images.resolve()).encode()]
+    parts += [args.split.encode(), f"{args.sample}:{args.seed}".encode()]
     return fingerprint(parts)
 
 
 def open_kit(args: argparse.Namespace) -> "RatingStore":
     """The store for ``--out``: built now, or the existing one when its inputs match."""
-    from lavis_ext.rate.kit import build_items, describe_build, parse_pred_flags, sample_items
+    from lavis_ext.rate.kit import (build_items, describe_build, paired_sources,
+                                    parse_pred_flags, sample_items)
     from lavis_ext.rate.store import RatingStore
 
     store = RatingStore(args.out)
@@ -84,8 +89,8 @@ def open_kit(args: argparse.Namespace) -> "RatingStore":
                          "--images to build the kit")
     source = _source(args)
     preds = parse_pred_flags(args.pred)
-    build = build_items(preds, args.ann, args.images,
-                        None if args.split == "all" else args.split)
+    build = build_items(preds, paired_sources(args.ann, args.images),
+                        split=None if args.split == "all" else args.split)
     items = build.items
     if args.sample is not None:
         items = sample_items(items, args.sample, args.seed)

@@ -75,19 +75,38 @@ def read_predictions(path: Path) -> dict[str, str]:
     return by_id
 
 
-def build_items(preds: Sequence[tuple[str, Path]], ann: str | Path, images: str | Path,
+def paired_sources(anns: Sequence[str | Path], images: Sequence[str | Path]
+                   ) -> list[tuple[Path, Path]]:
+    """(records file, images root) pairs from the repeated ``--ann`` / ``--images`` flags:
+    one root for every file, or one root per file in the same order."""
+    if not anns or not images:
+        raise UsageError("--ann and --images: give at least one of each")
+    if len(images) == 1:
+        images = list(images) * len(anns)
+    elif len(images) != len(anns):
+        raise UsageError(f"--images: {len(images)} roots for {len(anns)} --ann files; give "
+                         "one root for all, or one per --ann in the same order")
+    return [(Path(a), Path(i)) for a, i in zip(anns, images)]
+
+
+def build_items(preds: Sequence[tuple[str, Path]],
+                sources: Sequence[tuple[str | Path, str | Path]], *,
                 split: str | None = "test") -> KitBuild:
-    """Items for every record of ``split`` that each model captioned and whose image exists."""
-    try:
-        records = load_records(ann)
-    except (RecordError, FileNotFoundError) as err:
-        raise InputError(f"--ann: {err}") from err
+    """Items for every record of ``split`` that each model captioned and whose image exists;
+    ``sources`` pairs each records file with its images root."""
     by_model = {name: read_predictions(path) for name, path in preds}
     skipped = {"other split": 0, "not captioned by every model": 0, "empty caption": 0,
                "image not found": 0}
     items: list[Item] = []
-    root = Path(images).resolve()
-    for record in records:
+    records_with_root = []
+    for ann, images in sources:
+        try:
+            records = load_records(ann)
+        except (RecordError, FileNotFoundError) as err:
+            raise InputError(f"--ann: {err}") from err
+        root = Path(images).resolve()
+        records_with_root += [(record, root) for record in records]
+    for record, root in records_with_root:
         if split and record["split"] != split:
             skipped["other split"] += 1
             continue
@@ -104,7 +123,8 @@ def build_items(preds: Sequence[tuple[str, Path]], ann: str | Path, images: str 
             continue
         items.append(Item(record["image_id"], record["dataset"], str(path), texts))
     if not items:
-        raise InputError(f"--ann {ann}: no record can be rated (skipped: "
+        names = ", ".join(str(ann) for ann, _ in sources)
+        raise InputError(f"--ann {names}: no record can be rated (skipped: "
                          f"{_skip_text(skipped)}); check --images and that the predictions "
                          "name the records' image_id")
     return KitBuild(items, [name for name, _ in preds], {k: v for k, v in skipped.items() if v})

@@ -12,7 +12,7 @@ from lavis_ext.rate.store import RatingStore
 
 @pytest.fixture
 def store(kit_files, tmp_path):
-    build = build_items(list(kit_files.preds.items()), kit_files.ann, kit_files.images)
+    build = build_items(list(kit_files.preds.items()), [(kit_files.ann, kit_files.images)])
     store = RatingStore(tmp_path / "ratings.sqlite")
     store.create(build.items, build.models, source="test")
     return store

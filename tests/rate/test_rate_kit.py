@@ -10,7 +10,7 @@ from lavis_ext.rate.kit import (build_items, parse_pred_flags, read_predictions,
 
 def test_items_need_every_model_and_the_image(kit_files):
     preds = list(kit_files.preds.items())
-    build = build_items(preds, kit_files.ann, kit_files.images)
+    build = build_items(preds, [(kit_files.ann, kit_files.images)])
     assert sorted(i.image_id for i in build.items) == sorted(kit_files.ids)
     assert build.skipped == {"other split": 1, "not captioned by every model": 1,
                              "image not found": 1}
@@ -44,7 +44,7 @@ def test_bad_prediction_files_name_the_entry(tmp_path):
 
 def test_nothing_to_rate_is_an_input_error(kit_files, tmp_path):
     with pytest.raises(InputError, match="no record can be rated.*image not found"):
-        build_items(list(kit_files.preds.items()), kit_files.ann, tmp_path / "elsewhere")
+        build_items(list(kit_files.preds.items()), [(kit_files.ann, tmp_path / "elsewhere")])
 
 
 def test_quota_is_proportional_with_largest_remainders():
@@ -63,10 +63,35 @@ def test_quota_is_proportional_with_largest_remainders():
 
 
 def test_sample_is_stratified_and_repeatable(kit_files):
-    items = build_items(list(kit_files.preds.items()), kit_files.ann, kit_files.images).items
+    items = build_items(list(kit_files.preds.items()), [(kit_files.ann, kit_files.images)]).items
     first = sample_items(items, 5, seed=7)
     assert Counter(i.dataset for i in first) == {"bp4d": 3, "rafdb": 1, "disfa": 1}
     assert [i.image_id for i in sample_items(list(reversed(items)), 5, seed=7)] == \
         [i.image_id for i in first]
     draws = {tuple(i.image_id for i in sample_items(items, 5, seed=s)) for s in range(10)}
     assert len(draws) > 1  # the seed matters
+
+
+def test_several_datasets_files_each_with_its_images_root(kit_files, tmp_path):
+    """Table 5 draws from every Table 1 test set: one records file and images root each."""
+    from lavis_ext.data.records import load_records, save_records
+    from lavis_ext.rate.kit import paired_sources
+
+    records = load_records(kit_files.ann)
+    other = tmp_path / "other"
+    other.mkdir()
+    moved = [r for r in records if r["dataset"] == "disfa"]
+    for record in moved:  # the disfa images live under another root, in another file
+        (kit_files.images / record["image"]).rename(other / record["image"])
+    save_records([r for r in records if r["dataset"] != "disfa"], tmp_path / "a.json")
+    save_records(moved, tmp_path / "b.json")
+    pairs = paired_sources([tmp_path / "a.json", tmp_path / "b.json"], [kit_files.images, other])
+    build = build_items(list(kit_files.preds.items()), pairs)
+    assert sorted(i.image_id for i in build.items) == sorted(kit_files.ids)
+    # one root for both files: the disfa images are not under it
+    one_root = build_items(list(kit_files.preds.items()),
+                           paired_sources([tmp_path / "a.json", tmp_path / "b.json"],
+                                          [kit_files.images]))
+    assert one_root.skipped["image not found"] == 1 + len(moved)
+    with pytest.raises(UsageError, match="2 roots for 3 --ann files"):
+        paired_sources(["a", "b", "c"], ["x", "y"])

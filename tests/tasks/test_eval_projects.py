@@ -17,7 +17,9 @@ from lavis_ext.captions import rules
 from lavis_ext.data.records import add_captions, new_record, save_records
 
 PROJECTS = Path(__file__).resolve().parents[2] / "projects" / "eval"
-MODELS = ("au_blip", "au_blip_vitg_opt2.7b", "emot_blip", "exp_blip", "mix_blip", "cat_blip",
+# the ViT-B / OPT-2.7B rows of Table 2 (also the captioners Table 5 rates)
+VITB = ("au_blip_vitb", "mix_blip_vitb", "cat_blip_vitb", "exp_blip_vitb")
+MODELS = (*VITB, "au_blip", "au_blip_vitg_opt2.7b", "emot_blip", "exp_blip", "mix_blip", "cat_blip",
           "blip2_pretrained", "blip2_coco")
 # the two BLIP-2 rows: LAVIS's blip2_opt as released (model type, released weights, image size)
 BLIP2 = {"blip2_pretrained": ("pretrain_opt6.7b", "blip2_pretrained_opt6.7b.pth", 224),
@@ -27,6 +29,17 @@ CONFIGS = [PROJECTS / f"table2_{m}.yaml" for m in MODELS]
 
 def test_one_table2_config_per_model():
     assert sorted(p.name for p in PROJECTS.glob("table2_*.yaml")) == sorted(p.name for p in CONFIGS)
+
+
+@pytest.mark.parametrize("name", VITB)
+def test_vitb_rows_load_the_vitb_captioner_and_opt_2_7b(name):
+    cfg = OmegaConf.load(PROJECTS / f"table2_{name}.yaml")
+    model = name[:-len("_vitb")]
+    assert cfg.model.model_type == "vitb_opt2.7b" and cfg.model.opt_model == "facebook/opt-2.7b"
+    header = (PROJECTS / f"table2_{name}.yaml").read_text().split("\nmodel:")[0]
+    assert f"projects/{model}/stage2_vitb.yaml" in header
+    assert f"model.finetuned=output/{model}/stage2_vitb/" in header
+    assert cfg.run.output_dir == f"output/eval/table2_{name}"
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +122,42 @@ def test_table2_config_runs_one_evaluation_step(path, tmp_path, tiny_models):
     saved = json.loads((tmp_path / "result" / "test_epochbest_scores.json").read_text())
     assert set(saved["groups"]) == {"rafau", "gft"}
     assert saved["ref_kinds"] == ["au-rule", "au-llm"] and saved["n_scored"] == 4
+
+
+TABLE1 = ("bp4d", "disfa", "gft", "rafau", "emotionet", "affectnet", "rafdb", "faceme")
+TABLE5 = [PROJECTS / f"table5_{m}_vitb.yaml" for m in ("mix_blip", "cat_blip", "exp_blip")]
+
+
+def test_table5_configs_are_the_three_vitb_fused_caption_models():
+    assert sorted(PROJECTS.glob("table5_*.yaml")) == sorted(TABLE5)
+
+
+@pytest.mark.parametrize("path", TABLE5, ids=lambda p: p.stem)
+def test_table5_config_captions_every_table1_test_set(path, tmp_path, tiny_models):
+    """Table 5 rates captions of test images from all Table 1 datasets (ViT-B captioners):
+    one evaluation step writes the (image_id, caption) file that `expblip rate` reads."""
+    from lavis_ext.rate.kit import read_predictions
+
+    cfg = OmegaConf.load(path)
+    assert cfg.model.model_type == "vitb_opt2.7b" and cfg.run.evaluate is True
+    sources = cfg.datasets.facial_caption_mix.build_info.sources
+    assert [Path(s.annotations.test.storage).name for s in sources] == \
+        [f"{d}_test.json" for d in TABLE1]
+    assert cfg.datasets.facial_caption_mix.caption_kinds is None
+    files = _test_data(tmp_path / "data")  # two of the eight, on tiny data
+    cfg.datasets.facial_caption_mix.build_info.sources = [
+        {"annotations": {"test": {"storage": str(files[d])}}, "images": str(tmp_path / "data" / d)}
+        for d in ("rafau", "gft")]
+    cfg.datasets.facial_caption_mix.vis_processor.eval.image_size = 112
+    cfg.merge_with({"run": {"max_len": 12, "num_beams": 2, "result_dir": str(tmp_path / "result")}})
+    task = registry.get_task_class(cfg.run.task).setup_task(cfg=SimpleNamespace(run_cfg=cfg.run))
+    datasets_cfg = Config.build_dataset_config(cfg).datasets
+    test = task.build_datasets(SimpleNamespace(datasets_cfg=datasets_cfg))[
+        "facial_caption_mix"]["test"]
+    model = tiny_models(cfg.model.arch)
+    task.before_evaluation(model=model, dataset=test)
+    loader = torch.utils.data.DataLoader(test, batch_size=len(test), collate_fn=test.collater)
+    task.after_evaluation(val_result=task.evaluation(model, loader, cuda_enabled=False),
+                          split_name="test", epoch="best")
+    read = read_predictions(tmp_path / "result" / "test_epochbest.json")  # as the kit reads it
+    assert len(read) == 4
