@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,20 +35,35 @@ from lavis_ext.method.recipe import SPLITS, MethodStep, Source, captions_path, m
 MODELS = ("au_blip", "emot_blip", "exp_blip", "mix_blip", "cat_blip")
 DEFAULT_MIN_FREE_GB = 100.0
 MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "models" / "configs"
+ROW_NAME = r"[A-Za-z0-9][A-Za-z0-9 ()_.+-]*"  # a probe's table row (an --options value)
 
 
 @dataclass(frozen=True)
 class Probe:
     """One representation probe (a ``projects/probe`` config) run after training; ``model``
-    names the captioner whose stage-2 checkpoint it loads (None: the released encoder)."""
+    names the captioner whose stage-2 checkpoint it loads (None: the released encoder).
+    ``row`` renames its table row, so that one config probes several captioners (Table 3's
+    QFormer(Mix) is the QFormer(Exp) config on Mix-BLIP's checkpoint)."""
 
     config: Path
     model: str | None
     options: tuple[str, ...] = ()
+    row: str | None = None
+
+    @property
+    def folder(self) -> str:
+        """Its run folder under runs/probe/ (and its step's name, after ``probe-``)."""
+        if self.row is None:
+            return self.config.stem
+        return f"{self.config.stem}-{re.sub(r'[^a-z0-9]+', '-', self.row.lower()).strip('-')}"
 
     @property
     def name(self) -> str:
-        return f"probe-{self.config.stem}"
+        return f"probe-{self.folder}"
+
+    def overrides(self) -> list[str]:
+        """What the entry adds to its config's options (before its own ``options``)."""
+        return [f"run.probe.row_name={self.row}"] if self.row is not None else []
 
 
 @dataclass
@@ -163,10 +179,15 @@ def _probes(entries: Any, trained: set[str | None], root: Path, where: Callable[
             problems.append(f"{where(key)}: needs 'config' (a probe config, e.g. "
                             "projects/probe/table3_bp4d_qformer_au.yaml)")
             continue
-        unknown = sorted(set(entry) - {"config", "model", "options"})
+        unknown = sorted(set(entry) - {"config", "model", "options", "row"})
         if unknown:
             problems.append(f"{where(key)}: unknown keys {unknown}; expected config, model, "
-                            "options")
+                            "options, row")
+        row = entry.get("row")
+        if row is not None and not (isinstance(row, str) and re.fullmatch(ROW_NAME, row)):
+            problems.append(f"{where(key + '.row')}: expected a table row name of letters, "
+                            f"digits, spaces and ()-_.+, got {row!r}")
+            row = None
         config = resolve_path(entry["config"], root)
         if not config.is_file():
             problems.append(f"{where(key + '.config')}: file not found: {config}")
@@ -179,10 +200,11 @@ def _probes(entries: Any, trained: set[str | None], root: Path, where: Callable[
         if not isinstance(options, list) or not all(isinstance(o, str) for o in options):
             problems.append(f"{where(key + '.options')}: expected a list of key=value strings")
             options = []
-        probe = Probe(config, model, tuple(options))
+        probe = Probe(config, model, tuple(options), row)
         if probe.name in {p.name for p in found}:
-            problems.append(f"{where(key)}: a second probe of {config.name}; each config runs "
-                            "once (its results go to runs/probe/<config name>)")
+            problems.append(f"{where(key)}: a second probe of {config.name} under the same "
+                            "row; give each probe of one config its own 'row' (its results go "
+                            "to runs/probe/<config name>[-<row>])")
             continue
         found.append(probe)
     return found
@@ -523,13 +545,13 @@ def run_steps(cfg: PipelineConfig, until: str | None = None, progress: bool = Tr
     def probe_step(step: MethodStep) -> None:
         for probe in cfg.probes:
             # every probe's row in one table under the workdir; the entry's options last
-            overrides = [f"run.output_dir={work / 'runs' / 'probe' / probe.config.stem}",
+            overrides = [f"run.output_dir={work / 'runs' / 'probe' / probe.folder}",
                          f"run.probe.table_dir={work / 'runs' / 'probe' / 'tables'}",
                          f"run.probe.cache_dir={work / 'runs' / 'probe' / 'features'}"]
             if probe.model:
                 overrides += ["model.load_finetuned=True",
                               f"model.finetuned={checkpoints[probe.model]}"]
-            overrides += probe.options
+            overrides += probe.overrides() + list(probe.options)
             results[probe.name] = steps.run(probe.name, train_stage, probe.config, overrides,
                                             nproc=cfg.nproc)
         steps.run(step.name, lambda: "all probes trained and tested")

@@ -219,6 +219,11 @@ def test_probe_entries_are_checked_with_the_others(tmp_path):
          "model": "mix_blip"},
         {"model": "au_blip"},
         {"config": str(REPO / "projects" / "probe" / "table3_bp4d_vitg.yaml"), "epochs": 3},
+        # one config, another captioner: its own row (Table 3's QFormer(Mix) and ViT-G(AU))
+        {"config": str(REPO / "projects" / "probe" / "table3_bp4d_vitg.yaml"),
+         "model": "au_blip", "row": "ViT-G(AU)"},
+        {"config": str(REPO / "projects" / "probe" / "table3_bp4d_vitg.yaml"),
+         "model": "exp_blip", "row": "ViT-G(Exp); rm -rf"},
     ])
     problems = []
     cfg = load_config(config, problems)
@@ -229,13 +234,23 @@ def test_probe_entries_are_checked_with_the_others(tmp_path):
         "['au_blip', 'emot_blip', 'exp_blip'] or no model (a probe of the released encoder)",
         f"{where}[4]: needs 'config' (a probe config, e.g. "
         "projects/probe/table3_bp4d_qformer_au.yaml)",
-        f"{where}[5]: unknown keys ['epochs']; expected config, model, options",
-        f"{where}[5]: a second probe of table3_bp4d_vitg.yaml; each config runs once (its "
-        "results go to runs/probe/<config name>)",
+        f"{where}[5]: unknown keys ['epochs']; expected config, model, options, row",
+        f"{where}[5]: a second probe of table3_bp4d_vitg.yaml under the same row; give each "
+        "probe of one config its own 'row' (its results go to runs/probe/<config "
+        "name>[-<row>])",
+        f"{where}[7].row: expected a table row name of letters, digits, spaces and ()-_.+, "
+        "got 'ViT-G(Exp); rm -rf'",
+        f"{where}[7]: a second probe of table3_bp4d_vitg.yaml under the same row; give each "
+        "probe of one config its own 'row' (its results go to runs/probe/<config "
+        "name>[-<row>])",
     ]
-    assert [(p.name, p.model, p.options) for p in cfg.probes][:2] == [
-        ("probe-table3_bp4d_qformer_au", "au_blip", ("run.max_epoch=1",)),
-        ("probe-table3_bp4d_vitg", None, ())]
+    loaded = [(p.name, p.model, p.options) for p in cfg.probes]
+    assert loaded[:2] == [("probe-table3_bp4d_qformer_au", "au_blip", ("run.max_epoch=1",)),
+                          ("probe-table3_bp4d_vitg", None, ())]
+    assert loaded[-1] == ("probe-table3_bp4d_vitg-vit-g-au", "au_blip", ())
+    row = cfg.probes[-1]
+    assert row.folder == "table3_bp4d_vitg-vit-g-au"
+    assert row.overrides() == ["run.probe.row_name=ViT-G(AU)"] and cfg.probes[1].overrides() == []
     assert [step.name for step, _ in plan(cfg)][-2:] == ["evaluate", "probe"]
 
 
@@ -255,7 +270,10 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     with FaultyLLMServer() as server:
         # 48 faces each: every training split holds more than one batch of the tiny configs
         probe = {"config": "probe_affectnet_qformer_exp.yaml", "model": "exp_blip"}
-        config = _config(tmp_path, server.base_url, n_images=48, probes=[probe])
+        # the same config on AU-BLIP's run, under its own row (Table 3's QFormer(AU))
+        row = {"config": "probe_affectnet_qformer_exp.yaml", "model": "au_blip",
+               "row": "QFormer(AU)"}
+        config = _config(tmp_path, server.base_url, n_images=48, probes=[probe, row])
         _tiny_probe(tmp_path)
         stage2 = tmp_path / "work" / "runs" / "exp_blip" / "stage2"
         command = [sys.executable, "-m", "lavis_ext.cli", "pipeline", "--config", str(config),
@@ -308,6 +326,9 @@ def test_pipeline_runs_every_step_and_resumes_a_killed_stage_2(tmp_path):
     assert probe_log, "the probe step wrote no run"
     tables = _newest(tmp_path / "work" / "runs" / "probe" / "tables", "*.md")
     assert tables and "QFormer(Exp)" in tables[0].read_text(), tables
+    assert "QFormer(AU)" in tables[0].read_text()  # the row entry: one more row, same table
+    assert (tmp_path / "work" / "runs" / "probe" / "probe_affectnet_qformer_exp-qformer-au"
+            ).is_dir()
     assert (tmp_path / "work" / ".steps" / "probe.json").exists()
 
 
