@@ -18,7 +18,8 @@ run_cfg keys: ``probe`` (mapping): ``target`` (``au`` | ``emotion``), ``source``
 ``qformer``), ``mode`` (``linear`` | ``finetune``), ``aus`` (list or ``facs.AU_SUBSETS`` name;
 default: AUs with a positive label in train), ``emotions`` (default: those in train),
 ``threshold`` (0.5), ``row_name``, ``table_dir``, ``cache_dir``, ``feature_batch_size``,
-``model_tag``. Epochs, lr, batch size, schedule, amp: the runner's usual keys.
+``model_tag``, ``head`` (``linear`` | ``text_embedding``: KE2NT's head, emotions only) with its
+``text_head`` settings (``text_head.py``). Epochs, lr, batch size, schedule, amp: the runner's usual keys.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ from lavis_ext.tasks.probe.features import (FeatureCache, broadcast_from_rank0,
                                             cached_features, eval_mode, weights_fingerprint)
 from lavis_ext.tasks.probe.labels import TARGETS, LabelSpace, default_names, parse_aus
 from lavis_ext.tasks.probe.model import MODES, SOURCES, ProbeModel
+from lavis_ext.tasks.probe.text_head import HEADS, TextHeadConfig, build_head
 from lavis_ext.tasks.references import records_for_dataset
 from lavis_ext.tasks.run import RunBoundTask
 
@@ -60,17 +62,27 @@ class ProbeTask(RunBoundTask, BaseTask):
                  threshold: float = 0.5, row_name: str | None = None,
                  table_dir: str | None = None, cache_dir: str | None = None,
                  feature_batch_size: int = 64, num_workers: int = 0,
-                 device: str | None = None, model_tag: str = "") -> None:
+                 device: str | None = None, model_tag: str = "", head: str = "linear",
+                 text_head: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         for value, allowed, key in ((target, TARGETS, "target"), (source, SOURCES, "source"),
-                                    (mode, MODES, "mode")):
+                                    (mode, MODES, "mode"), (head, HEADS, "head")):
             if value not in allowed:
                 raise InputError(f"run.probe.{key} must be one of {allowed}, got {value!r}")
+        if head == "text_embedding" and target != "emotion":
+            raise InputError("run.probe.head: 'text_embedding' matches images with one text per "
+                             f"emotion; it needs run.probe.target: emotion, not {target!r}")
+        if text_head is not None and head != "text_embedding":
+            raise InputError("run.probe.text_head is set but run.probe.head is "
+                             f"{head!r}; set head: text_embedding or drop text_head")
+        self.head = head
+        self.text_head = TextHeadConfig.parse(text_head) if head == "text_embedding" else None
         self.target, self.source, self.mode = target, source, mode
         self.aus = parse_aus(aus)
         self.emotions = [facs.canonical_emotion(e) for e in emotions] if emotions else None
         self.threshold = float(threshold)
-        self.row_name = row_name or f"{source} ({mode})"
+        self.row_name = row_name or (f"{source} ({mode})" if head == "linear"
+                                     else f"{source} ({mode}, text head)")
         self.table_dir, self.cache_dir = table_dir, cache_dir
         self.feature_batch_size, self.num_workers = int(feature_batch_size), int(num_workers)
         self.device = device
@@ -199,8 +211,11 @@ class ProbeTask(RunBoundTask, BaseTask):
         sample = self._sample_images(device)
         with torch.no_grad(), eval_mode(encoder):
             dim = encoder.probe_features(sample, self.source).shape[-1]
+        head = None
+        if self.text_head is not None:
+            head = build_head(self.text_head, dim, self.labels.names, cache_dir=self.cache_dir)
         model = ProbeModel(encoder, dim, len(self.labels.names), source=self.source,
-                           mode=self.mode, target=self.target).to(device)
+                           mode=self.mode, target=self.target, head=head).to(device)
         if self.mode == "linear":
             self._encode_all(model, device)
         else:
@@ -298,6 +313,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         report = {"split": split_name, "epoch": epoch,
                   "dataset": getattr(dataset, "name", "dataset"), "row": self.row_name,
                   "target": self.target, "source": self.source, "mode": self.mode,
+                  "head": self.head,
                   "classes": [str(n) for n in self.labels.names], **metrics,
                   "skipped": dict(getattr(dataset, "skipped", {}))}
         atomic_write_text(os.path.join(result_dir,

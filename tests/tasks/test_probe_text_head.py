@@ -1,0 +1,209 @@
+"""KE2NT's text-embedding emotion head (``run.probe.head: text_embedding``): its three losses
+against hand-computed values, learning planted classes (and not shuffled ones), its settings'
+errors, and runs under LAVIS's runner on the features the linear head uses."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lavis_ext.tasks.probe import ProbeTask
+from lavis_ext.tasks.probe.text_head import (TEMPLATE, TextEmbeddingHead, TextHeadConfig,
+                                             build_head, class_prompt, cosine_logits, loss_c,
+                                             loss_s, loss_t, text_embeddings)
+from test_probe_runner import EMOTIONS, NAME, PlantedEncoder, PlantedSet, run_probe
+
+
+def test_prompts_follow_ke2nt_with_an_for_anger():
+    assert class_prompt("happiness") == \
+        "a photo of a person making a happiness facial expression."
+    assert class_prompt("anger") == "a photo of a person making an anger facial expression."
+    cfg = TextHeadConfig.parse({"prompts": {"neutral": "calm", "anger": "angry"}})
+    assert cfg.prompts_for(["anger", "neutral"]) == ["angry", "calm"]
+    assert TextHeadConfig.parse(None).prompts == TEMPLATE
+
+
+def test_ls_is_cross_entropy_over_scaled_cosines():
+    e = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    texts = torch.tensor([[2.0, 0.0], [0.0, 5.0]])
+    # cos rows: [1, 0] and [1/sqrt2, 1/sqrt2]; scale 2.
+    assert torch.allclose(cosine_logits(e, texts, 2.0),
+                          torch.tensor([[2.0, 0.0], [math.sqrt(2), math.sqrt(2)]]))
+    expected = (math.log(1 + math.exp(-2.0)) + math.log(2.0)) / 2
+    assert loss_s(e, texts, 2.0, torch.tensor([0, 1])).item() == pytest.approx(expected)
+
+
+# Classes: 0 = neutral, 1, 2. Sample 2 is neutral: left out of Lt and Lc.
+TEXTS = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+E = torch.tensor([[2.0, 1.0], [1.0, 3.0], [5.0, 5.0]])
+N = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+Y = torch.tensor([1, 2, 0])
+
+
+def test_lt_aligns_unnormalised_differences_on_non_neutral_samples():
+    # Sample 0: e - n = [1, 0], t1 - t0 = [-1, 1]: cos -1/sqrt2. Sample 1: [0, 2] vs [0, 1]: 1.
+    expected = ((1 + 1 / math.sqrt(2)) + 0.0) / 2
+    assert loss_t(E, N, TEXTS, Y, neutral=0).item() == pytest.approx(expected)
+    normalised_first = loss_t(nn.functional.normalize(E, dim=-1),
+                              nn.functional.normalize(N, dim=-1), TEXTS, Y, neutral=0)
+    assert normalised_first.item() != pytest.approx(expected)  # the order matters
+    e = E.clone().requires_grad_()
+    zero = loss_t(e, N, TEXTS, torch.tensor([0, 0, 0]), neutral=0)
+    zero.backward()  # an all-neutral batch: 0, and still a graph
+    assert zero.item() == 0.0 and e.grad is not None
+
+
+def test_lc_averages_over_all_anchor_sample_pairs():
+    s2, s5, s10 = math.sqrt(2), math.sqrt(5), math.sqrt(10)
+    # Anchors t1 = [0, 1], t2 / |t2|; positives e0 / |e0|, e1 / |e1|; negatives both [1, 1]/s2.
+    anchor_neg = (1 / s2 + 1 / s2 + 1.0 + 1.0) / 4
+    anchor_pos = (1 / s5 + 3 / s10 + 3 / s10 + 2 / s5) / 4
+    expected = anchor_neg - anchor_pos + 2.0
+    assert loss_c(E, N, TEXTS, Y, neutral=0).item() == pytest.approx(expected)
+    own_pairs_only = ((1 / s2 - 1 / s5) + (1.0 - 2 / s5)) / 2 + 2.0
+    assert expected != pytest.approx(own_pairs_only)
+    # Without a neutral class every sample counts.
+    everyone = loss_c(E, N, TEXTS, Y, neutral=None).item()
+    assert everyone != pytest.approx(expected)
+
+
+def test_head_loss_is_the_weighted_sum_of_its_parts():
+    torch.manual_seed(0)
+    head = TextEmbeddingHead(5, torch.randn(3, 4), scale=10.0, neutral=0,
+                             loss_weights={"ls": 1.0, "lt": 0.5, "lc": 2.0})
+    out = head.losses(torch.randn(6, 5), torch.tensor([0, 1, 2, 1, 2, 0]))
+    total = out["loss_s"] + 0.5 * out["loss_t"] + 2.0 * out["loss_c"]
+    assert out["loss"].item() == pytest.approx(total.item())
+    assert out["logits"].shape == (6, 3) and not head.log_scale.requires_grad
+    assert head.scale.item() == pytest.approx(10.0)
+    learned = TextEmbeddingHead(5, torch.randn(3, 4), learn_scale=True, neutral=0)
+    assert learned.log_scale.requires_grad and learned.scale.item() == pytest.approx(100.0)
+    only_s = TextEmbeddingHead(5, torch.randn(3, 4), loss_weights={"lt": 0, "lc": 0})
+    only_s.losses(torch.randn(4, 5), torch.tensor([0, 1, 2, 1]))["loss"].backward()
+    assert all(p.grad is not None for p in only_s.to_neutral.parameters())  # DDP-safe
+
+
+def _planted(split: str, seed: int, shuffle: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    data = PlantedSet(split, seed, shuffle)
+    rows = [(i, EMOTIONS.index(r["emotions"][0])) for i, r in enumerate(data.annotation)
+            if r["emotions"]]
+    return data.x[[i for i, _ in rows]], torch.tensor([y for _, y in rows])
+
+
+def _train_and_score(shuffle: bool) -> float:
+    torch.manual_seed(0)
+    x, y = _planted("train", 0, shuffle)
+    x_test, y_test = _planted("test", 1)
+    texts = torch.randn(len(EMOTIONS), 12, generator=torch.Generator().manual_seed(3))
+    norm = nn.BatchNorm1d(x.shape[1], affine=False)
+    head = TextEmbeddingHead(x.shape[1], texts, scale=30.0, neutral=EMOTIONS.index("neutral"))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=0.01, weight_decay=0.0)
+    for step in range(150):
+        batch = torch.randperm(len(x))[:32]
+        loss = head.losses(norm(x[batch]), y[batch])["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    norm.eval(), head.eval()
+    with torch.no_grad():
+        return (head(norm(x_test)).argmax(1) == y_test).float().mean().item()
+
+
+def test_head_learns_planted_classes_and_not_shuffled_ones():
+    assert _train_and_score(shuffle=False) >= 0.9
+    assert _train_and_score(shuffle=True) <= 0.45  # chance: 0.25
+
+
+class CountingEncoder:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        g = torch.Generator().manual_seed(len(texts))
+        return nn.functional.normalize(torch.randn(len(texts), 6, generator=g), dim=-1).numpy()
+
+
+def test_text_embeddings_are_encoded_once_and_cached(tmp_path):
+    cfg = TextHeadConfig.parse({"encoder": "minilm"})
+    encoder = CountingEncoder()
+    first = text_embeddings(cfg, ["neutral", "anger"], tmp_path, encoder)
+    again = text_embeddings(cfg, ["neutral", "anger"], tmp_path, encoder)
+    assert encoder.calls == 1 and torch.equal(first, again)
+    text_embeddings(cfg, ["neutral", "fear"], tmp_path, encoder)  # other prompts: another file
+    assert encoder.calls == 2 and len(list(tmp_path.glob("text_embeddings_*.pt"))) == 2
+    head = build_head(cfg, 8, ["anger", "neutral"], tmp_path, encoder)
+    assert head.neutral == 1 and head.text_embeddings.shape == (2, 6)
+
+
+def test_the_real_minilm_gives_one_unit_row_per_class(tmp_path):
+    texts = text_embeddings(TextHeadConfig.parse({}), list(EMOTIONS), tmp_path)
+    assert texts.shape == (4, 384)
+    assert torch.allclose(texts.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+@pytest.mark.parametrize("probe, match", [
+    ({"target": "au", "head": "text_embedding"}, r"run.probe.head.*target: emotion"),
+    ({"target": "emotion", "head": "clip"}, r"run.probe.head must be one of"),
+    ({"target": "emotion", "text_head": {}}, r"run.probe.text_head is set but.*'linear'"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"temperature": 1}},
+     r"run.probe.text_head: unknown key\(s\) \['temperature'\]"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"encoder": "qformer_text"}},
+     r"run.probe.text_head.encoder: 'qformer_text'.*stage-1 checkpoint"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"encoder": "clip"}},
+     r"run.probe.text_head.encoder must be one of"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"zero_shot": True}},
+     r"run.probe.text_head.zero_shot"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"scale": 0}},
+     r"run.probe.text_head.scale must be a positive number"),
+    ({"target": "emotion", "head": "text_embedding", "text_head": {"prompts": "a face"}},
+     r"run.probe.text_head.prompts: a template must contain"),
+    ({"target": "emotion", "head": "text_embedding",
+      "text_head": {"loss_weights": {"ls": 1, "lx": 1}}}, r"run.probe.text_head.loss_weights"),
+    ({"target": "emotion", "head": "text_embedding",
+      "text_head": {"loss_weights": {"ls": 0}}}, r"run.probe.text_head.loss_weights.ls"),
+])
+def test_bad_text_head_settings_name_the_field(probe, match):
+    with pytest.raises(ValueError, match=match):
+        ProbeTask(**probe)
+
+
+def test_class_dependent_settings_are_checked_when_the_classes_are_known(tmp_path):
+    cfg = TextHeadConfig.parse({"prompts": {"anger": "angry"}})
+    with pytest.raises(ValueError, match=r"prompts has no text for the probed class\(es\) "
+                                         r"\['neutral'\]"):
+        build_head(cfg, 4, ["anger", "neutral"], tmp_path, CountingEncoder())
+    with pytest.raises(ValueError, match=r"loss_weights.lt > 0 needs the neutral class"):
+        build_head(TextHeadConfig.parse({}), 4, ["anger", "fear"], tmp_path, CountingEncoder())
+    head = build_head(TextHeadConfig.parse({"loss_weights": {"lt": 0}}), 4, ["anger", "fear"],
+                      tmp_path, CountingEncoder())
+    assert head.neutral is None
+
+
+TEXT_PROBE = {"target": "emotion", "source": "qformer", "mode": "linear",
+              "head": "text_embedding", "text_head": {"encoder": "minilm", "scale": 30.0}}
+
+
+def test_text_head_runs_under_the_runner_on_the_linear_heads_features(tmp_path, plain_process):
+    """The linear and the text head with one cache_dir: the second run encodes no image again
+    and fills its own row of the same table; shuffled labels teach it nothing."""
+    cache, tables = str(tmp_path / "cache"), str(tmp_path / "tables")
+    linear = {"target": "emotion", "source": "qformer", "mode": "linear", "row_name": "linear",
+              "cache_dir": cache, "table_dir": tables}
+    run_probe(tmp_path / "linear", linear, max_epoch=1)
+    PlantedEncoder.images_encoded = 0
+    text = dict(TEXT_PROBE, row_name="text head", cache_dir=cache, table_dir=tables)
+    scores = run_probe(tmp_path / "text", text)
+    assert PlantedEncoder.images_encoded == 2  # only the head-sizing call: features cached
+    assert scores["accuracy"] >= 0.9 and scores["head"] == "text_embedding", scores
+    assert scores["n_scored"] == 94
+    assert len(list((tmp_path / "cache").glob("text_embeddings_minilm_*.pt"))) == 1
+    table = (tmp_path / "tables" / f"probe_emotion_{NAME}_test.md").read_text()
+    assert "| linear |" in table and "| text head |" in table
+    shuffled = run_probe(tmp_path / "shuffled", dict(TEXT_PROBE, row_name="shuffled"),
+                         shuffle=True)
+    assert shuffled["accuracy"] <= 0.45, shuffled
