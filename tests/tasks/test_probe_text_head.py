@@ -3,12 +3,20 @@ against hand-computed values, learning planted classes (and not shuffled ones), 
 errors, and runs under LAVIS's runner on the features the linear head uses."""
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
+import lavis_ext  # noqa: F401  (registers the tasks, applies the compat fixes first)
+from lavis.common.registry import registry
+from lavis_ext.data.prepare import prepare_dataset
+from lavis_ext.data.synthetic import make_synthetic
+from lavis_ext.entry import train_main
 from lavis_ext.tasks.probe import ProbeTask
 from lavis_ext.tasks.probe.text_head import (TEMPLATE, TextEmbeddingHead, TextHeadConfig,
                                              build_head, class_prompt, cosine_logits, loss_c,
@@ -207,3 +215,99 @@ def test_text_head_runs_under_the_runner_on_the_linear_heads_features(tmp_path, 
     shuffled = run_probe(tmp_path / "shuffled", dict(TEXT_PROBE, row_name="shuffled"),
                          shuffle=True)
     assert shuffled["accuracy"] <= 0.45, shuffled
+
+
+# --- the configs in projects/probe_text --------------------------------------------------
+PROJECTS = Path(__file__).resolve().parents[2] / "projects"
+TEXT_CONFIGS = PROJECTS / "probe_text"
+# Each text-head config and the linear row whose features it reads.
+LINEAR_OF = {"table3_affectnet_qformer_exp_text.yaml": PROJECTS / "probe" /
+             "table3_affectnet_qformer_exp.yaml",
+             "table3_affectnet_vitg_text.yaml": PROJECTS / "probe" / "table3_affectnet_vitg.yaml",
+             "rafdb_qformer_exp_text.yaml": TEXT_CONFIGS / "rafdb_qformer_exp.yaml"}
+
+
+def test_the_text_head_configs_are_all_there():
+    assert {p.name for p in TEXT_CONFIGS.glob("*.yaml")} == set(LINEAR_OF) | \
+        {"rafdb_qformer_exp.yaml"}
+
+
+@pytest.mark.parametrize("name", sorted(LINEAR_OF))
+def test_text_configs_differ_from_their_linear_row_only_in_the_head(name):
+    text = OmegaConf.to_container(OmegaConf.load(TEXT_CONFIGS / name))
+    linear = OmegaConf.to_container(OmegaConf.load(LINEAR_OF[name]))
+    probe = text["run"]["probe"]
+    assert probe.pop("head") == "text_embedding" and "head" not in linear["run"]["probe"]
+    TextHeadConfig.parse(probe["text_head"])  # valid as written
+    assert probe.pop("text_head")["loss_weights"] == {"ls": 1.0, "lt": 1.0, "lc": 1.0}
+    assert probe.pop("row_name") == f"{linear['run']['probe'].pop('row_name')}, text head"
+    assert text["run"].pop("output_dir") != linear["run"].pop("output_dir")
+    assert text == linear  # same model, data, source, cache_dir, table_dir, schedule
+    assert "expblip prepare" in (TEXT_CONFIGS / name).read_text()
+
+
+@pytest.mark.parametrize("path", sorted(TEXT_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_text_config_parts_are_registered(path):
+    cfg = OmegaConf.load(path)
+    assert registry.get_model_class(cfg.model.arch) is not None
+    assert registry.get_task_class(cfg.run.task) is not None
+    assert registry.get_lr_scheduler_class(cfg.run.lr_sched) is not None
+    for name in cfg.datasets:
+        assert registry.get_builder_class(name) is not None
+    probe = OmegaConf.to_container(cfg.run.probe)
+    ProbeTask(**probe)  # every run.probe key is valid
+
+
+@pytest.fixture(scope="module")
+def emotion_data(tmp_path_factory):
+    """Small native-layout AffectNet and RAF-DB (basic), prepared as the configs say."""
+    root = tmp_path_factory.mktemp("probe_text_data")
+    make_synthetic("affectnet", root / "affectnet", 64, seed=0, image_size=112)
+    prepare_dataset("affectnet", root / "affectnet", root / "prepared_affectnet")
+    make_synthetic("rafdb", root / "rafdb", 64, seed=0, image_size=112, variant="basic")
+    prepare_dataset("rafdb", root / "rafdb", root / "prepared_rafdb", subset="basic")
+    return {"affectnet_emotion": (root / "affectnet", root / "prepared_affectnet"),
+            "rafdb_emotion": (root / "rafdb", root / "prepared_rafdb")}
+
+
+def run_tiny(path: Path, data: dict, tmp_path: Path, job: str) -> dict:
+    """One epoch of ``path`` on the tiny model type and synthetic data; the test scores."""
+    cfg = OmegaConf.load(path)
+    (name,) = list(cfg.datasets)
+    images, prepared = data[name]
+    tiny = cfg.copy()
+    tiny.model = {"arch": cfg.model.arch, "model_type": "tiny"}
+    copy = tmp_path / path.name
+    copy.write_text(OmegaConf.to_yaml(tiny))
+    d = f"datasets.{name}"
+    options = [
+        "model.load_finetuned=False", "model.load_pretrained=False",
+        f"{d}.build_info.annotations.train.storage={prepared / 'train.json'}",
+        f"{d}.build_info.annotations.test.storage={prepared / 'test.json'}",
+        f"{d}.build_info.images.storage={images}",
+        f"{d}.vis_processor.train.image_size=112", f"{d}.vis_processor.eval.image_size=112",
+        "run.max_epoch=1", "run.batch_size_train=8", "run.batch_size_eval=16",
+        "run.num_workers=0", "run.device=cpu", "run.amp=False",
+        f"run.output_dir={tmp_path / job}", f"run.probe.table_dir={tmp_path / 'tables'}",
+        f"run.probe.cache_dir={tmp_path / 'cache'}"]
+    assert train_main(["--cfg-path", str(copy), "--options", *options]) == 0
+    (folder,) = [p for p in (tmp_path / job).iterdir() if p.is_dir()]
+    return json.loads((folder / "result" / "probe_test_epoch0_scores.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["table3_affectnet_qformer_exp_text.yaml",
+                                  "rafdb_qformer_exp_text.yaml"])
+def test_linear_then_text_config_share_the_features_on_tiny_models(name, emotion_data,
+                                                                   tmp_path, plain_process):
+    linear = run_tiny(LINEAR_OF[name], emotion_data, tmp_path, "linear")
+    features = sorted((tmp_path / "cache").glob("*.pt"))
+    assert len(features) == 2  # train and test
+    text = run_tiny(TEXT_CONFIGS / name, emotion_data, tmp_path, "text")
+    cached = sorted((tmp_path / "cache").glob("*.pt"))
+    assert [p for p in cached if not p.name.startswith("text_embeddings_")] == features
+    assert len(cached) == 3  # the same features, plus the prompts' embeddings
+    assert text["head"] == "text_embedding" and linear["head"] == "linear"
+    assert text["classes"] == linear["classes"] and text["n_scored"] == linear["n_scored"] > 0
+    dataset = list(OmegaConf.load(LINEAR_OF[name]).datasets)[0]
+    table = (tmp_path / "tables" / f"probe_emotion_{dataset}_test.md").read_text()
+    assert f"| {linear['row']} |" in table and f"| {text['row']} |" in table
