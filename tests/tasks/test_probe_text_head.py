@@ -19,8 +19,9 @@ from lavis_ext.data.synthetic import make_synthetic
 from lavis_ext.entry import train_main
 from lavis_ext.tasks.probe import ProbeTask
 from lavis_ext.tasks.probe.text_head import (TEMPLATE, TextEmbeddingHead, TextHeadConfig,
-                                             build_head, class_prompt, cosine_logits, loss_c,
-                                             loss_s, loss_t, text_embeddings)
+                                             ZeroShotHead, build_head, class_prompt,
+                                             cosine_logits, itc_image_features, loss_c, loss_s,
+                                             loss_t, text_embeddings)
 from test_probe_runner import EMOTIONS, NAME, PlantedEncoder, PlantedSet, run_probe
 
 
@@ -160,12 +161,13 @@ def test_the_real_minilm_gives_one_unit_row_per_class(tmp_path):
     ({"target": "emotion", "text_head": {}}, r"run.probe.text_head is set but.*'linear'"),
     ({"target": "emotion", "head": "text_embedding", "text_head": {"temperature": 1}},
      r"run.probe.text_head: unknown key\(s\) \['temperature'\]"),
-    ({"target": "emotion", "head": "text_embedding", "text_head": {"encoder": "qformer_text"}},
-     r"run.probe.text_head.encoder: 'qformer_text'.*stage-1 checkpoint"),
     ({"target": "emotion", "head": "text_embedding", "text_head": {"encoder": "clip"}},
      r"run.probe.text_head.encoder must be one of"),
     ({"target": "emotion", "head": "text_embedding", "text_head": {"zero_shot": True}},
-     r"run.probe.text_head.zero_shot"),
+     r"run.probe.text_head.zero_shot: .*only encoder 'qformer_text'"),
+    ({"target": "emotion", "head": "text_embedding", "source": "vision",
+      "text_head": {"encoder": "qformer_text", "zero_shot": True}},
+     r"run.probe.text_head.zero_shot .*source: qformer"),
     ({"target": "emotion", "head": "text_embedding", "text_head": {"scale": 0}},
      r"run.probe.text_head.scale must be a positive number"),
     ({"target": "emotion", "head": "text_embedding", "text_head": {"prompts": "a face"}},
@@ -270,8 +272,11 @@ def emotion_data(tmp_path_factory):
             "rafdb_emotion": (root / "rafdb", root / "prepared_rafdb")}
 
 
-def run_tiny(path: Path, data: dict, tmp_path: Path, job: str) -> dict:
-    """One epoch of ``path`` on the tiny model type and synthetic data; the test scores."""
+def run_tiny(path: Path, data: dict, tmp_path: Path, job: str, *extra: str,
+             finetuned: bool = False) -> dict:
+    """One epoch of ``path`` on the tiny model type and synthetic data; the test scores.
+
+    ``finetuned``: ``extra`` names a checkpoint in ``model.finetuned`` to load."""
     cfg = OmegaConf.load(path)
     (name,) = list(cfg.datasets)
     images, prepared = data[name]
@@ -281,7 +286,7 @@ def run_tiny(path: Path, data: dict, tmp_path: Path, job: str) -> dict:
     copy.write_text(OmegaConf.to_yaml(tiny))
     d = f"datasets.{name}"
     options = [
-        "model.load_finetuned=False", "model.load_pretrained=False",
+        f"model.load_finetuned={finetuned}", "model.load_pretrained=False",
         f"{d}.build_info.annotations.train.storage={prepared / 'train.json'}",
         f"{d}.build_info.annotations.test.storage={prepared / 'test.json'}",
         f"{d}.build_info.images.storage={images}",
@@ -290,7 +295,7 @@ def run_tiny(path: Path, data: dict, tmp_path: Path, job: str) -> dict:
         "run.num_workers=0", "run.device=cpu", "run.amp=False",
         f"run.output_dir={tmp_path / job}", f"run.probe.table_dir={tmp_path / 'tables'}",
         f"run.probe.cache_dir={tmp_path / 'cache'}"]
-    assert train_main(["--cfg-path", str(copy), "--options", *options]) == 0
+    assert train_main(["--cfg-path", str(copy), "--options", *options, *extra]) == 0
     (folder,) = [p for p in (tmp_path / job).iterdir() if p.is_dir()]
     return json.loads((folder / "result" / "probe_test_epoch0_scores.json").read_text())
 
@@ -311,3 +316,94 @@ def test_linear_then_text_config_share_the_features_on_tiny_models(name, emotion
     dataset = list(OmegaConf.load(LINEAR_OF[name]).datasets)[0]
     table = (tmp_path / "tables" / f"probe_emotion_{dataset}_test.md").read_text()
     assert f"| {linear['row']} |" in table and f"| {text['row']} |" in table
+
+
+# --- the Q-Former's own text branch (stage-1 checkpoints) and zero-shot ------------------
+def _tiny_qformer():
+    cls = registry.get_model_class("exp_blip_qformer")
+    cfg = OmegaConf.merge(OmegaConf.load(cls.default_config_path("tiny")).model,
+                          {"load_finetuned": False, "load_pretrained": False})
+    return cls.from_config(cfg)
+
+
+@pytest.fixture(scope="module")
+def stage1_checkpoint(tmp_path_factory):
+    """A tiny stage-1 checkpoint (random weights) as the runner saves it: {"model": ...}."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("stage1") / "checkpoint_0.pth"
+    torch.save({"model": _tiny_qformer().state_dict()}, path)
+    return path
+
+
+def test_zero_shot_head_takes_the_best_query_over_temp():
+    texts = torch.tensor([[1.0, 0.0], [0.0, 2.0]])  # normalised inside
+    queries = torch.tensor([[[1.0, 0.0], [0.6, 0.8]]])  # one image, two unit queries
+    logits = ZeroShotHead(texts, temp=0.5)(queries.flatten(1))
+    assert torch.allclose(logits, torch.tensor([[1.0 / 0.5, 0.8 / 0.5]]))
+
+
+def test_qformer_text_refuses_a_model_without_a_stage1_checkpoint(stage1_checkpoint):
+    cfg = TextHeadConfig.parse({"encoder": "qformer_text"})
+    model = _tiny_qformer()
+    with pytest.raises(ValueError, match=r"run.probe.text_head.encoder: 'qformer_text'.*"
+                                         r"no checkpoint loaded through model.finetuned"):
+        text_embeddings(cfg, ["neutral", "anger"], model=model)
+    model.load_report = {"stage": 2}
+    with pytest.raises(ValueError, match=r"stage-2 captioner checkpoint, which has no Q-Former "
+                                         r"text branch.*Set model.finetuned to a stage-1"):
+        text_embeddings(cfg, ["neutral", "anger"], model=model)
+    with pytest.raises(ValueError, match=r"'qformer_text' needs a Q-Former model"):
+        text_embeddings(cfg, ["neutral", "anger"], model=nn.Linear(2, 2))
+    model.load_checkpoint(str(stage1_checkpoint))
+    assert model.load_report["stage"] == 1
+    texts = text_embeddings(cfg, ["neutral", "anger"], model=model)
+    assert texts.shape == (2, model.text_proj.out_features)
+
+
+def test_zero_shot_logits_are_blip2s_itc_similarity(stage1_checkpoint):
+    """Against LAVIS's own Blip2Qformer.extract_features (image and text modes)."""
+    model = _tiny_qformer()
+    model.load_checkpoint(str(stage1_checkpoint))
+    model.eval()
+    prompts = [class_prompt(e) for e in EMOTIONS]
+    images = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        image = model.extract_features({"image": images}, mode="image").image_embeds_proj
+        text = model.extract_features({"text_input": prompts},
+                                      mode="text").text_embeds_proj[:, 0, :]
+        expected = (image @ text.t()).max(dim=1).values / model.temp
+        texts = text_embeddings(TextHeadConfig.parse({"encoder": "qformer_text"}),
+                                list(EMOTIONS), model=model)
+        head = ZeroShotHead(texts, temp=float(model.temp))
+        got = head(itc_image_features(model, images))
+    assert torch.allclose(got, expected, atol=1e-4), (got, expected)
+
+
+@pytest.mark.parametrize("zero_shot", [False, True])
+def test_qformer_text_runs_under_the_runner_from_a_stage1_checkpoint(
+        zero_shot, stage1_checkpoint, emotion_data, tmp_path, plain_process):
+    extra = [f"model.finetuned={stage1_checkpoint}", "run.probe.text_head.encoder=qformer_text",
+             f"run.probe.text_head.zero_shot={zero_shot}"]
+    if zero_shot:
+        extra.append("run.evaluate=True")
+    scores = run_tiny(TEXT_CONFIGS / "rafdb_qformer_exp_text.yaml", emotion_data, tmp_path,
+                      "job", *extra, finetuned=True)
+    assert scores["head"] == ("zero_shot" if zero_shot else "text_embedding")
+    assert scores["n_scored"] > 0 and 0.0 <= scores["accuracy"] <= 1.0
+    cached = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
+    assert sum(n.startswith("text_embeddings_qformer_text_") for n in cached) == 1
+    if zero_shot:  # nothing trained: only the test images encoded, as ITC query projections
+        assert [n for n in cached if not n.startswith("text_")] == \
+            [n for n in cached if n.startswith("rafdb_emotion_test_qformer-itc_")]
+        assert len(cached) == 2
+    table = (tmp_path / "tables" / "probe_emotion_rafdb_emotion_test.md").read_text()
+    assert "| QFormer(Exp), text head |" in table
+
+
+def test_zero_shot_without_evaluate_is_refused(stage1_checkpoint, emotion_data, tmp_path,
+                                               plain_process):
+    with pytest.raises(ValueError, match=r"zero_shot trains nothing: set run.evaluate: True"):
+        run_tiny(TEXT_CONFIGS / "rafdb_qformer_exp_text.yaml", emotion_data, tmp_path, "job",
+                 f"model.finetuned={stage1_checkpoint}",
+                 "run.probe.text_head.encoder=qformer_text", "run.probe.text_head.zero_shot=True",
+                 finetuned=True)

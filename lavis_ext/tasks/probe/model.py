@@ -2,7 +2,7 @@
 layer (or KE2NT's text-embedding head, ``text_head.py``)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -17,13 +17,17 @@ class ProbeModel(nn.Module):
     """``encoder.probe_features(image, source)`` -> BatchNorm (no affine) -> linear head.
 
     ``head``: another head on the standardised features instead of the linear one (for
-    emotions: ``TextEmbeddingHead``, whose ``losses`` give the loss). Batches carry either ``features`` (linear mode: precomputed by the frozen encoder) or
+    emotions: ``TextEmbeddingHead``, whose ``losses`` give the loss). ``features_fn``: other
+    frozen features than ``probe_features`` (zero-shot: the ITC query projections), given to
+    the head as they are when ``standardise`` is False. Batches carry either ``features`` (linear mode: precomputed by the frozen encoder) or
     ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
     coded) the output has the loss the runner minimises.
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, num_outputs: int, *,
-                 source: str, mode: str, target: str, head: nn.Module | None = None) -> None:
+                 source: str, mode: str, target: str, head: nn.Module | None = None,
+                 features_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 standardise: bool = True) -> None:
         super().__init__()
         if mode not in MODES:
             raise InputError(f"run.probe.mode must be one of {MODES}, got {mode!r}")
@@ -35,6 +39,10 @@ class ProbeModel(nn.Module):
         self.norm = nn.BatchNorm1d(feature_dim, affine=False)
         self.head = head if head is not None else nn.Linear(feature_dim, num_outputs)
         self.source, self.mode, self.target = source, mode, target
+        if features_fn is not None and mode != "linear":
+            raise InputError("other probe features than probe_features need run.probe.mode: "
+                             f"linear, not {mode!r}")
+        self.features_fn, self.standardise = features_fn, standardise
         if mode == "linear":
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
@@ -46,6 +54,9 @@ class ProbeModel(nn.Module):
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled features [B, D]; with gradients into the encoder in fine-tuning mode."""
+        if self.features_fn is not None:
+            with torch.no_grad():
+                return self.features_fn(image).float()
         method = self.encoder.probe_features
         if self.mode == "linear" or not torch.is_grad_enabled():
             with torch.no_grad():
@@ -64,7 +75,9 @@ class ProbeModel(nn.Module):
     def forward(self, samples: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         features = samples["features"] if "features" in samples \
             else self.features(samples["image"])
-        features = self.norm(features.float().to(self.device))
+        features = features.float().to(self.device)
+        if self.standardise:
+            features = self.norm(features)
         if "probe_target" in samples and hasattr(self.head, "losses"):
             return self.head.losses(features, samples["probe_target"].to(features.device))
         logits = self.head(features)

@@ -48,7 +48,8 @@ from lavis_ext.tasks.probe.features import (FeatureCache, broadcast_from_rank0,
                                             cached_features, eval_mode, weights_fingerprint)
 from lavis_ext.tasks.probe.labels import TARGETS, LabelSpace, default_names, parse_aus
 from lavis_ext.tasks.probe.model import MODES, SOURCES, ProbeModel
-from lavis_ext.tasks.probe.text_head import HEADS, TextHeadConfig, build_head
+from lavis_ext.tasks.probe.text_head import (HEADS, QFORMER_TEXT, TextHeadConfig, build_head,
+                                             itc_image_features)
 from lavis_ext.tasks.references import records_for_dataset
 from lavis_ext.tasks.run import RunBoundTask
 
@@ -77,6 +78,11 @@ class ProbeTask(RunBoundTask, BaseTask):
                              f"{head!r}; set head: text_embedding or drop text_head")
         self.head = head
         self.text_head = TextHeadConfig.parse(text_head) if head == "text_embedding" else None
+        self.zero_shot = bool(self.text_head and self.text_head.zero_shot)
+        if self.zero_shot and (source, mode) != ("qformer", "linear"):
+            raise InputError("run.probe.text_head.zero_shot matches the Q-Former's ITC query "
+                             "projections with its text embeddings: it needs run.probe.source: "
+                             f"qformer and mode: linear, not {source!r} and {mode!r}")
         self.target, self.source, self.mode = target, source, mode
         self.aus = parse_aus(aus)
         self.emotions = [facs.canonical_emotion(e) for e in emotions] if emotions else None
@@ -116,7 +122,11 @@ class ProbeTask(RunBoundTask, BaseTask):
         unknown = set(probe) - set(inspect.signature(cls.__init__).parameters) - {"self"}
         if unknown:
             raise InputError(f"run.probe: unknown key(s) {sorted(unknown)}")
-        return cls(**probe)
+        task = cls(**probe)
+        if task.zero_shot and not run_cfg.get("evaluate"):
+            raise InputError("run.probe.text_head.zero_shot trains nothing: set run.evaluate: "
+                             "True, so the runner only scores the test splits")
+        return task
 
     # --- data and labels -------------------------------------------------------------------
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Any]]:
@@ -211,11 +221,18 @@ class ProbeTask(RunBoundTask, BaseTask):
         sample = self._sample_images(device)
         with torch.no_grad(), eval_mode(encoder):
             dim = encoder.probe_features(sample, self.source).shape[-1]
-        head = None
+        head, extra = None, {}
         if self.text_head is not None:
-            head = build_head(self.text_head, dim, self.labels.names, cache_dir=self.cache_dir)
+            identity: list[Any] = []
+            if self.text_head.encoder_name() == QFORMER_TEXT:  # the text branch is the model's
+                identity = [self.model_tag, weights_fingerprint(encoder)]
+            head = build_head(self.text_head, dim, self.labels.names, cache_dir=self.cache_dir,
+                              model=encoder, identity=identity)
+        if self.zero_shot:
+            extra = {"features_fn": lambda image: itc_image_features(encoder, image),
+                     "standardise": False}
         model = ProbeModel(encoder, dim, len(self.labels.names), source=self.source,
-                           mode=self.mode, target=self.target, head=head).to(device)
+                           mode=self.mode, target=self.target, head=head, **extra).to(device)
         if self.mode == "linear":
             self._encode_all(model, device)
         else:
@@ -256,7 +273,10 @@ class ProbeTask(RunBoundTask, BaseTask):
         cache = FeatureCache(self.cache_dir) if self.cache_dir else None
         broadcast_from_rank0(model.encoder)
         fingerprint = weights_fingerprint(model.encoder)
+        source = f"{self.source}-itc" if self.zero_shot else self.source
         for wrapped in self.wrapped:
+            if self.zero_shot and wrapped.split == "train":
+                continue  # nothing is trained: only the evaluated splits need features
             transform, transform_cfg = self._transforms.get(wrapped.name, (None, None))
             images = wrapped.images
             original = getattr(images, "vis_processor", None)
@@ -264,10 +284,10 @@ class ProbeTask(RunBoundTask, BaseTask):
             if wrapped.split == "train" and not swap and original is not None:
                 logger.warning("%s/train: no eval image transform known; train features use the "
                                "training transform", wrapped.name)
-            key = [self.model_tag, fingerprint, wrapped.name, wrapped.split, self.source,
+            key = [self.model_tag, fingerprint, wrapped.name, wrapped.split, source,
                    transform_cfg if swap or wrapped.split != "train" else "train-transform",
                    wrapped.image_ids]
-            path = cache.path(f"{wrapped.name}_{wrapped.split}_{self.source}", key) \
+            path = cache.path(f"{wrapped.name}_{wrapped.split}_{source}", key) \
                 if cache else None
             if swap:
                 images.vis_processor = transform
@@ -313,7 +333,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         report = {"split": split_name, "epoch": epoch,
                   "dataset": getattr(dataset, "name", "dataset"), "row": self.row_name,
                   "target": self.target, "source": self.source, "mode": self.mode,
-                  "head": self.head,
+                  "head": "zero_shot" if self.zero_shot else self.head,
                   "classes": [str(n) for n in self.labels.names], **metrics,
                   "skipped": dict(getattr(dataset, "skipped", {}))}
         atomic_write_text(os.path.join(result_dir,

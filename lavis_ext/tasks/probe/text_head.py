@@ -5,7 +5,11 @@ KE2NT (TMM 2025, arXiv 2409.08598) classifies a face by the cosine between its i
 emotional-to-neutral transformation ``n = MLP(e)`` with two losses that tie ``e - n`` to
 ``t_y - t_neutral`` and pull ``e`` (not ``n``) towards ``t_y``. Here the image side is the
 probe's frozen (or fine-tuned) feature; the text side is a sentence encoder
-(``lavis_ext.metrics.embeddings``), encoded once and cached. See docs/evaluation.md.
+(``lavis_ext.metrics.embeddings``) or the captioner's own Q-Former text branch with its ITC
+projection (``qformer_text``, stage-1 checkpoints only), encoded once and cached. With
+``qformer_text`` the image queries' ITC projections share the text's space, which allows a
+zero-shot mode: no training, the ITC similarity alone (``ZeroShotHead``). See
+docs/evaluation.md.
 """
 from __future__ import annotations
 
@@ -77,20 +81,17 @@ class TextHeadConfig:
 
     def check(self) -> None:
         name = self.encoder_name()
-        if name == QFORMER_TEXT:
-            raise InputError(
-                f"{WHERE}.encoder: {QFORMER_TEXT!r} (the captioner's own Q-Former text branch) "
-                "is not implemented: it needs a stage-1 checkpoint, since stage-2 checkpoints "
-                f"carry no Q-Former text branch; use one of {SENTENCE_ENCODERS}")
-        if name not in SENTENCE_ENCODERS:
+        if name not in SENTENCE_ENCODERS + (QFORMER_TEXT,):
             raise InputError(f"{WHERE}.encoder must be one of "
                              f"{SENTENCE_ENCODERS + (QFORMER_TEXT,)}, got {name!r}")
-        if self.zero_shot:
+        if not isinstance(self.zero_shot, bool):
+            raise InputError(f"{WHERE}.zero_shot must be true or false, got {self.zero_shot!r}")
+        if self.zero_shot and name != QFORMER_TEXT:
             raise InputError(
                 f"{WHERE}.zero_shot: zero-shot text matching needs image features in the text "
-                f"encoder's space (the Q-Former text branch with its ITC projections, encoder "
-                f"{QFORMER_TEXT!r}, not implemented); a sentence encoder's space is reached "
-                "only through the trained projection, so set zero_shot: false")
+                f"encoder's space, which only encoder {QFORMER_TEXT!r} (the Q-Former's text "
+                f"branch and ITC projections) gives; {name!r}'s space is reached only through "
+                "the trained projection, so set zero_shot: false")
         if isinstance(self.prompts, str):
             if "{emotion}" not in self.prompts:
                 raise InputError(f"{WHERE}.prompts: a template must contain '{{emotion}}', got "
@@ -245,21 +246,100 @@ class TextEmbeddingHead(nn.Module):
         return {"logits": logits, "loss": total, **parts}
 
 
+class ZeroShotHead(nn.Module):
+    """BLIP-2's ITC rule, untrained: logits_k = max over queries of cos(q_i, t_k) / temp.
+
+    Input: the L2-normalised ITC projections of the query outputs, flattened [B, Q * D]
+    (``itc_image_features``); ``text_embeddings`` [K, D] from the same checkpoint.
+    """
+
+    def __init__(self, text_embeddings: torch.Tensor, temp: float) -> None:
+        super().__init__()
+        self.register_buffer("text_embeddings",
+                             F.normalize(text_embeddings.detach().float(), dim=-1))
+        self.temp = float(temp)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        queries = features.view(len(features), -1, self.text_embeddings.shape[1])
+        similarity = torch.einsum("bqd,kd->bqk", queries, self.text_embeddings)
+        return similarity.max(dim=1).values / self.temp
+
+
+# --- the Q-Former's text branch (stage-1 checkpoints) --------------------------------------
+def require_stage1(model: Any) -> None:
+    """Refuse a model whose Q-Former text branch and ITC heads are not a stage-1 checkpoint's.
+
+    A captioner's (stage-2) checkpoint never has them: they would be initial weights.
+    """
+    missing = [n for n in ("Qformer", "tokenizer", "text_proj", "vision_proj", "temp")
+               if not hasattr(model, n)]
+    if missing:
+        raise InputError(f"{WHERE}.encoder: {QFORMER_TEXT!r} needs a Q-Former model with a text "
+                         f"branch and ITC heads (arch exp_blip_qformer); "
+                         f"{type(model).__name__} has no {missing}")
+    stage = (getattr(model, "load_report", None) or {}).get("stage")
+    if stage != 1:
+        found = ("a stage-2 captioner checkpoint, which has no Q-Former text branch, text_proj "
+                 "or vision_proj" if stage == 2 else "no checkpoint loaded through "
+                 "model.finetuned (model.load_finetuned: True)")
+        raise InputError(f"{WHERE}.encoder: {QFORMER_TEXT!r} reads the Q-Former's text branch "
+                         "and ITC projections, which only a stage-1 (exp_blip_qformer) "
+                         f"checkpoint has; the model has {found}. Set model.finetuned to a "
+                         "stage-1 checkpoint_<epoch>.pth, or use encoder: minilm")
+
+
+@torch.no_grad()
+def qformer_text_embeddings(model: Any, prompts: Sequence[str]) -> torch.Tensor:
+    """[K, D] unit ITC text embeddings: text_proj of the [CLS] output, as BLIP-2's ITC."""
+    device = next(model.parameters()).device
+    tokens = model.tokenizer(list(prompts), padding="max_length", truncation=True,
+                             max_length=getattr(model, "max_txt_len", 32),
+                             return_tensors="pt").to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.Qformer.bert(tokens.input_ids, attention_mask=tokens.attention_mask,
+                                 return_dict=True)
+        return F.normalize(model.text_proj(out.last_hidden_state[:, 0, :]).float(),
+                           dim=-1).cpu()
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def itc_image_features(model: Any, image: torch.Tensor) -> torch.Tensor:
+    """[B, Q * D]: every query output's ITC projection, L2-normalised (zero-shot features)."""
+    with model.maybe_autocast():
+        image_embeds = model.ln_vision(model.visual_encoder(image))
+    image_embeds = image_embeds.float()
+    atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
+    query = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
+    out = model.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
+                             encoder_attention_mask=atts, return_dict=True)
+    return F.normalize(model.vision_proj(out.last_hidden_state).float(), dim=-1).flatten(1)
+
+
 # --- text embeddings: encoded once, cached ------------------------------------------------
 def text_embeddings(cfg: TextHeadConfig, classes: Sequence[str],
-                    cache_dir: str | Path | None = None, encoder: Any = None) -> torch.Tensor:
+                    cache_dir: str | Path | None = None, encoder: Any = None, *,
+                    model: Any = None, identity: Sequence[Any] = ()) -> torch.Tensor:
     """[K, T] unit embeddings of the classes' prompts, from ``cache_dir`` when there.
 
     ``encoder``: an object with ``encode(texts) -> array`` (default: ``build_encoder`` of
-    ``cfg.encoder``). The cache file is keyed by the encoder spec, its name and the prompts.
+    ``cfg.encoder``). For ``qformer_text``, ``model`` is the probed Q-Former model (checked
+    with ``require_stage1``) and ``identity`` names its weights. The cache file is keyed by
+    the encoder spec, the prompts and ``identity``.
     """
     from lavis_ext.metrics.embeddings import build_encoder
 
     prompts = cfg.prompts_for(classes)
     spec = cfg.encoder if isinstance(cfg.encoder, str) else dict(cfg.encoder)
+    qformer = cfg.encoder_name() == QFORMER_TEXT
+    if qformer:
+        require_stage1(model)
     path = None
     if cache_dir is not None:
-        key = json.dumps([spec, prompts], sort_keys=True, default=str)
+        key = json.dumps([spec, prompts, list(identity)], sort_keys=True, default=str)
         digest = hashlib.sha256(key.encode()).hexdigest()[:20]
         path = Path(cache_dir) / f"text_embeddings_{cfg.encoder_name()}_{digest}.pt"
         if path.is_file():
@@ -267,24 +347,36 @@ def text_embeddings(cfg: TextHeadConfig, classes: Sequence[str],
             if cached.get("prompts") == prompts:
                 logger.info("probe text embeddings from the cache: %s", path)
                 return cached["embeddings"]
-    if encoder is None:
-        encoder = build_encoder(spec)
-    embeddings = torch.as_tensor(encoder.encode(prompts), dtype=torch.float32)
+    if qformer:
+        embeddings = qformer_text_embeddings(model, prompts)
+    else:
+        if encoder is None:
+            encoder = build_encoder(spec)
+        embeddings = torch.as_tensor(encoder.encode(prompts), dtype=torch.float32)
     if embeddings.shape[0] != len(prompts):
         raise RuntimeError(f"the text encoder gave {embeddings.shape[0]} rows for "
                            f"{len(prompts)} prompts")
     if path is not None:
         atomic_save_torch({"prompts": prompts, "embeddings": embeddings,
-                           "encoder": getattr(encoder, "name", str(spec))}, path)
+                           "encoder": QFORMER_TEXT if qformer else getattr(encoder, "name",
+                                                                           str(spec))}, path)
     return embeddings
 
 
 def build_head(cfg: TextHeadConfig, feature_dim: int, classes: Sequence[str],
-               cache_dir: str | Path | None = None, encoder: Any = None) -> TextEmbeddingHead:
-    """The head for the probed ``classes``, with their text embeddings computed (or cached)."""
+               cache_dir: str | Path | None = None, encoder: Any = None, *, model: Any = None,
+               identity: Sequence[Any] = ()) -> nn.Module:
+    """The head for the probed ``classes``, with their text embeddings computed (or cached):
+    a ``ZeroShotHead`` with ``cfg.zero_shot`` (``model``'s ITC temperature), else a
+    ``TextEmbeddingHead``."""
     classes = [str(c) for c in classes]
+    if cfg.zero_shot:
+        texts = text_embeddings(cfg, classes, cache_dir, model=model, identity=identity)
+        # BLIP-2 clamps its learned ITC temperature to [0.001, 0.5] wherever it uses it.
+        temp = torch.as_tensor(model.temp).detach().clamp(0.001, 0.5)
+        return ZeroShotHead(texts, temp=float(temp))
     neutral = cfg.neutral_index(classes)
-    texts = text_embeddings(cfg, classes, cache_dir, encoder)
+    texts = text_embeddings(cfg, classes, cache_dir, encoder, model=model, identity=identity)
     return TextEmbeddingHead(feature_dim, texts, scale=float(cfg.scale),
                              learn_scale=cfg.learn_scale, neutral=neutral,
                              neutral_hidden=cfg.neutral_hidden,
