@@ -227,11 +227,24 @@ LINEAR_OF = {"table3_affectnet_qformer_exp_text.yaml": PROJECTS / "probe" /
              "table3_affectnet_qformer_exp.yaml",
              "table3_affectnet_vitg_text.yaml": PROJECTS / "probe" / "table3_affectnet_vitg.yaml",
              "rafdb_qformer_exp_text.yaml": TEXT_CONFIGS / "rafdb_qformer_exp.yaml"}
+ZERO_SHOT = TEXT_CONFIGS / "rafdb_qformer_stage1_zeroshot.yaml"
+
+
+def test_the_zero_shot_config_scores_a_stage1_checkpoint_without_training():
+    cfg = OmegaConf.load(ZERO_SHOT)
+    linear = OmegaConf.load(TEXT_CONFIGS / "rafdb_qformer_exp.yaml")
+    assert cfg.run.evaluate is True and cfg.model.load_finetuned is True
+    assert cfg.run.probe.text_head.encoder == "qformer_text" and cfg.run.probe.text_head.zero_shot
+    assert cfg.datasets == linear.datasets and cfg.run.probe.emotions == linear.run.probe.emotions
+    assert cfg.run.probe.table_dir == linear.run.probe.table_dir
+    assert "output/exp_blip/stage1/<job id>/checkpoint_9.pth" in ZERO_SHOT.read_text()
+    stage1 = OmegaConf.load(PROJECTS / "exp_blip" / "stage1.yaml").run
+    assert stage1.max_epoch == 10  # hence checkpoint_9.pth
 
 
 def test_the_text_head_configs_are_all_there():
     assert {p.name for p in TEXT_CONFIGS.glob("*.yaml")} == set(LINEAR_OF) | \
-        {"rafdb_qformer_exp.yaml"}
+        {"rafdb_qformer_exp.yaml", ZERO_SHOT.name}
 
 
 @pytest.mark.parametrize("name", sorted(LINEAR_OF))
@@ -382,12 +395,12 @@ def test_zero_shot_logits_are_blip2s_itc_similarity(stage1_checkpoint):
 @pytest.mark.parametrize("zero_shot", [False, True])
 def test_qformer_text_runs_under_the_runner_from_a_stage1_checkpoint(
         zero_shot, stage1_checkpoint, emotion_data, tmp_path, plain_process):
-    extra = [f"model.finetuned={stage1_checkpoint}", "run.probe.text_head.encoder=qformer_text",
-             f"run.probe.text_head.zero_shot={zero_shot}"]
-    if zero_shot:
-        extra.append("run.evaluate=True")
-    scores = run_tiny(TEXT_CONFIGS / "rafdb_qformer_exp_text.yaml", emotion_data, tmp_path,
-                      "job", *extra, finetuned=True)
+    """Trained on the Q-Former's text embeddings, or the zero-shot config as it is."""
+    extra = [f"model.finetuned={stage1_checkpoint}"]
+    if not zero_shot:
+        extra.append("run.probe.text_head.encoder=qformer_text")
+    path = ZERO_SHOT if zero_shot else TEXT_CONFIGS / "rafdb_qformer_exp_text.yaml"
+    scores = run_tiny(path, emotion_data, tmp_path, "job", *extra, finetuned=True)
     assert scores["head"] == ("zero_shot" if zero_shot else "text_embedding")
     assert scores["n_scored"] > 0 and 0.0 <= scores["accuracy"] <= 1.0
     cached = sorted(p.name for p in (tmp_path / "cache").glob("*.pt"))
@@ -397,13 +410,11 @@ def test_qformer_text_runs_under_the_runner_from_a_stage1_checkpoint(
             [n for n in cached if n.startswith("rafdb_emotion_test_qformer-itc_")]
         assert len(cached) == 2
     table = (tmp_path / "tables" / "probe_emotion_rafdb_emotion_test.md").read_text()
-    assert "| QFormer(Exp), text head |" in table
+    assert f"| {scores['row']} |" in table
 
 
 def test_zero_shot_without_evaluate_is_refused(stage1_checkpoint, emotion_data, tmp_path,
                                                plain_process):
     with pytest.raises(ValueError, match=r"zero_shot trains nothing: set run.evaluate: True"):
-        run_tiny(TEXT_CONFIGS / "rafdb_qformer_exp_text.yaml", emotion_data, tmp_path, "job",
-                 f"model.finetuned={stage1_checkpoint}",
-                 "run.probe.text_head.encoder=qformer_text", "run.probe.text_head.zero_shot=True",
-                 finetuned=True)
+        run_tiny(ZERO_SHOT, emotion_data, tmp_path, "job", f"model.finetuned={stage1_checkpoint}",
+                 "run.evaluate=False", finetuned=True)

@@ -19,8 +19,8 @@ class ProbeModel(nn.Module):
     ``head``: another head on the standardised features instead of the linear one (for
     emotions: ``TextEmbeddingHead``, whose ``losses`` give the loss). ``features_fn``: other
     frozen features than ``probe_features`` (zero-shot: the ITC query projections), given to
-    the head as they are when ``standardise`` is False. Batches carry either ``features`` (linear mode: precomputed by the frozen encoder) or
-    ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
+    the head as they are when ``standardise`` is False. Batches carry either ``features``
+    (linear mode: precomputed by the frozen encoder) or ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
     coded) the output has the loss the runner minimises.
     """
 

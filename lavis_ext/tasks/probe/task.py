@@ -19,7 +19,8 @@ run_cfg keys: ``probe`` (mapping): ``target`` (``au`` | ``emotion``), ``source``
 default: AUs with a positive label in train), ``emotions`` (default: those in train),
 ``threshold`` (0.5), ``row_name``, ``table_dir``, ``cache_dir``, ``feature_batch_size``,
 ``model_tag``, ``head`` (``linear`` | ``text_embedding``: KE2NT's head, emotions only) with its
-``text_head`` settings (``text_head.py``). Epochs, lr, batch size, schedule, amp: the runner's usual keys.
+``text_head`` settings (``text_head.py``). Epochs, lr, batch size, schedule, amp: the runner's
+usual keys.
 """
 from __future__ import annotations
 
