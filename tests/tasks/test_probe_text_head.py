@@ -314,6 +314,7 @@ def run_tiny(path: Path, data: dict, tmp_path: Path, job: str, *extra: str,
 
 
 @pytest.mark.parametrize("name", ["table3_affectnet_qformer_exp_text.yaml",
+                                  "table3_affectnet_vitg_text.yaml",
                                   "rafdb_qformer_exp_text.yaml"])
 def test_linear_then_text_config_share_the_features_on_tiny_models(name, emotion_data,
                                                                    tmp_path, plain_process):
