@@ -58,10 +58,11 @@ def test_lt_aligns_unnormalised_differences_on_non_neutral_samples():
     normalised_first = loss_t(nn.functional.normalize(E, dim=-1),
                               nn.functional.normalize(N, dim=-1), TEXTS, Y, neutral=0)
     assert normalised_first.item() != pytest.approx(expected)  # the order matters
-    e = E.clone().requires_grad_()
-    zero = loss_t(e, N, TEXTS, torch.tensor([0, 0, 0]), neutral=0)
-    zero.backward()  # an all-neutral batch: 0, and still a graph
-    assert zero.item() == 0.0 and e.grad is not None
+    e, n = E.clone().requires_grad_(), N.clone().requires_grad_()
+    for loss in (loss_t, loss_c):
+        zero = loss(e, n, TEXTS, torch.tensor([0, 0, 0]), neutral=0)
+        zero.backward()  # an all-neutral batch: 0, with e and n still in the graph (DDP)
+        assert zero.item() == 0.0 and e.grad is not None and n.grad is not None
 
 
 def test_lc_averages_over_all_anchor_sample_pairs():
@@ -419,3 +420,15 @@ def test_zero_shot_without_evaluate_is_refused(stage1_checkpoint, emotion_data, 
     with pytest.raises(ValueError, match=r"zero_shot trains nothing: set run.evaluate: True"):
         run_tiny(ZERO_SHOT, emotion_data, tmp_path, "job", f"model.finetuned={stage1_checkpoint}",
                  "run.evaluate=False", finetuned=True)
+
+
+def test_text_head_fine_tunes_the_encoder_through_the_runner(tmp_path, plain_process):
+    probe = dict(TEXT_PROBE, mode="finetune", row_name="ft text head")
+    scores = run_probe(tmp_path, probe, init_lr=0.01, warmup_lr=0.01)
+    assert scores["accuracy"] >= 0.9 and scores["mode"] == "finetune", scores
+    job = next(p for p in (tmp_path / "out").iterdir() if p.is_dir())
+    saved = torch.load(sorted(job.glob("checkpoint_*.pth"))[-1], map_location="cpu",
+                       weights_only=True)["model"]
+    assert not torch.equal(saved["encoder.proj.weight"], torch.eye(16))  # the encoder moved
+    assert "head.project.0.weight" in saved and "head.to_neutral.0.weight" in saved
+    assert saved["head.text_embeddings"].shape == (4, 384)

@@ -230,6 +230,11 @@ class ProbeTask(RunBoundTask, BaseTask):
             head = build_head(self.text_head, dim, self.labels.names, cache_dir=self.cache_dir,
                               model=encoder, identity=identity)
         if self.zero_shot:
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_world_size() > 1:
+                raise InputError("run.probe.text_head.zero_shot runs in one process: it trains "
+                                 "nothing for DDP to share; launch train.py without "
+                                 "torch.distributed.run")
             extra = {"features_fn": lambda image: itc_image_features(encoder, image),
                      "standardise": False}
         model = ProbeModel(encoder, dim, len(self.labels.names), source=self.source,

@@ -167,8 +167,8 @@ def loss_t(e: torch.Tensor, n: torch.Tensor, texts: torch.Tensor, target: torch.
     The differences are taken before normalising, as KE2NT does.
     """
     keep = target != neutral
-    if not keep.any():
-        return e.sum() * 0.0  # keeps the graph whole (DDP wants every parameter used)
+    if not keep.any():  # 0, with e and n in the graph (DDP wants every parameter used)
+        return (e.sum() + n.sum()) * 0.0
     image = e[keep] - n[keep]
     text = texts[target[keep].long()] - texts[neutral]
     return (1.0 - F.cosine_similarity(image, text, dim=-1)).mean()
@@ -183,7 +183,7 @@ def loss_c(e: torch.Tensor, n: torch.Tensor, texts: torch.Tensor, target: torch.
     """
     keep = target != neutral if neutral is not None else torch.ones_like(target, dtype=bool)
     if not keep.any():
-        return e.sum() * 0.0
+        return (e.sum() + n.sum()) * 0.0
     anchor = F.normalize(texts[target[keep].long()], dim=-1)
     positive, negative = F.normalize(e[keep], dim=-1), F.normalize(n[keep], dim=-1)
     return (anchor @ negative.t() - anchor @ positive.t() + 2.0).mean()
