@@ -90,6 +90,9 @@ def test_head_loss_is_the_weighted_sum_of_its_parts():
     assert head.scale.item() == pytest.approx(10.0)
     learned = TextEmbeddingHead(5, torch.randn(3, 4), learn_scale=True, neutral=0)
     assert learned.log_scale.requires_grad and learned.scale.item() == pytest.approx(100.0)
+    with torch.no_grad():
+        learned.log_scale += 1.0  # learned past CLIP's cap of 100: capped, as CLIP does
+    assert learned.scale.item() == pytest.approx(100.0)
     only_s = TextEmbeddingHead(5, torch.randn(3, 4), loss_weights={"lt": 0, "lc": 0})
     only_s.losses(torch.randn(4, 5), torch.tensor([0, 1, 2, 1]))["loss"].backward()
     assert all(p.grad is not None for p in only_s.to_neutral.parameters())  # DDP-safe

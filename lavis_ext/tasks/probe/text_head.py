@@ -211,6 +211,8 @@ class TextEmbeddingHead(nn.Module):
                                         nn.Linear(neutral_hidden, dim))
         # Stored as a log, as CLIP does, so a learned scale stays positive.
         self.log_scale = nn.Parameter(torch.tensor(math.log(scale)), requires_grad=learn_scale)
+        # CLIP caps its learned scale at 100; a larger configured one is its own cap.
+        self.max_scale = max(100.0, float(scale))
         self.neutral = neutral
         weights = dict(loss_weights or {})
         self.weights = {name: float(weights.get(name, 1.0)) for name in LOSS_NAMES}
@@ -219,7 +221,7 @@ class TextEmbeddingHead(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor:
-        return self.log_scale.exp()
+        return self.log_scale.exp().clamp(max=self.max_scale)
 
     def embed(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(e, n): the image feature in the text space, and its neutral counterpart."""
