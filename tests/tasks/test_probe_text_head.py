@@ -435,3 +435,29 @@ def test_text_head_fine_tunes_the_encoder_through_the_runner(tmp_path, plain_pro
     assert not torch.equal(saved["encoder.proj.weight"], torch.eye(16))  # the encoder moved
     assert "head.project.0.weight" in saved and "head.to_neutral.0.weight" in saved
     assert saved["head.text_embeddings"].shape == (4, 384)
+
+
+@pytest.mark.slow
+def test_text_head_trains_on_two_ranks(tmp_path):
+    """Under DDP every head parameter must take part in every step (Lt, Lc, the MLP)."""
+    import os
+    import subprocess
+    import sys
+
+    import test_probe_runner
+
+    cfg = test_probe_runner.write_config(tmp_path, dict(TEXT_PROBE, row_name="ddp"), max_epoch=4)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LAVIS_EXT_DIST_BACKEND")}
+    env["PYTHONPATH"] = os.pathsep.join([str(test_probe_runner.REPO_ROOT),
+                                         env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         test_probe_runner.__file__, "--cfg-path", str(cfg)],
+        capture_output=True, text=True, env=env, cwd=test_probe_runner.REPO_ROOT, timeout=300)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "6 iters per inner epoch" in log, log[-4000:]  # each rank half the 191 features
+    scores = test_probe_runner.test_scores(tmp_path)
+    assert scores["accuracy"] >= 0.9 and scores["head"] == "text_embedding", scores
