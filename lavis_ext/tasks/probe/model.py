@@ -20,8 +20,9 @@ class ProbeModel(nn.Module):
     emotions: ``TextEmbeddingHead``, whose ``losses`` give the loss). ``features_fn``: other
     frozen features than ``probe_features`` (zero-shot: the ITC query projections), given to
     the head as they are when ``standardise`` is False. Batches carry either ``features``
-    (linear mode: precomputed by the frozen encoder) or ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
-    coded) the output has the loss the runner minimises.
+    (linear mode: precomputed by the frozen encoder) or ``image`` (fine-tuning). With
+    ``probe_target`` (and for AUs ``probe_mask``, 0 where not coded) the output has the loss
+    the runner minimises.
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, num_outputs: int, *,
