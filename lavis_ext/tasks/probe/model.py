@@ -1,7 +1,8 @@
-"""The model a probe run trains: an encoder's pooled features, standardised, then one linear layer."""
+"""The model a probe run trains: an encoder's pooled features, standardised, then one linear
+layer (or KE2NT's text-embedding head, ``text_head.py``)."""
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -15,13 +16,19 @@ SOURCES = ("vision", "qformer")
 class ProbeModel(nn.Module):
     """``encoder.probe_features(image, source)`` -> BatchNorm (no affine) -> linear head.
 
-    Batches carry either ``features`` (linear mode: precomputed by the frozen encoder) or
-    ``image`` (fine-tuning). With ``probe_target`` (and for AUs ``probe_mask``, 0 where not
-    coded) the output has the loss the runner minimises.
+    ``head``: another head on the standardised features instead of the linear one (for
+    emotions: ``TextEmbeddingHead``, whose ``losses`` give the loss). ``features_fn``: other
+    frozen features than ``probe_features`` (zero-shot: the ITC query projections), given to
+    the head as they are when ``standardise`` is False. Batches carry either ``features``
+    (linear mode: precomputed by the frozen encoder) or ``image`` (fine-tuning). With
+    ``probe_target`` (and for AUs ``probe_mask``, 0 where not coded) the output has the loss
+    the runner minimises.
     """
 
     def __init__(self, encoder: nn.Module, feature_dim: int, num_outputs: int, *,
-                 source: str, mode: str, target: str) -> None:
+                 source: str, mode: str, target: str, head: nn.Module | None = None,
+                 features_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 standardise: bool = True) -> None:
         super().__init__()
         if mode not in MODES:
             raise InputError(f"run.probe.mode must be one of {MODES}, got {mode!r}")
@@ -31,8 +38,12 @@ class ProbeModel(nn.Module):
         # MAE's linear-probe recipe: standardise features (BatchNorm without affine) so one
         # learning rate suits encoders whose feature scales differ by orders of magnitude.
         self.norm = nn.BatchNorm1d(feature_dim, affine=False)
-        self.head = nn.Linear(feature_dim, num_outputs)
+        self.head = head if head is not None else nn.Linear(feature_dim, num_outputs)
         self.source, self.mode, self.target = source, mode, target
+        if features_fn is not None and mode != "linear":
+            raise InputError("other probe features than probe_features need run.probe.mode: "
+                             f"linear, not {mode!r}")
+        self.features_fn, self.standardise = features_fn, standardise
         if mode == "linear":
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
@@ -40,10 +51,13 @@ class ProbeModel(nn.Module):
     @property
     def device(self) -> torch.device:
         """Where the head lives; LAVIS's runner compares it with the run device."""
-        return self.head.weight.device
+        return self.norm.running_mean.device
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
         """Pooled features [B, D]; with gradients into the encoder in fine-tuning mode."""
+        if self.features_fn is not None:
+            with torch.no_grad():
+                return self.features_fn(image).float()
         method = self.encoder.probe_features
         if self.mode == "linear" or not torch.is_grad_enabled():
             with torch.no_grad():
@@ -62,7 +76,12 @@ class ProbeModel(nn.Module):
     def forward(self, samples: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         features = samples["features"] if "features" in samples \
             else self.features(samples["image"])
-        logits = self.head(self.norm(features.float().to(self.head.weight.device)))
+        features = features.float().to(self.device)
+        if self.standardise:
+            features = self.norm(features)
+        if "probe_target" in samples and hasattr(self.head, "losses"):
+            return self.head.losses(features, samples["probe_target"].to(features.device))
+        logits = self.head(features)
         out = {"logits": logits}
         if "probe_target" in samples:
             target = samples["probe_target"].to(logits.device)

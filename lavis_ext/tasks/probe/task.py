@@ -18,7 +18,9 @@ run_cfg keys: ``probe`` (mapping): ``target`` (``au`` | ``emotion``), ``source``
 ``qformer``), ``mode`` (``linear`` | ``finetune``), ``aus`` (list or ``facs.AU_SUBSETS`` name;
 default: AUs with a positive label in train), ``emotions`` (default: those in train),
 ``threshold`` (0.5), ``row_name``, ``table_dir``, ``cache_dir``, ``feature_batch_size``,
-``model_tag``. Epochs, lr, batch size, schedule, amp: the runner's usual keys.
+``model_tag``, ``head`` (``linear`` | ``text_embedding``: KE2NT's head, emotions only) with its
+``text_head`` settings (``text_head.py``). Epochs, lr, batch size, schedule, amp: the runner's
+usual keys.
 """
 from __future__ import annotations
 
@@ -47,6 +49,8 @@ from lavis_ext.tasks.probe.features import (FeatureCache, broadcast_from_rank0,
                                             cached_features, eval_mode, weights_fingerprint)
 from lavis_ext.tasks.probe.labels import TARGETS, LabelSpace, default_names, parse_aus
 from lavis_ext.tasks.probe.model import MODES, SOURCES, ProbeModel
+from lavis_ext.tasks.probe.text_head import (HEADS, QFORMER_TEXT, TextHeadConfig, build_head,
+                                             itc_image_features)
 from lavis_ext.tasks.references import records_for_dataset
 from lavis_ext.tasks.run import RunBoundTask
 
@@ -60,17 +64,32 @@ class ProbeTask(RunBoundTask, BaseTask):
                  threshold: float = 0.5, row_name: str | None = None,
                  table_dir: str | None = None, cache_dir: str | None = None,
                  feature_batch_size: int = 64, num_workers: int = 0,
-                 device: str | None = None, model_tag: str = "") -> None:
+                 device: str | None = None, model_tag: str = "", head: str = "linear",
+                 text_head: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         for value, allowed, key in ((target, TARGETS, "target"), (source, SOURCES, "source"),
-                                    (mode, MODES, "mode")):
+                                    (mode, MODES, "mode"), (head, HEADS, "head")):
             if value not in allowed:
                 raise InputError(f"run.probe.{key} must be one of {allowed}, got {value!r}")
+        if head == "text_embedding" and target != "emotion":
+            raise InputError("run.probe.head: 'text_embedding' matches images with one text per "
+                             f"emotion; it needs run.probe.target: emotion, not {target!r}")
+        if text_head is not None and head != "text_embedding":
+            raise InputError("run.probe.text_head is set but run.probe.head is "
+                             f"{head!r}; set head: text_embedding or drop text_head")
+        self.head = head
+        self.text_head = TextHeadConfig.parse(text_head) if head == "text_embedding" else None
+        self.zero_shot = bool(self.text_head and self.text_head.zero_shot)
+        if self.zero_shot and (source, mode) != ("qformer", "linear"):
+            raise InputError("run.probe.text_head.zero_shot matches the Q-Former's ITC query "
+                             "projections with its text embeddings: it needs run.probe.source: "
+                             f"qformer and mode: linear, not {source!r} and {mode!r}")
         self.target, self.source, self.mode = target, source, mode
         self.aus = parse_aus(aus)
         self.emotions = [facs.canonical_emotion(e) for e in emotions] if emotions else None
         self.threshold = float(threshold)
-        self.row_name = row_name or f"{source} ({mode})"
+        self.row_name = row_name or (f"{source} ({mode})" if head == "linear"
+                                     else f"{source} ({mode}, text head)")
         self.table_dir, self.cache_dir = table_dir, cache_dir
         self.feature_batch_size, self.num_workers = int(feature_batch_size), int(num_workers)
         self.device = device
@@ -104,7 +123,11 @@ class ProbeTask(RunBoundTask, BaseTask):
         unknown = set(probe) - set(inspect.signature(cls.__init__).parameters) - {"self"}
         if unknown:
             raise InputError(f"run.probe: unknown key(s) {sorted(unknown)}")
-        return cls(**probe)
+        task = cls(**probe)
+        if task.zero_shot and not run_cfg.get("evaluate"):
+            raise InputError("run.probe.text_head.zero_shot trains nothing: set run.evaluate: "
+                             "True, so the runner only scores the test splits")
+        return task
 
     # --- data and labels -------------------------------------------------------------------
     def build_datasets(self, cfg: Any) -> dict[str, dict[str, Any]]:
@@ -199,8 +222,23 @@ class ProbeTask(RunBoundTask, BaseTask):
         sample = self._sample_images(device)
         with torch.no_grad(), eval_mode(encoder):
             dim = encoder.probe_features(sample, self.source).shape[-1]
+        head, extra = None, {}
+        if self.text_head is not None:
+            identity: list[Any] = []
+            if self.text_head.encoder_name() == QFORMER_TEXT:  # the text branch is the model's
+                identity = [self.model_tag, weights_fingerprint(encoder)]
+            head = build_head(self.text_head, dim, self.labels.names, cache_dir=self.cache_dir,
+                              model=encoder, identity=identity)
+        if self.zero_shot:
+            if torch.distributed.is_available() and torch.distributed.is_initialized() \
+                    and torch.distributed.get_world_size() > 1:
+                raise InputError("run.probe.text_head.zero_shot runs in one process: it trains "
+                                 "nothing for DDP to share; launch train.py without "
+                                 "torch.distributed.run")
+            extra = {"features_fn": lambda image: itc_image_features(encoder, image),
+                     "standardise": False}
         model = ProbeModel(encoder, dim, len(self.labels.names), source=self.source,
-                           mode=self.mode, target=self.target).to(device)
+                           mode=self.mode, target=self.target, head=head, **extra).to(device)
         if self.mode == "linear":
             self._encode_all(model, device)
         else:
@@ -241,7 +279,10 @@ class ProbeTask(RunBoundTask, BaseTask):
         cache = FeatureCache(self.cache_dir) if self.cache_dir else None
         broadcast_from_rank0(model.encoder)
         fingerprint = weights_fingerprint(model.encoder)
+        source = f"{self.source}-itc" if self.zero_shot else self.source
         for wrapped in self.wrapped:
+            if self.zero_shot and wrapped.split == "train":
+                continue  # nothing is trained: only the evaluated splits need features
             transform, transform_cfg = self._transforms.get(wrapped.name, (None, None))
             images = wrapped.images
             original = getattr(images, "vis_processor", None)
@@ -249,10 +290,10 @@ class ProbeTask(RunBoundTask, BaseTask):
             if wrapped.split == "train" and not swap and original is not None:
                 logger.warning("%s/train: no eval image transform known; train features use the "
                                "training transform", wrapped.name)
-            key = [self.model_tag, fingerprint, wrapped.name, wrapped.split, self.source,
+            key = [self.model_tag, fingerprint, wrapped.name, wrapped.split, source,
                    transform_cfg if swap or wrapped.split != "train" else "train-transform",
                    wrapped.image_ids]
-            path = cache.path(f"{wrapped.name}_{wrapped.split}_{self.source}", key) \
+            path = cache.path(f"{wrapped.name}_{wrapped.split}_{source}", key) \
                 if cache else None
             if swap:
                 images.vis_processor = transform
@@ -298,6 +339,7 @@ class ProbeTask(RunBoundTask, BaseTask):
         report = {"split": split_name, "epoch": epoch,
                   "dataset": getattr(dataset, "name", "dataset"), "row": self.row_name,
                   "target": self.target, "source": self.source, "mode": self.mode,
+                  "head": "zero_shot" if self.zero_shot else self.head,
                   "classes": [str(n) for n in self.labels.names], **metrics,
                   "skipped": dict(getattr(dataset, "skipped", {}))}
         atomic_write_text(os.path.join(result_dir,
