@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lavis_ext.captions import prompts, rules
+from lavis_ext.captions import cot, prompts, rules
 from lavis_ext.captions.batch import run_batches
 from lavis_ext.captions.cache import AnswerCache, cache_key
 from lavis_ext.captions.client import (ClientConfig, FatalLLMError, LLMClient, RequestFailed,
@@ -29,7 +29,7 @@ from lavis_ext.facs import check_intensity_style
 
 log = logging.getLogger(__name__)
 
-KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat")
+KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat", "cot-rule")
 LLM_KINDS = ("au-llm", "fuse")
 # Where `fuse` and `concat` look for their inputs, first match wins. "au-pseudo" and
 # "emotion-pseudo" are the captions written by a trained AU-BLIP / Emot-BLIP (stage 3).
@@ -214,6 +214,8 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
             return rules.faceme_caption(labels, prompt_dir=prompt_dir)
         return rules.emotion_caption(record["emotions"], template=template,
                                      prompt_dir=prompt_dir)
+    if kind == "cot-rule":  # ExpLLM's three parts; levels whenever au_intensity has them
+        return cot.record_cot_caption(record)
     if kind == "concat":
         pair = _caption_pair(record, au_kinds, emotion_kinds, "")
         if isinstance(pair, ValueError):

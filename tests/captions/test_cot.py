@@ -1,0 +1,93 @@
+"""Chain-of-thought captions in ExpLLM's three parts: cot-rule by rule, cot-llm through the
+local LLM stand-in with its validation, and ExpLLM's released descriptions imported."""
+import json
+
+import pytest
+
+from lavis_ext.captions.cot import (UNDETERMINED, best_prototypes, cot_caption, cot_emotions,
+                                    record_cot_caption)
+from lavis_ext.captions.engine import synthesize_records
+from lavis_ext.cli import main
+from lavis_ext.data.records import add_captions, load_records, new_record, save_records
+from lavis_ext.facs import AU_NUMBERS, BASIC_EMOTIONS
+from lavis_ext.metrics.cot import parse_cot, split_cot
+
+CODED = {str(a): 0 for a in (1, 2, 4, 6, 7, 12, 15)}
+
+
+def _record(image_id, present=(), emotions=(), **extra):
+    aus = dict(CODED, **{str(a): 1 for a in present})
+    return new_record(f"img/{image_id}.jpg", image_id, "bp4d", "train", aus=aus,
+                      emotions=list(emotions), **extra)
+
+
+# The whole text for one known record: AU6 at level C, AU7 and AU12 present; happy.
+HAPPY = ("**Key Observations:**\n"
+         "- Cheek raiser (AU6) at marked intensity; typical of happiness.\n"
+         "- Lid tightener (AU7); typical of anger and fear.\n"
+         "- Lip corner puller (AU12); typical of happiness and contempt.\n"
+         "**Overall Emotional Interpretation:** Together, AU6, AU7 and AU12 come closest to "
+         "the prototype of happiness (2 of its 2 AUs). The dominant emotion is happiness.\n"
+         "**Conclusion:** Happiness.")
+
+
+def test_cot_rule_text_of_a_known_record():
+    record = _record("r1", (6, 7, 12), ["happy"], au_intensity={"6": 3, "7": 0, "12": 0})
+    assert record_cot_caption(record) == HAPPY
+    # no AU coded: nothing to observe, not applicable
+    assert record_cot_caption(new_record("x.jpg", "x", "rafdb", "train",
+                                         emotions=["fear"])) is None
+
+
+def test_cot_rule_conclusions_label_prototype_or_undetermined():
+    # the label wins over the prototypes, and the text says how far it is from them
+    text = cot_caption([6, 12], ["sadness"])
+    assert "Sadness shares 0 of its 3 prototype AUs with them." in text
+    assert split_cot(text).conclusion == "Sadness."
+    # unlabelled: the one best prototype when it matches at least half
+    assert split_cot(cot_caption([1, 4, 15])).conclusion == "Sadness."
+    # unlabelled and no prototype close enough: undetermined, no emotion concluded
+    text = cot_caption([9, 10])
+    assert split_cot(text).conclusion == f"{UNDETERMINED}."
+    assert parse_cot(text).emotions == set()
+    # two prototypes tied (happiness 6+12, contempt 12+14): undetermined too
+    assert [m.emotion for m in best_prototypes([6, 12, 14])] == ["happiness", "contempt"]
+    text = cot_caption([6, 12, 14])
+    assert "prototypes of happiness (2 of its 2 AUs) and contempt (2 of its 2 AUs)" in text
+    assert split_cot(text).conclusion == f"{UNDETERMINED}."
+    # no AU present: the neutral prototype
+    assert split_cot(cot_caption([])).conclusion == "Neutral."
+
+
+def test_cot_rule_reads_back_through_the_parser():
+    for number in AU_NUMBERS:
+        parsed = parse_cot(cot_caption([number], ["anger"], intensities={number: 2}))
+        assert parsed.aus == {number} and parsed.intensities == {number: 2}
+        assert parsed.emotions == {"anger"}
+    for emotion in BASIC_EMOTIONS.values():
+        parsed = parse_cot(cot_caption(emotion.prototype_aus, [emotion.name]))
+        assert parsed.aus == set(emotion.prototype_aus) and parsed.emotions == {emotion.name}
+        assert parsed.sections.complete
+
+
+def test_unlabelled_records_take_the_pseudo_emotion():
+    record = _record("p", (1, 2))
+    assert cot_emotions(record) == ([], "")
+    add_captions(record, "emotion-pseudo", ["The face shows surprise."])
+    assert cot_emotions(record) == (["surprise"], "emotion-pseudo")
+    assert split_cot(record_cot_caption(record)).conclusion == "Surprise."
+
+
+def test_synthesize_cot_rule_cli(tmp_path, capsys):
+    records = [_record("a", (6, 12), ["happiness"]), _record("b", (1, 4, 15), ["sadness"]),
+               new_record("c.jpg", "c", "rafdb", "train", emotions=["fear"])]
+    save_records(records, tmp_path / "in.json")
+    out = tmp_path / "out.json"
+    assert main(["synthesize", "--kind", "cot-rule", "--ann", str(tmp_path / "in.json"),
+                 "--out", str(out), "--no-progress"]) == 0
+    got = {r["image_id"]: r for r in load_records(out)}
+    assert got["a"]["captions"]["cot-rule"] == [cot_caption([6, 12], ["happiness"])]
+    assert got["a"]["caption"] == got["a"]["captions"]["cot-rule"]
+    assert "cot-rule" not in (got["c"].get("captions") or {})
+    summary = synthesize_records(list(got.values()), "cot-rule", progress=False)
+    assert summary.already_done == 2 and summary.not_applicable == 1
