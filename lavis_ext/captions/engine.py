@@ -29,8 +29,8 @@ from lavis_ext.facs import check_intensity_style
 
 log = logging.getLogger(__name__)
 
-KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat", "cot-rule")
-LLM_KINDS = ("au-llm", "fuse")
+KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat", "cot-rule", "cot-llm")
+LLM_KINDS = ("au-llm", "fuse", "cot-llm")
 # Where `fuse` and `concat` look for their inputs, first match wins. "au-pseudo" and
 # "emotion-pseudo" are the captions written by a trained AU-BLIP / Emot-BLIP (stage 3).
 DEFAULT_AU_KINDS = ("au-llm", "au-pseudo", "au-rule")
@@ -43,7 +43,7 @@ DEFAULT_EMOTION_KINDS = ("emotion-rule", "emotion-pseudo")
 def default_au_kinds(kind: str) -> tuple[str, ...]:
     """Where ``kind`` looks for AU captions when the caller names none."""
     return CONCAT_AU_KINDS if kind == "concat" else DEFAULT_AU_KINDS
-PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion"}
+PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion", "cot-llm": "cot"}
 
 
 @dataclass
@@ -160,6 +160,13 @@ def _intensities(record: Record) -> dict[int, int] | None:
     return {int(k): int(v) for k, v in raw.items() if v} or None
 
 
+def _expected(record: Record, kind: str) -> dict[str, Any]:
+    """What a cot-llm answer is checked against: the record's AUs and emotion(s)."""
+    if kind != "cot-llm":
+        return {}
+    return {"aus": present_aus(record), "emotions": cot.cot_emotions(record)[0]}
+
+
 def _fail(record: Record, kind: str, reason: str) -> None:
     record.setdefault("failures", {})[kind] = reason
     log.warning("%s: no %s caption: %s", record.get("image_id"), kind, reason)
@@ -240,6 +247,11 @@ def _plan_llm(record: Record, kind: str, au_kinds: tuple[str, ...],
         aus = present_aus(record)
         return prompts.au_messages(aus, choice) if aus else rules.neutral_au_caption(
             prompt_dir)
+    if kind == "cot-llm":  # every coded record gets a call, a face at rest too
+        if not _coded(record):
+            return None
+        return prompts.cot_messages(present_aus(record), cot.cot_emotions(record)[0], choice,
+                                    levels=_intensities(record))
     pair = _caption_pair(record, au_kinds, emotion_kinds, " to fuse")
     if isinstance(pair, ValueError):
         return pair
@@ -437,7 +449,7 @@ async def _run_jobs(jobs: list[Job], kind: str, client: LLMClient, config: Clien
                 summary.failed += 1
                 _fail(job.record, kind, f"request failed: {err}")
                 return
-            verdict = validate_answer(answer.text, kind, **bounds)
+            verdict = validate_answer(answer.text, kind, **bounds, **_expected(job.record, kind))
             if verdict.ok:
                 summary.added += 1
                 _succeed(job.record, kind, verdict.text)

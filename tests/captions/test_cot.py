@@ -91,3 +91,67 @@ def test_synthesize_cot_rule_cli(tmp_path, capsys):
     assert "cot-rule" not in (got["c"].get("captions") or {})
     summary = synthesize_records(list(got.values()), "cot-rule", progress=False)
     assert summary.already_done == 2 and summary.not_applicable == 1
+
+
+# --- cot-llm: prompts, answers from the local stand-in, validation ------------------------
+
+def test_cot_llm_through_the_local_server(make_server, tmp_path):
+    from captions_testlib import fast_config
+
+    server = make_server(faults={"sequence": ["restricted"]})
+    pseudo = _record("p", (1, 2, 5))
+    add_captions(pseudo, "emotion-pseudo", ["The face shows surprise."])
+    records = [_record("a", (6, 12), ["happiness"], au_intensity={"6": 3}), pseudo,
+               _record("u", (9, 10)), new_record("e.jpg", "e", "rafdb", "train",
+                                                 emotions=["anger"])]
+    summary = synthesize_records(records, "cot-llm", client_config=fast_config(server),
+                                 cache_path=tmp_path / "c.sqlite", concurrency=1,
+                                 progress=False)
+    assert summary.added == 3 and summary.not_applicable == 1 and summary.failed == 0
+    # the first answer ("The person shows AU 12 and looks happy.") was rejected, asked again
+    assert summary.stats.rejected == 1 and sum(summary.stats.rejections.values()) == 1
+    got = {r["image_id"]: (r.get("captions") or {}).get("cot-llm") for r in records}
+    assert got["a"] == [cot_caption([6, 12], ["happiness"], intensities={6: 3})]
+    assert got["p"] == [cot_caption([1, 2, 5], ["surprise"])]  # Emot-BLIP's emotion
+    assert split_cot(got["u"][0]).conclusion == f"{UNDETERMINED}."
+    assert got["e"] is None
+
+
+def test_cot_messages_name_aus_levels_and_emotion():
+    from lavis_ext.captions.prompts import cot_messages
+
+    system, user = cot_messages([12, 6], ["happiness", "surprise"], levels={6: 3})
+    assert system["role"] == "system" and user["role"] == "user"
+    assert "Active action units: AU6 (cheek raiser, marked intensity), AU12 (lip corner " \
+           "puller)" in user["content"]
+    assert "Emotion label: happiness and surprise" in user["content"]
+    assert "Emotion label: not given" in cot_messages([], [])[1]["content"]
+    assert "Active action units: none" in cot_messages([], [])[1]["content"]
+
+
+GOOD = ("**Key Observations:**\n- Brow lowerer (AU4) at severe intensity; the lids tighten "
+        "(AU7).\n**Overall Emotional Interpretation:** Without a lip corner puller, the "
+        "tension reads as anger rather than fear.\n**Conclusion:** Anger.")
+
+
+@pytest.mark.parametrize("text, aus, emotions, reason", [
+    (GOOD, [4, 7], ["anger"], ""),
+    (GOOD.replace(":**", "**:"), [4, 7], ["angry"], ""),  # colon outside, adjective label
+    (GOOD, [4, 7], [], ""),  # no emotion: conclusion unchecked
+    (GOOD.replace("**Overall Emotional Interpretation:**", "Then"), [4, 7], ["anger"],
+     "missing section ('Overall Emotional Interpretation')"),
+    (GOOD.replace("**Conclusion:** Anger.", ""), [4, 7], ["anger"],
+     "missing section ('Conclusion')"),
+    (GOOD, [4], ["anger"], "names an AU outside the labels (AU7)"),
+    (GOOD, [4, 7], ["fear"], "wrong conclusion ('Anger.' for fear)"),
+    (GOOD.replace("Anger.", "Anger or fear."), [4, 7], ["anger"], "wrong conclusion"),
+    (GOOD, [4, 7], ["anger", "surprise"], "wrong conclusion"),
+])
+def test_cot_validation(text, aus, emotions, reason):
+    from lavis_ext.captions.validate import validate_answer
+
+    verdict = validate_answer(text, "cot-llm", aus=aus, emotions=emotions, min_chars=60)
+    assert verdict.ok == (not reason)
+    assert verdict.reason.startswith(reason)
+    if verdict.ok:
+        assert verdict.text.count("\n") == 3  # one line per item and heading kept
