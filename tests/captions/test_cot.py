@@ -155,3 +155,57 @@ def test_cot_validation(text, aus, emotions, reason):
     assert verdict.reason.startswith(reason)
     if verdict.ok:
         assert verdict.text.count("\n") == 3  # one line per item and heading kept
+
+
+# --- ExpLLM's released descriptions as cot references ------------------------------------
+
+def _cot(observation, emotion, colon_inside=True):
+    heads = ["Key Observations", "Overall Emotional Interpretation", "Conclusion"]
+    mark = (lambda h: f"**{h}:**") if colon_inside else (lambda h: f"**{h}**:")
+    return (f"{mark(heads[0])}\n- {observation}, scoring 0.807.\n{mark(heads[1])} These "
+            f"combine.\n{mark(heads[2])}   {emotion}")
+
+
+def test_import_expllm_descriptions(tmp_path, capsys):
+    records = [new_record(f"basic/Image/aligned/test_000{i}_aligned.jpg", f"test_000{i}",
+                          "rafdb", "test", emotions=[emo])
+               for i, emo in ((1, "happiness"), (2, "sadness"), (3, "anger"))]
+    records.append(new_record("other/test_0004_aligned.jpg", "x4", "rafdb", "test"))
+    save_records(records, tmp_path / "records.json")
+    au = [0.5] * 24
+    rows = [
+        {"file_name": "test_0001_aligned.jpg", "emo": "Happiness", "au": au,
+         "description": _cot("Lip corner puller (AU12)", "Happiness")},
+        {"file_name": "test_0002_aligned.jpg", "emo": "Sadness", "au": au,
+         "description": _cot("Lip corner depressor (AU15)", "Sadness", colon_inside=False)},
+        {"file_name": "test_0003_aligned.jpg", "emo": "Fear", "au": au,  # label is anger
+         "description": _cot("Upper lid raiser (AU5)", "Fear")},
+        {"file_name": "test_0004_aligned.jpg", "emo": "Neutral", "au": au,  # unlabelled: kept
+         "description": _cot("No movement", "Neutral")},
+        {"file_name": "test_0009_aligned.jpg", "emo": "Anger", "au": au,
+         "description": _cot("Brow lowerer (AU4)", "Anger")},  # no such record
+        {"file_name": "test_0001_aligned.jpg", "emo": "Happiness", "au": au,
+         "description": "A smile, with no headings at all."},
+        {"file_name": "", "emo": "Anger", "au": au, "description": _cot("x", "Anger")},
+        {"file_name": "test_0002_aligned.jpg", "emo": "Sadness", "au": au, "description": ""},
+    ]
+    (tmp_path / "expllm.json").write_text(json.dumps(rows))
+    out = tmp_path / "out.json"
+    assert main(["import-captions", "--from", str(tmp_path / "expllm.json"),
+                 "--ann", str(tmp_path / "records.json"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    got = {r["image_id"]: r for r in load_records(out)}
+    assert got["test_0001"]["captions"]["cot"] == [_cot("Lip corner puller (AU12)",
+                                                        "Happiness").replace("   ", " ")]
+    assert split_cot(got["test_0002"]["captions"]["cot"][0]).conclusion == "Sadness"
+    assert "captions" not in got["test_0003"]
+    assert split_cot(got["x4"]["captions"]["cot"][0]).conclusion == "Neutral"
+    assert "import-captions cot: 8 entries, 5 captions read" in printed
+    assert "matched      3 entries -> 3 captions added" in printed
+    assert "unmatched    1 entries (e.g. test_0009_aligned.jpg)" in printed
+    assert "skipped      4 entries (" in printed
+    for reason in ("emo differs from the record's emotions: 1",
+                   "no 'Key Observations' heading: 1", "no file_name: 1",
+                   "no description: 1", "test_0003_aligned.jpg (fear vs anger)"):
+        assert reason in printed
+    assert "4: 3 with captions['cot'], 1 without" in printed
