@@ -238,6 +238,7 @@ def test_cot_variant_is_stage2_with_cot_text():
     assert variant["model"] == base["model"]
     assert variant["run"].pop("output_dir") == "output/exp_blip/stage2_cot"
     assert variant["run"].pop("max_len") == 320
+    assert variant["run"].pop("text_format") == "cot"
     for key in ("output_dir", "max_len"):
         base["run"].pop(key)
     assert variant["run"] == base["run"]

@@ -106,3 +106,40 @@ def test_evaluate_cot_predictions(tmp_path, gt_file, capsys):
                       "--no-meteor")
     assert whole["recognition"]["au_f1"]["12"] == pytest.approx(2 / 3)
     assert whole["metrics"]["au_f1_macro"] == pytest.approx(11 / 12)
+
+
+def test_facial_captioning_task_reads_cot_text(tmp_path):
+    """run.text_format: cot scores generated CoT text like `evaluate --format cot`."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    import lavis_ext  # noqa: F401  (registers the task)
+    from lavis.common.registry import registry
+
+    records = []
+    for image_id, present, emotion in GT:
+        aus = {str(a): int(a in present) for a in (1, 2, 4, 12)}
+        records.append(dict(new_record(f"{image_id}.jpg", image_id, "rafau", "test", aus=aus,
+                                       emotions=[emotion]),
+                            caption=[cot_caption(present, [emotion])]))
+
+    def task(fmt):
+        run_cfg = OmegaConf.create({"task": "facial_captioning", "num_beams": 1,
+                                    "max_len": 40, "embedding_encoder": "none",
+                                    "meteor": False, "result_dir": str(tmp_path),
+                                    "text_format": fmt})
+        made = registry.get_task_class("facial_captioning").setup_task(
+            cfg=SimpleNamespace(run_cfg=run_cfg))
+        made._records = {r["image_id"]: r for r in records}
+        return made
+
+    predictions = [{"image_id": k, "caption": v} for k, v in PRED.items()]
+    cot = task("cot").score(predictions, "test", 0, str(tmp_path))
+    whole = task("caption").score(predictions, "test", 0, str(tmp_path))
+    assert cot["au_f1_macro"] == pytest.approx(1.0)
+    assert cot["emotion_accuracy"] == pytest.approx(2 / 3)
+    assert whole["au_f1_macro"] == pytest.approx(11 / 12)  # b's comparison counts
+    assert whole["emotion_accuracy"] < cot["emotion_accuracy"]  # c names happiness too
+    with pytest.raises(ValueError, match="text_format"):
+        task("facial-r1")
