@@ -26,8 +26,10 @@ from lavis_ext.facs import (BASIC_EMOTIONS, au_name, canonical_emotion, degree_w
 from lavis_ext.metrics.cot import CONCLUSION, INTERPRETATION, OBSERVATIONS, marker
 
 # Where a record without emotion labels takes its emotion from: the Emot-BLIP pseudo caption
-# of stage 3 (lavis_ext.method.pseudo_caption), read back with the caption parser.
+# of stage 3 (lavis_ext.method.pseudo_caption), read back with the caption parser; and where
+# one without AU labels takes its AUs (and levels) from: AU-BLIP's pseudo caption.
 PSEUDO_EMOTION_KIND = "emotion-pseudo"
+PSEUDO_AU_KIND = "au-pseudo"
 # A prototype settles an unlabelled record's emotion only when it alone matches best and at
 # least this well (Jaccard overlap of the AU set and the prototype).
 MIN_PROTOTYPE_MATCH = 0.5
@@ -90,6 +92,27 @@ def cot_emotions(record: Mapping[str, Any]) -> tuple[list[str], str]:
         if found:
             return [e for e in BASIC_EMOTIONS if e in found], PSEUDO_EMOTION_KIND
     return [], ""
+
+
+def cot_aus(record: Mapping[str, Any]) -> tuple[list[int], dict[int, int], str] | None:
+    """The present AUs a CoT observes for a record, their levels (1-5) and their source.
+
+    ``"label"``: the record codes AUs (``aus``; levels from ``au_intensity``); ``"au-pseudo"``:
+    it codes none but has an AU-BLIP pseudo caption (``captions["au-pseudo"]``), whose AUs and
+    degree words are read back with the caption parser. None: neither (nothing to observe).
+    """
+    aus = record.get("aus") or {}
+    if any(v is not None for v in aus.values()):
+        raw = record.get("au_intensity") or {}
+        return (sorted(int(k) for k, v in aus.items() if v == 1),
+                {int(k): int(v) for k, v in raw.items() if v}, "label")
+    texts = [t for t in (record.get("captions") or {}).get(PSEUDO_AU_KIND) or [] if t]
+    if not texts:
+        return None
+    from lavis_ext.metrics.recognition import caption_intensities, parse_caption
+
+    parsed = parse_caption(texts[0])
+    return sorted(parsed.aus), caption_intensities(texts[0], parsed), PSEUDO_AU_KIND
 
 
 def _codes(aus: Sequence[int]) -> str:
@@ -161,12 +184,11 @@ def cot_caption(aus: Iterable[int], emotions: Sequence[str] = (), *,
 
 
 def record_cot_caption(record: Mapping[str, Any]) -> str | None:
-    """``cot-rule`` for one record: None when it codes no AU (nothing to observe)."""
-    aus = record.get("aus") or {}
-    if not any(v is not None for v in aus.values()):
+    """``cot-rule`` for one record (AUs and emotions from :func:`cot_aus` and
+    :func:`cot_emotions`): None when it has nothing to observe."""
+    found = cot_aus(record)
+    if found is None:
         return None
-    present = [int(k) for k, v in aus.items() if v == 1]
-    raw = record.get("au_intensity") or {}
-    levels = {int(k): int(v) for k, v in raw.items() if v}
+    present, levels, _ = found
     emotions, _ = cot_emotions(record)
     return cot_caption(present, emotions, intensities=levels)

@@ -164,7 +164,8 @@ def _expected(record: Record, kind: str) -> dict[str, Any]:
     """What a cot-llm answer is checked against: the record's AUs and emotion(s)."""
     if kind != "cot-llm":
         return {}
-    return {"aus": present_aus(record), "emotions": cot.cot_emotions(record)[0]}
+    found = cot.cot_aus(record)
+    return {"aus": found[0] if found else [], "emotions": cot.cot_emotions(record)[0]}
 
 
 def _fail(record: Record, kind: str, reason: str) -> None:
@@ -247,11 +248,12 @@ def _plan_llm(record: Record, kind: str, au_kinds: tuple[str, ...],
         aus = present_aus(record)
         return prompts.au_messages(aus, choice) if aus else rules.neutral_au_caption(
             prompt_dir)
-    if kind == "cot-llm":  # every coded record gets a call, a face at rest too
-        if not _coded(record):
+    if kind == "cot-llm":  # every record with AUs to observe gets a call, one at rest too
+        found = cot.cot_aus(record)
+        if found is None:
             return None
-        return prompts.cot_messages(present_aus(record), cot.cot_emotions(record)[0], choice,
-                                    levels=_intensities(record))
+        return prompts.cot_messages(found[0], cot.cot_emotions(record)[0], choice,
+                                    levels=found[1])
     pair = _caption_pair(record, au_kinds, emotion_kinds, " to fuse")
     if isinstance(pair, ValueError):
         return pair

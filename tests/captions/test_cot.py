@@ -209,3 +209,12 @@ def test_import_expllm_descriptions(tmp_path, capsys):
                    "no description: 1", "test_0003_aligned.jpg (fear vs anger)"):
         assert reason in printed
     assert "4: 3 with captions['cot'], 1 without" in printed
+
+
+def test_emotion_only_records_take_au_blip_pseudo_aus():
+    record = new_record("rafdb/1.jpg", "r", "rafdb", "train", emotions=["happiness"])
+    assert record_cot_caption(record) is None
+    add_captions(record, "au-pseudo", ["It is a people who raises cheek with slight intensity "
+                                       "and pulls lip corner."])
+    assert record_cot_caption(record) == cot_caption([6, 12], ["happiness"],
+                                                     intensities={6: 2})
