@@ -18,6 +18,8 @@ LLM_VARIANTS = {"stage2_tiny_qwen2.yaml": "tiny", "stage2_qwen2.5-1.5b.yaml": "Q
                 "stage2_llama3.2-1b.yaml": "meta-llama/Llama-3.2-1B"}
 # AU-BLIP's Table 2 row with ViT-G and OPT-2.7B (stage 1 is the ViT-G one: it has no LLM).
 AU_BLIP_VITG_OPT27 = "stage2_vitg_opt2.7b.yaml"
+# Exp-BLIP stage 2 on ExpLLM-style chain-of-thought text (not a paper run).
+EXP_BLIP_COT = "stage2_cot.yaml"
 
 
 def _current_stack() -> bool:
@@ -36,10 +38,10 @@ def _model_cfg(cfg):
 
 
 def test_every_experiment_has_all_variants():
-    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS) + 1
+    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS) + 2
     for experiment in EXPERIMENTS:
         names = {p.name for p in (PROJECTS / experiment).glob("*.yaml")}
-        extra = set(LLM_VARIANTS) if experiment == "exp_blip" else set()
+        extra = set(LLM_VARIANTS) | {EXP_BLIP_COT} if experiment == "exp_blip" else set()
         extra |= {AU_BLIP_VITG_OPT27} if experiment == "au_blip" else set()
         assert names == {f"stage{s}{v}.yaml" for s in (1, 2) for v in ("", "_vitb", "_tiny")
                          } | extra
@@ -100,7 +102,8 @@ def test_paper_settings():
         assert "lr_layer_decay" not in OmegaConf.load(PROJECTS / experiment / "stage2_vitb.yaml").run
     assert stage2.run.batch_size_train * 4 == 32 and stage1.run.batch_size_train * 4 == 28
     for path in (PROJECTS / "exp_blip").glob("stage*.yaml"):
-        assert OmegaConf.load(path).datasets.facial_caption_mix.caption_kinds == ["fuse"]
+        if path.name != EXP_BLIP_COT:
+            assert OmegaConf.load(path).datasets.facial_caption_mix.caption_kinds == ["fuse"]
     assert OmegaConf.load(PROJECTS / "cat_blip" / "stage2.yaml"
                           ).datasets.facial_caption_mix.caption_kinds == ["concat"]
 
@@ -231,3 +234,27 @@ def test_au_blip_vitg_opt27_is_the_vitg_run_with_the_smaller_llm():
     cls, model_cfg = _model_cfg(OmegaConf.load(PROJECTS / "au_blip" / AU_BLIP_VITG_OPT27))
     assert model_cfg.vit_model == "eva_clip_g" and model_cfg.pretrained == "output/au_blip/stage1"
 
+
+
+def test_cot_variant_is_stage2_with_cot_text():
+    """stage2_cot.yaml: stage2.yaml with the CoT kinds, longer text kept as written, longer
+    generation and its own output; FaceME (no AU labels, no ExpLLM text) left out."""
+    variant = OmegaConf.to_container(OmegaConf.load(PROJECTS / "exp_blip" / EXP_BLIP_COT))
+    base = OmegaConf.to_container(OmegaConf.load(PROJECTS / "exp_blip" / "stage2.yaml"))
+    assert variant["model"].pop("max_txt_len") == 256 and base["model"].pop("max_txt_len") == 32
+    assert variant["model"] == base["model"]
+    assert variant["run"].pop("output_dir") == "output/exp_blip/stage2_cot"
+    assert variant["run"].pop("max_len") == 320
+    assert variant["run"].pop("text_format") == "cot"
+    for key in ("output_dir", "max_len"):
+        base["run"].pop(key)
+    assert variant["run"] == base["run"]
+    data, base_data = variant["datasets"]["facial_caption_mix"], \
+        base["datasets"]["facial_caption_mix"]
+    assert data.pop("caption_kinds") == ["cot", "cot-rule"]
+    for split in ("train", "eval"):
+        assert data["text_processor"][split] == {"name": "face_caption", "max_words": 200}
+    sources = data["build_info"]["sources"]
+    assert sources == [s for s in base_data["build_info"]["sources"]
+                       if not s["images"].endswith("faceme")]
+    assert data["vis_processor"] == base_data["vis_processor"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from lavis_ext.captions import prompts, rules
+from lavis_ext.captions import cot, prompts, rules
 from lavis_ext.captions.batch import run_batches
 from lavis_ext.captions.cache import AnswerCache, cache_key
 from lavis_ext.captions.client import (ClientConfig, FatalLLMError, LLMClient, RequestFailed,
@@ -29,8 +29,8 @@ from lavis_ext.facs import check_intensity_style
 
 log = logging.getLogger(__name__)
 
-KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat")
-LLM_KINDS = ("au-llm", "fuse")
+KINDS = ("au-rule", "au-llm", "emotion-rule", "fuse", "concat", "cot-rule", "cot-llm")
+LLM_KINDS = ("au-llm", "fuse", "cot-llm")
 # Where `fuse` and `concat` look for their inputs, first match wins. "au-pseudo" and
 # "emotion-pseudo" are the captions written by a trained AU-BLIP / Emot-BLIP (stage 3).
 DEFAULT_AU_KINDS = ("au-llm", "au-pseudo", "au-rule")
@@ -43,7 +43,7 @@ DEFAULT_EMOTION_KINDS = ("emotion-rule", "emotion-pseudo")
 def default_au_kinds(kind: str) -> tuple[str, ...]:
     """Where ``kind`` looks for AU captions when the caller names none."""
     return CONCAT_AU_KINDS if kind == "concat" else DEFAULT_AU_KINDS
-PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion"}
+PROMPT_OF_KIND = {"au-llm": "au_caption", "fuse": "fusion", "cot-llm": "cot"}
 
 
 @dataclass
@@ -160,6 +160,14 @@ def _intensities(record: Record) -> dict[int, int] | None:
     return {int(k): int(v) for k, v in raw.items() if v} or None
 
 
+def _expected(record: Record, kind: str) -> dict[str, Any]:
+    """What a cot-llm answer is checked against: the record's AUs and emotion(s)."""
+    if kind != "cot-llm":
+        return {}
+    found = cot.cot_aus(record)
+    return {"aus": found[0] if found else [], "emotions": cot.cot_emotions(record)[0]}
+
+
 def _fail(record: Record, kind: str, reason: str) -> None:
     record.setdefault("failures", {})[kind] = reason
     log.warning("%s: no %s caption: %s", record.get("image_id"), kind, reason)
@@ -214,6 +222,8 @@ def _rule_caption(record: Record, kind: str, au_kinds: tuple[str, ...],
             return rules.faceme_caption(labels, prompt_dir=prompt_dir)
         return rules.emotion_caption(record["emotions"], template=template,
                                      prompt_dir=prompt_dir)
+    if kind == "cot-rule":  # ExpLLM's three parts; levels whenever au_intensity has them
+        return cot.record_cot_caption(record)
     if kind == "concat":
         pair = _caption_pair(record, au_kinds, emotion_kinds, "")
         if isinstance(pair, ValueError):
@@ -238,6 +248,12 @@ def _plan_llm(record: Record, kind: str, au_kinds: tuple[str, ...],
         aus = present_aus(record)
         return prompts.au_messages(aus, choice) if aus else rules.neutral_au_caption(
             prompt_dir)
+    if kind == "cot-llm":  # every record with AUs to observe gets a call, one at rest too
+        found = cot.cot_aus(record)
+        if found is None:
+            return None
+        return prompts.cot_messages(found[0], cot.cot_emotions(record)[0], choice,
+                                    levels=found[1])
     pair = _caption_pair(record, au_kinds, emotion_kinds, " to fuse")
     if isinstance(pair, ValueError):
         return pair
@@ -435,7 +451,7 @@ async def _run_jobs(jobs: list[Job], kind: str, client: LLMClient, config: Clien
                 summary.failed += 1
                 _fail(job.record, kind, f"request failed: {err}")
                 return
-            verdict = validate_answer(answer.text, kind, **bounds)
+            verdict = validate_answer(answer.text, kind, **bounds, **_expected(job.record, kind))
             if verdict.ok:
                 summary.added += 1
                 _succeed(job.record, kind, verdict.text)

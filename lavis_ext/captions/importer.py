@@ -9,13 +9,22 @@ two paths must be a whole-component suffix of the longer one, so ``/home/x/data/
 aligned/0001.jpg`` matches the record ``aligned/0001.jpg``, but ``F001/T1/0001.jpg`` never
 matches ``F002/T1/0001.jpg``. An entry that fits several records equally well is ambiguous
 and is not attached.
+
+ExpLLM's released descriptions (``--format expllm``; auto-detected) are a JSON list of
+``{"file_name", "emo", "au", "description"}``: the description is a three-part chain of
+thought and is filed as ``captions["cot"]`` by default. ``file_name`` is matched like an
+image path (a bare name fits the one record whose path ends with it). ``au`` holds 24
+predicted scores whose AU names were never published, so it is ignored. A row is skipped,
+with its reason counted, when it lacks a file name or a description, when the description
+lacks a heading of the three parts, or when ``emo`` disagrees with the matched record's
+emotion labels.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
@@ -26,6 +35,9 @@ from lavis_ext.errors import InputError, NothingSucceeded, UsageError
 
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 EXAMPLES = 5
+SOURCE_FORMATS = ("auto", "lavis", "expllm")
+DEFAULT_KIND = {"expllm": "cot"}
+EXPLLM_FIELDS = ("file_name", "emo", "au", "description")
 
 
 def path_parts(path: str) -> tuple[str, ...]:
@@ -49,6 +61,13 @@ class ImportReport:
     records_with_kind: int = 0  # records holding captions[kind] after the import
     records_without: int = 0
     records_without_examples: list[str] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows left out
+    skipped_examples: list[str] = field(default_factory=list)
+
+    def skip(self, reason: str, where: str) -> None:
+        self.skipped[reason] += 1
+        if len(self.skipped_examples) < EXAMPLES:
+            self.skipped_examples.append(f"{where}: {reason}")
 
     def format(self) -> str:
         lines = [f"import-captions {self.kind}: {self.entries} entries, "
@@ -63,6 +82,10 @@ class ImportReport:
                  f"[{self.kind!r}], {self.records_without} without"
                  + (f" (e.g. {', '.join(self.records_without_examples)})"
                     if self.records_without else "")]
+        if self.skipped:
+            reasons = ", ".join(f"{reason}: {n}" for reason, n in self.skipped.most_common())
+            lines.insert(4, f"  skipped      {sum(self.skipped.values())} entries ({reasons}; "
+                            f"e.g. {'; '.join(self.skipped_examples)})")
         return "\n".join(lines)
 
 
@@ -125,15 +148,92 @@ class SuffixIndex:
         return found
 
 
+def detect_source_format(path: str | Path) -> str:
+    """``expllm`` when the file's first item has ExpLLM's ``file_name`` and ``description``,
+    else ``lavis``."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "lavis"  # the LAVIS reader says what is wrong
+    first = data[0] if isinstance(data, list) and data else None
+    if isinstance(first, Mapping) and "file_name" in first and "description" in first:
+        return "expllm"
+    return "lavis"
+
+
+@dataclass
+class ExpLLMRow:
+    """One usable row of ExpLLM's description file."""
+    where: str
+    file_name: str
+    emotion: str
+    description: str
+
+
+def read_expllm_descriptions(path: str | Path) -> tuple[list[ExpLLMRow], ImportReport]:
+    """The usable rows of an ExpLLM description file, and a report counting the rows left out
+    (no file name, no description, a three-part heading missing) with their reasons."""
+    from lavis_ext.metrics.cot import split_cot
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--from: file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"--from: {path}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise InputError(f"--from: {path}: expected a JSON list of ExpLLM rows "
+                         f"({', '.join(EXPLLM_FIELDS)}), got {type(data).__name__}")
+    report = ImportReport(kind="", entries=len(data))
+    rows = []
+    for i, item in enumerate(data):
+        where = f"[{i}]"
+        if not isinstance(item, Mapping):
+            report.skip("not an object", where)
+            continue
+        name, text = item.get("file_name"), item.get("description")
+        if not isinstance(name, str) or not name.strip():
+            report.skip("no file_name", where)
+            continue
+        where = f"[{i}] {name}"
+        if not isinstance(text, str) or not text.strip():
+            report.skip("no description", where)
+            continue
+        missing = split_cot(text).missing
+        if missing:
+            report.skip(f"no '{missing[0]}' heading", where)
+            continue
+        emo = item.get("emo")
+        lines = (" ".join(line.split()) for line in text.splitlines())
+        rows.append(ExpLLMRow(where, name.strip(), str(emo).strip() if emo else "",
+                              "\n".join(line for line in lines if line)))
+    return rows, report
+
+
 def import_captions(records: list[Record], items: Sequence[tuple[str, list[str]]],
-                    kind: str) -> ImportReport:
-    """Attach each item's captions to its record as ``captions[kind]`` (in place)."""
-    report = ImportReport(kind=kind, entries=len(items), records=len(records))
+                    kind: str, *, emotions: Sequence[str] | None = None,
+                    report: ImportReport | None = None) -> ImportReport:
+    """Attach each item's captions to its record as ``captions[kind]`` (in place).
+
+    ``emotions`` (one per item, "" for none): the emotion each item's text concludes; an item
+    whose emotion is not among its record's labels is skipped (counted in ``report``).
+    """
+    from lavis_ext.facs import canonical_emotion
+
+    report = report or ImportReport(kind=kind, entries=len(items))
+    report.kind, report.records = kind, len(records)
     index = SuffixIndex(records)
-    for image, texts in items:
+    for k, (image, texts) in enumerate(items):
         report.captions_read += len(texts)
         found = index.find(image)
-        if len(found) == 1:
+        said = canonical_emotion(emotions[k]) if emotions and emotions[k] else ""
+        labels = [canonical_emotion(e) for e in records[found[0]]["emotions"]] \
+            if len(found) == 1 else []
+        if len(found) == 1 and said and labels and said not in labels:
+            report.skip("emo differs from the record's emotions",
+                        f"{image} ({said} vs {', '.join(labels)})")
+        elif len(found) == 1:
             record = records[found[0]]
             before = len((record.get("captions") or {}).get(kind) or [])
             add_captions(record, kind, texts)
@@ -159,11 +259,17 @@ def import_captions(records: list[Record], items: Sequence[tuple[str, list[str]]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--kind", required=True,
+    parser.add_argument("--kind",
                         help="caption kind to file them under (captions[KIND]), e.g. au-llm "
-                             "for the released GPT AU captions, fuse for the fused ones")
+                             "for the released GPT AU captions, fuse for the fused ones; "
+                             "default cot for ExpLLM's descriptions")
     parser.add_argument("--from", dest="source", required=True, type=Path,
-                        help="LAVIS caption-annotation JSON: [{\"image\", \"caption\"}, ...]")
+                        help="LAVIS caption-annotation JSON: [{\"image\", \"caption\"}, ...], "
+                             "or ExpLLM's descriptions: [{\"file_name\", \"emo\", \"au\", "
+                             "\"description\"}, ...]")
+    parser.add_argument("--format", dest="source_format", choices=SOURCE_FORMATS,
+                        default="auto", help="how to read --from (default auto: expllm when "
+                                             "its rows have file_name and description)")
     parser.add_argument("--ann", required=True, type=Path, help="records JSON to attach to")
     parser.add_argument("--out", type=Path,
                         help="records JSON to write (atomically; may equal --ann); default: "
@@ -175,15 +281,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    fmt = args.source_format
+    if fmt == "auto":
+        fmt = detect_source_format(args.source)
+    args.kind = args.kind or DEFAULT_KIND.get(fmt)
+    if not args.kind:
+        raise UsageError("--kind: name the caption kind to file the captions under, e.g. "
+                         "au-llm")
     if not _KIND.match(args.kind):
         raise UsageError(f"--kind: {args.kind!r} is not a caption kind name (lowercase letters, "
                          f"digits, '-' and '_', e.g. au-llm)")
-    items = read_caption_annotations(args.source)
+    emotions, report = None, None
+    if fmt == "expllm":
+        rows, report = read_expllm_descriptions(args.source)
+        items = [(row.file_name, [row.description]) for row in rows]
+        emotions = [row.emotion for row in rows]
+    else:
+        items = read_caption_annotations(args.source)
     try:
         records = load_records(args.ann)
     except (RecordError, FileNotFoundError) as err:
         raise InputError(f"--ann: {err}") from err
-    report = import_captions(records, items, args.kind)
+    report = import_captions(records, items, args.kind, emotions=emotions, report=report)
     print(report.format())
     if report.entries_matched == 0:
         raise NothingSucceeded(f"no entry of {args.source} matched an image of {args.ann}; "

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lavis_ext.facs import ACTION_UNITS, BASIC_EMOTIONS, join_words, third_person
+from lavis_ext.facs import (ACTION_UNITS, BASIC_EMOTIONS, intensity_from_word, join_words,
+                            third_person)
 from lavis_ext.metrics.recognition import parse_caption
 
 # --- Composing answers ---------------------------------------------------------------------
@@ -96,10 +97,30 @@ def compose_fusion_answer(au_caption: str, emotion_caption: str, variant: int = 
     return f"{actions}. {endings[variant % len(endings)]}"
 
 
+def compose_cot_answer(au_line: str, emotion_line: str) -> str:
+    """The cot-rule text for the AUs (and degree words) and the emotion a CoT question
+    names; an emotion line naming no basic emotion leaves the conclusion to the rule."""
+    from lavis_ext.captions.cot import cot_caption
+
+    levels: dict[int, int] = {}
+    for number, inside in re.findall(r"\bAU(\d+)\s*\(([^)]*)\)", au_line):
+        for word in inside.replace(",", " ").split():
+            level = intensity_from_word(word)
+            if level:
+                levels[int(number)] = level
+    aus = parse_aus(au_line) if au_line.strip().lower() != "none" else []
+    emotions = [e for e in BASIC_EMOTIONS if e in parse_caption(emotion_line).emotions]
+    return cot_caption(aus, emotions, intensities=levels)
+
+
 def compose_answer(messages: list[dict[str, Any]], variant: int = 0) -> str:
     """Answer a chat request built from the prompts of lavis_ext.captions."""
     question = next((str(m.get("content") or "") for m in reversed(messages)
                      if m.get("role") == "user"), "")
+    cot_aus = re.search(r"^\s*Active action units:\s*(.+)$", question, re.MULTILINE)
+    cot_emotion = re.search(r"^\s*Emotion label:\s*(.+)$", question, re.MULTILINE)
+    if cot_aus and cot_emotion:
+        return compose_cot_answer(cot_aus.group(1), cot_emotion.group(1))
     au_line = re.search(r"^\s*Facial actions:\s*(.+)$", question, re.MULTILINE)
     emotion_line = re.search(r"^\s*Emotion:\s*(.+)$", question, re.MULTILINE)
     if au_line and emotion_line:

@@ -1,7 +1,7 @@
 """Load the prompt and template files under ``prompts/`` and build chat messages from them.
 
 Wording lives in YAML so that it can be changed (or translated) without touching code.
-LLM prompts come in named sets, ``prompts/<set>/{au_caption,fusion}.yaml``: ``paper`` (the
+LLM prompts come in named sets, ``prompts/<set>/{au_caption,fusion,cot}.yaml``: ``paper`` (the
 default; the paper's design, Figs. 2 and 4, in our words) and ``concise`` (shorter answers).
 Rule templates are ``prompts/rules.yaml``. A user can instead name a folder with their own
 copies (``prompt_dir``) or one file per prompt (``au_prompt`` / ``fusion_prompt``); every
@@ -13,28 +13,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Mapping, Union
 
 import yaml
 
 from lavis_ext.errors import InputError, MissingEntryError
-from lavis_ext.facs import ACTION_UNITS, AU_NUMBERS, au_name, join_words
+from lavis_ext.facs import ACTION_UNITS, AU_NUMBERS, au_name, degree_word, join_words
 
 PROMPT_DIR = Path(__file__).with_name("prompts")
 PROMPT_SETS = ("paper", "concise")
 DEFAULT_PROMPT_SET = "paper"
-LLM_PROMPTS = ("au_caption", "fusion")
+LLM_PROMPTS = ("au_caption", "fusion", "cot")
 Message = dict[str, str]
 
 # Placeholders each prompt text must (or may) use; anything else in braces is an error.
 _REQUIRED = {
     ("au_caption", "system"): {"definitions"},
     ("fusion", "question"): {"au_caption", "emotion_caption"},
+    ("cot", "question"): {"aus", "emotion"},
 }
 _AU_NAMING = {"au_codes", "aus"}  # the AU question names the AUs with one of these
 _ALLOWED = {
     "au_caption": {"definitions", "au_codes", "aus", "sentences"},
     "fusion": {"au_caption", "emotion_caption"},
+    "cot": {"aus", "emotion"},
 }
 
 
@@ -81,7 +83,8 @@ def check_prompt(name: str, data: dict[str, Any], file: Path) -> dict[str, Any]:
     if name not in LLM_PROMPTS:
         return data
     keys = ["question"] + (["system", "example_question", "example_answer"]
-                           if name == "au_caption" else [])
+                           if name == "au_caption" else
+                           ["system", "unknown_emotion"] if name == "cot" else [])
     for key in keys:
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise MissingEntryError(f"prompt file {file} has no '{key}' entry (a non-empty "
@@ -208,3 +211,29 @@ def fusion_messages(au_caption: str, emotion_caption: str,
 def prompt_params(name: str, source: Source = None) -> dict[str, Any]:
     """Sampling parameters of a prompt (temperature, max_tokens, ...)."""
     return dict(load_prompt(name, source).get("params") or {})
+
+
+def cot_au_list(aus: list[int], levels: Mapping[int, int] | None = None) -> str:
+    """The AUs of a CoT question with their FACS A-E degree where known: "AU6 (cheek raiser,
+    marked intensity), AU12 (lip corner puller)"; "none" for a face at rest."""
+    items = []
+    for n in sorted(set(aus)):
+        level = (levels or {}).get(n)
+        degree = f", {degree_word(int(level))} intensity" if level else ""
+        items.append(f"AU{n} ({au_name(n).noun}{degree})")
+    return ", ".join(items) or "none"
+
+
+def cot_messages(aus: list[int], emotions: list[str], source: Source = None, *,
+                 levels: Mapping[int, int] | None = None) -> list[Message]:
+    """Zero-shot chat messages asking for ExpLLM's three-part reasoning from AUs to a label.
+
+    ``emotions``: the label(s) the conclusion must give; empty fills ``{emotion}`` with the
+    prompt's ``unknown_emotion`` text (conclude from the AUs, or say it is undetermined).
+    """
+    p = load_prompt("cot", source)
+    file = prompt_file("cot", source)
+    emotion = join_words(emotions) if emotions else " ".join(str(p["unknown_emotion"]).split())
+    fill = {"aus": cot_au_list(aus, levels), "emotion": emotion}
+    return [{"role": "system", "content": _format(p["system"], p, file, **fill).strip()},
+            {"role": "user", "content": _format(p["question"], p, file, **fill).strip()}]

@@ -31,11 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", required=True, choices=KINDS,
                         help="au-rule / emotion-rule: templates; au-llm: one-shot LLM AU "
                              "captions; fuse: LLM fusion of an AU and an emotion caption; "
-                             "concat: the two joined without an LLM (Cat-BLIP)")
+                             "concat: the two joined without an LLM (Cat-BLIP); cot-rule / "
+                             "cot-llm: ExpLLM's three-part reasoning from AUs (and "
+                             "au_intensity levels) to the emotion, by rule / by an LLM")
     parser.add_argument("--ann", required=True, type=Path, help="input records JSON")
     parser.add_argument("--out", required=True, type=Path,
                         help="output records JSON (may equal --ann)")
-    llm = parser.add_argument_group("LLM (au-llm, fuse)")
+    llm = parser.add_argument_group("LLM (au-llm, fuse, cot-llm)")
     llm.add_argument("--config", type=Path,
                      help="YAML with LLM client options (model, base_url, timeout, ...); "
                           "flags below override it")
@@ -68,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"bundled LLM prompts (default {DEFAULT_PROMPT_SET}: the paper's "
                           f"design; concise: two or three sentences)")
     llm.add_argument("--prompt-dir", help="folder with edited copies of the prompt YAMLs "
-                                          "(au_caption.yaml, fusion.yaml, rules.yaml)")
+                                          "(au_caption.yaml, fusion.yaml, cot.yaml, "
+                                          "rules.yaml)")
     llm.add_argument("--au-prompt", help="your own AU prompt YAML (same keys as "
                                          "lavis_ext/captions/prompts/paper/au_caption.yaml)")
     llm.add_argument("--fusion-prompt", help="your own fusion prompt YAML")

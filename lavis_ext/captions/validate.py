@@ -3,14 +3,18 @@
 An answer is rejected (and the call retried within its budget) when it is empty, too short or
 too long, mentions an action unit by code or the word "AU", or - for AU captions - names an
 emotion, which the prompt forbids because AU-BLIP must learn actions, not feelings.
+Chain-of-thought answers (``cot-llm``) follow other rules (:func:`validate_cot`): they may
+cite AU codes, but must hold ExpLLM's three headings, name no AU outside the record's labels
+and conclude with the record's emotion.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Iterable, Sequence
 
-from lavis_ext.facs import BASIC_EMOTIONS
+from lavis_ext.facs import BASIC_EMOTIONS, canonical_emotion
 
 # "AU", "AUs", "AU12", "AU 12", "AU-12", "au12"; also "action unit 12".
 _AU_CODE = re.compile(r"\bAUs?\b|\bAU[\s\-_]*\d+|\baction\s+units?\s*\d+", re.IGNORECASE)
@@ -60,8 +64,13 @@ def tidy(text: str | None) -> str:
 
 
 def validate_answer(text: str | None, kind: str, *, min_chars: int = 20,
-                    max_chars: int = 1200) -> Verdict:
-    """Check an LLM answer for a synthesis kind ("au-llm" or "fuse")."""
+                    max_chars: int = 1200, aus: Iterable[int] | None = None,
+                    emotions: Sequence[str] | None = None) -> Verdict:
+    """Check an LLM answer for a synthesis kind ("au-llm", "fuse" or "cot-llm"; ``aus`` and
+    ``emotions``, the record's labels, are for "cot-llm")."""
+    if kind == "cot-llm":
+        return validate_cot(text, aus or (), emotions or (), min_chars=min_chars,
+                            max_chars=max_chars)
     clean = tidy(text)
     if not clean:
         return Verdict(False, "", "empty answer")
@@ -76,4 +85,57 @@ def validate_answer(text: str | None, kind: str, *, min_chars: int = 20,
         found = emotion_words(clean)
         if found:
             return Verdict(False, clean, f"names an emotion in an AU caption ({found[0]!r})")
+    return Verdict(True, clean)
+
+
+def tidy_cot(text: str | None) -> str:
+    """Like :func:`tidy`, but keeps one line per non-blank line: a CoT's items and headings
+    stay on lines of their own."""
+    if not text:
+        return ""
+    lines = [" ".join(line.split()) for line in str(text).strip().splitlines()]
+    out = "\n".join(line for line in lines if line)
+    out = _LEAD_IN.sub("", out)
+    if len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
+        out = out[1:-1].strip()
+    return out
+
+
+def validate_cot(text: str | None, aus: Iterable[int], emotions: Sequence[str], *,
+                 min_chars: int = 20, max_chars: int = 2000) -> Verdict:
+    """Check a chain-of-thought answer against the record it describes.
+
+    Rejected when a heading of ExpLLM's three parts is missing or out of order; when the text
+    names (not negated) an AU outside ``aus``, the record's present AUs; or, where the record
+    has ``emotions``, when the conclusion does not name exactly those (basic emotions, read
+    with the caption parser; other labels must appear as words). Without emotions the
+    conclusion is not checked.
+    """
+    from lavis_ext.metrics.cot import parse_cot
+    from lavis_ext.metrics.recognition import parse_caption
+
+    clean = tidy_cot(text)
+    if not clean:
+        return Verdict(False, "", "empty answer")
+    if len(clean) < min_chars:
+        return Verdict(False, clean, f"too short ({len(clean)} < {min_chars} characters)")
+    if len(clean) > max_chars:
+        return Verdict(False, clean, f"too long ({len(clean)} > {max_chars} characters)")
+    parsed = parse_cot(clean)
+    if parsed.sections.missing:
+        return Verdict(False, clean, f"missing section ({parsed.sections.missing[0]!r})")
+    if parsed.sections.out_of_order:
+        return Verdict(False, clean, "sections out of order")
+    foreign = sorted(parse_caption(clean).aus - set(int(a) for a in aus))
+    if foreign:
+        return Verdict(False, clean, f"names an AU outside the labels (AU{foreign[0]})")
+    wanted = [canonical_emotion(e) for e in emotions]
+    if wanted:
+        basic = {e for e in wanted if e in BASIC_EMOTIONS}
+        others = [e for e in wanted if e not in BASIC_EMOTIONS]
+        said = parsed.emotions
+        lowered = " ".join(parsed.sections.conclusion.lower().split())
+        if said - basic or basic - said or any(e not in lowered for e in others):
+            return Verdict(False, clean, f"wrong conclusion ({parsed.sections.conclusion!r:.60}"
+                                         f" for {' and '.join(wanted)})")
     return Verdict(True, clean)

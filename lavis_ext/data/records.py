@@ -15,7 +15,9 @@ Optional fields:
 
 - ``au_intensity``  AU number as a string -> 0-5 (or null where not coded)
 - ``captions``      provenance of ``caption``: synthesis kind -> list of texts
-                    (``"au-rule"``, ``"au-llm"``, ``"emotion-rule"``, ``"fuse"``, ...)
+                    (``"au-rule"``, ``"au-llm"``, ``"emotion-rule"``, ``"fuse"``, ...;
+                    ``"cot-rule"``, ``"cot-llm"``, ``"cot"`` hold ExpLLM-style three-part
+                    chains of thought, with line breaks)
 - ``sequence``      video sequence key (e.g. ``"F001_T1"``), for frame sampling
 - ``frame``         frame number inside ``sequence`` (int)
 - ``failures``      synthesis kind -> reason, for captions an LLM could not produce

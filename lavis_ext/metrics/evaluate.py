@@ -314,7 +314,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how to read each prediction's text: caption (as it is), "
                              "facial-r1 (<think>..</think><answer>..</answer>: AUs and emotion "
                              "from the answer), expllm (three bold sections: emotion from the "
-                             "last); auto (default) detects it and says which")
+                             "last), cot (ExpLLM's three titled parts: AUs from the key "
+                             "observations, emotion from the conclusion); auto (default) detects it and says which")
     parser.add_argument("--id-field", help="the id field of --pred items (default: the first "
                                            f"of {', '.join(ID_FIELDS)})")
     parser.add_argument("--text-field", help="the text field of --pred items (default: the "

@@ -13,7 +13,13 @@ line). Each item gives an id (``image_id``, ``id`` or ``question_id``) and a tex
 - ``expllm``: ExpLLM's three bold sections (``**Key observations**``, ``**Overall emotional
   interpretation**``, ``**Conclusion**``). The caption metrics score all three; AUs are read
   from all of them, the emotion from the last section only (the interpretation may name
-  candidates it rules out). An output with fewer than three sections is counted.
+  candidates it rules out). An output with fewer than three sections is counted;
+- ``cot``: the same three parts found by their titles (``metrics.cot``; ``**Key
+  Observations:**`` or ``**Key Observations**:``, any case, anywhere in the text), as the
+  ``cot-rule`` / ``cot-llm`` kinds and ExpLLM's released data write them. The caption
+  metrics score the whole text (cot references carry the headings too); AUs and their levels
+  are read from the observations only, the emotion from the conclusion only. An output
+  lacking a heading is counted. ``auto`` never picks it: name it.
 
 AU codes in any format ("brow lowerer (AU4)", "AU1+AU2") are read by
 ``metrics.recognition``. ``auto`` picks ``facial-r1`` when most texts hold an ``<answer>`` tag,
@@ -27,8 +33,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lavis_ext.errors import InputError
+from lavis_ext.metrics.cot import split_cot
 
-FORMATS = ("auto", "caption", "facial-r1", "expllm")
+FORMATS = ("auto", "caption", "facial-r1", "expllm", "cot")
 ID_FIELDS = ("image_id", "id", "question_id")
 TEXT_FIELDS = ("caption", "text", "answer", "prediction", "output", "response")
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL | re.IGNORECASE)
@@ -122,6 +129,10 @@ def split_text(text: str, fmt: str) -> tuple[dict[str, str], bool]:
         caption = " ".join(f"{head}: {body}" for head, body in sections)
         return ({"caption": caption, "au_text": caption, "emotion_text": sections[-1][1]},
                 len(sections) >= EXPLLM_SECTIONS)
+    if fmt == "cot":
+        sections = split_cot(text)
+        return ({"caption": text, "au_text": sections.observations,
+                 "emotion_text": sections.conclusion}, sections.complete)
     if fmt == "caption":
         return {"caption": text, "au_text": text, "emotion_text": text}, True
     raise PredictionFormatError(f"--format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -164,5 +175,6 @@ def load_predictions(path: str | Path, fmt: str = "auto", *, id_field: str | Non
                "incomplete_examples": incomplete[:5],
                "incomplete_means": {"facial-r1": "no <answer> (recognition reads nothing)",
                                     "expllm": f"fewer than {EXPLLM_SECTIONS} bold sections",
+                                    "cot": "a missing or misplaced cot heading",
                                     "caption": ""}[chosen]}
     return predictions, summary

@@ -281,7 +281,8 @@ def caption_intensities(text: str, parsed: ParsedCaption | None = None) -> dict[
     stands.
     """
     parsed = parsed or parse_caption(text)
-    lowered = re.sub(r"n't\b", " not", text.lower())
+    # the same clauses as parse_caption's (bracketed codes opened), so mention positions fit
+    lowered = _unbracket_codes(re.sub(r"n't\b", " not", text.lower()))
     by_clause: dict[int, list[Mention]] = {}
     for mention in parsed.mentions:
         if mention.aus and not mention.negated:

@@ -16,8 +16,10 @@ set); ``select_metric`` (default ``meteor``); ``embedding_encoder`` (``minilm``,
 ``report_metric`` (default true); ``ref_kinds`` (score only against these caption kinds,
 e.g. ``[au-rule, au-llm]`` for the paper's Table 2; default every caption); ``report_by``
 (``dataset``: one result per dataset besides the pooled one); ``score_protocol`` (``best``,
-the paper's and the default, or ``coco``; see ``lavis_ext.metrics.captioning``).
-``select_metric`` reads the pooled result.
+the paper's and the default, or ``coco``; see ``lavis_ext.metrics.captioning``);
+``text_format`` (``caption``, the default: AUs and emotions read from the whole caption; or
+``cot``: ExpLLM's three parts, AUs from the key observations, the emotion from the
+conclusion, see ``lavis_ext.metrics.cot``). ``select_metric`` reads the pooled result.
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ GENERATION_KEYS = {
     "temperature": "temperature",
 }
 SELECTABLE_METRICS = (*CAPTION_METRICS, "au_f1_macro", "emotion_accuracy")
+TEXT_FORMATS = ("caption", "cot")  # how generated text is read for recognition
 
 
 def model_on_cuda(model: torch.nn.Module) -> bool:
@@ -77,8 +80,12 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
                  report_metric: bool = True, au_subset: Any = None,
                  result_dir: str | None = None, ref_kinds: Any = None,
                  report_by: str | None = None,
-                 score_protocol: str = DEFAULT_PROTOCOL) -> None:
+                 score_protocol: str = DEFAULT_PROTOCOL, text_format: str = "caption") -> None:
         super().__init__()
+        if text_format not in TEXT_FORMATS:
+            raise InputError(f"run_cfg.text_format must be one of {TEXT_FORMATS}, got "
+                             f"{text_format!r}")
+        self.text_format = text_format
         if isinstance(ref_kinds, str):
             ref_kinds = [k.strip() for k in ref_kinds.split(",") if k.strip()]
         self.ref_kinds = [str(k) for k in ref_kinds] if ref_kinds else None
@@ -122,7 +129,8 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
                    report_metric=run_cfg.get("report_metric", True), au_subset=au_subset,
                    result_dir=run_cfg.get("result_dir"), ref_kinds=ref_kinds,
                    report_by=run_cfg.get("report_by"),
-                   score_protocol=run_cfg.get("score_protocol", DEFAULT_PROTOCOL))
+                   score_protocol=run_cfg.get("score_protocol", DEFAULT_PROTOCOL),
+                   text_format=run_cfg.get("text_format", "caption"))
 
     # --- data ------------------------------------------------------------------------------
     def build_datasets(self, cfg: Any) -> dict[str, Any]:
@@ -194,6 +202,11 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
     def score(self, predictions: list[Mapping[str, Any]], split_name: str, epoch: Any,
               result_dir: str) -> dict[str, Any]:
         """Score predictions against the current split's records and write the results JSON."""
+        if self.text_format == "cot":
+            from lavis_ext.metrics.predictions import split_text
+
+            predictions = [{**p, **split_text(p.get("caption") or "", "cot")[0]}
+                           for p in predictions]
         scores = evaluate_captions(predictions, list(self._records.values()),
                                    encoder=self.encoder(), meteor=self.use_meteor,
                                    au_subset=self.au_subset, ref_kinds=self.ref_kinds,
