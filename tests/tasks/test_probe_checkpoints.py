@@ -163,3 +163,21 @@ def test_a_frozen_encoder_captioner_asks_for_the_encoder_weights(captioner_check
     with pytest.raises(IncompleteCheckpointError, match=f"{path}: .*no image encoder.*"
                                                         "model.vit_weights"):
         model.load_checkpoint(str(path))
+
+
+def test_a_vitg_x_row_probes_the_captioners_trained_encoder(captioner_checkpoint, synthetic,
+                                                            tmp_path, plain_process, caplog):
+    """Tables 3-4's ViT-G(X) rows: a ``*_vitg.yaml`` config given a captioner's checkpoint (as
+    the pipeline's probe entries with ``model`` and ``row`` run it) probes the image encoder
+    that the captioner's stage 2 trained, under its own row name."""
+    import json
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        job = run_tiny(PROBES / "table4_rafau_vitg.yaml", synthetic, tmp_path,
+                       "model.load_finetuned=True", f"model.finetuned={captioner_checkpoint}",
+                       "run.probe.row_name=ViT-G(AU)")
+    assert f"{captioner_checkpoint}: a stage-2 captioner checkpoint" in caplog.text
+    scores = json.loads((job / "result" / "probe_test_epoch0_scores.json").read_text())
+    assert scores["row"] == "ViT-G(AU)" and scores["source"] == "vision"
+    assert scores["n_scored"] > 0
