@@ -37,6 +37,7 @@ from lavis_ext.method.recipe import (MethodStep, Source, method_steps, pseudo_ca
 
 PROJECTS = Path(lavis_ext.__file__).resolve().parent.parent / "projects"
 AU_DATASET, EMOTION_DATASET = "emotionet", "affectnet"
+COT_ITERS_FULL = 600
 PROFILES: dict[str, dict[str, Any]] = {
     # images per dataset; training iterations (stage 1; stage 2 per model); LM pre-training
     # Measured on 2 cores: a stage-1 iteration costs ~2 s (ITG over BERT's 30,522 words), a
@@ -45,10 +46,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     # 5e-4 after 10), so 4 iterations replace 10 (~36 s less on 2 idle cores). AU-BLIP 1,500
     # and Exp-BLIP 2,400 iterations: with 1,000 / 1,300, seed 0 gave Exp-BLIP AU F1 0.602,
     # too close to the 0.6 learning check; with these, 0.815 (440 s on 2 idle cores).
+    # cot_iters: Exp-BLIP fine-tuned on chain-of-thought descriptions (a warm start from its
+    # stage-2 checkpoint; see COT_SETTINGS).
     "full": dict(n_au=2500, n_emotion=2000, iters1=4, au_iters=1500, emot_iters=500,
-                 exp_iters=2400, lm_steps=300, batch=32),
+                 exp_iters=2400, cot_iters=COT_ITERS_FULL, lm_steps=300, batch=32),
     "quick": dict(n_au=48, n_emotion=40, iters1=2, au_iters=4, emot_iters=4, exp_iters=4,
-                  lm_steps=20, batch=8),
+                  cot_iters=4, lm_steps=20, batch=8),
 }
 
 
@@ -124,9 +127,11 @@ def sources(work: Path) -> dict[str, Source]:
 
 
 def train(work: Path, experiment: str, datasets: list[str], kinds: list[str],
-          profile: dict[str, Any], iters2: int, size: int, seed: int = 0) -> str:
+          profile: dict[str, Any], iters2: int, size: int, seed: int = 0,
+          warm_start: str | None = None) -> str:
     """Stage 1, then stage 2, each for a fixed number of iterations (LAVIS's iteration
-    runner), with the tiny configs; a fixed budget keeps the demo's run time predictable."""
+    runner), with the tiny configs; a fixed budget keeps the demo's run time predictable.
+    ``warm_start``: a stage-2 checkpoint to go on from, with stage 2 only (the CoT model)."""
     common = {"model.image_size": size, "run.batch_size_train": profile["batch"],
               "run.batch_size_eval": profile["batch"], "run.test_splits": [],
               "run.runner": "runner_expblip_iter",
@@ -147,7 +152,11 @@ def train(work: Path, experiment: str, datasets: list[str], kinds: list[str],
     stage2 = {**common, "run.max_iters": iters2,
               "run.iters_per_inner_epoch": max(1, iters2 // 4),
               "model.tiny_lm": {"corpus": corpus, "pretrain_steps": profile["lm_steps"]}}
-    templates = {stage: PROJECTS / experiment / f"stage{stage}_tiny.yaml" for stage in (1, 2)}
+    family = TEMPLATE_OF.get(experiment, experiment)
+    templates = {stage: PROJECTS / family / f"stage{stage}_tiny.yaml" for stage in (1, 2)}
+    if warm_start:
+        templates.pop(1)
+        stage2.update({"model.pretrained": warm_start, **COT_SETTINGS})
     all_sources = sources(work)
     return train_model(work, experiment, templates, [all_sources[d] for d in datasets],
                        {1: stage1, 2: stage2})
@@ -165,6 +174,7 @@ def _evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: i
               stack: ExitStack) -> dict[str, Any]:
     from lavis_ext.metrics.captioning import MeteorScorer
     from lavis_ext.metrics.evaluate import evaluate_captions, format_table
+    from lavis_ext.metrics.predictions import split_text
     from lavis_ext.metrics.recognition import recognition_scores
     from lavis_ext.describe.captioner import load_captioner
     from PIL import Image
@@ -176,18 +186,23 @@ def _evaluate(work: Path, checkpoints: dict[str, tuple[str, list[str]]], seed: i
     meteor = stack.enter_context(MeteorScorer())
     for model_name, (checkpoint, datasets) in checkpoints.items():
         captioner = load_captioner(checkpoint)
+        # A CoT is read as its parts: AUs from the observations, the emotion from the
+        # conclusion (metrics.predictions, format cot); any other caption as a whole.
+        text_format = "cot" if model_name in COT_MODELS else "caption"
         for dataset in datasets:
             records = tests[dataset]
             images = [Image.open(work / "data" / dataset / r["image"]) for r in records]
             captions = []
             for start in range(0, len(images), 32):
                 captions += captioner.caption(images[start:start + 32])
-            predictions = [{"image_id": r["image_id"], "caption": c}
-                           for r, c in zip(records, captions)]
+            parts = [split_text(c, text_format)[0] for c in captions]
+            predictions = [{"image_id": r["image_id"], **part}
+                           for r, part in zip(records, parts)]
             scored = evaluate_captions(predictions, records, meteor=meteor, au_subset=au_subset)
             shuffled = records[:]
             random.Random(seed).shuffle(shuffled)
-            control = recognition_scores(captions, shuffled, au_subset)
+            control = recognition_scores([p["au_text"] for p in parts], shuffled, au_subset,
+                                         emotion_captions=[p["emotion_text"] for p in parts])
             scored["shuffled"] = {"au_f1_macro": control["au_f1_macro"],
                                   "emotion_accuracy": control["emotion_accuracy"]}
             results[f"{model_name} on {dataset} test"] = scored
@@ -253,16 +268,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # The demo trains each model on one caption style: at this scale that is what the tiny models
 # can learn in minutes (the paper's AU-BLIP also learns the LLM's AU captions).
-DEMO_TRAIN_KINDS = {"au_blip": ["au-rule"], "emot_blip": ["emotion-rule"], "exp_blip": ["fuse"]}
+DEMO_TRAIN_KINDS = {"au_blip": ["au-rule"], "emot_blip": ["emotion-rule"], "exp_blip": ["fuse"],
+                    "cot_blip": ["cot-rule"]}
+# The CoT model is Exp-BLIP (its tiny configs) fine-tuned on chain-of-thought descriptions:
+# stage 2 again from Exp-BLIP's stage-2 checkpoint, for COT_ITERS_FULL iterations, with room
+# for the longer text (a rule CoT of a demo face is ~60 words, against ~30 for a fused one).
+TEMPLATE_OF = {"cot_blip": "exp_blip"}
+COT_SETTINGS = {"model.max_txt_len": 160, "model.generation.max_len": 160}
+COT_MODELS = ("Exp-BLIP (CoT)",)
 # Rule-style AU captions (labelled or from AU-BLIP) go into the fusion, for the same reason.
 DEMO_FUSE_AU_KINDS = ("au-rule", "au-pseudo")
 DATASETS_OF = {"au": [AU_DATASET], "emotion": [EMOTION_DATASET],
                "all": [AU_DATASET, EMOTION_DATASET]}
 HEADERS = {"synthesize": "2. Caption synthesis (AU: rule + LLM; emotion: rule)",
            "train-au-blip": "3. Train AU-BLIP and Emot-BLIP (stage 1 + stage 2)",
-           "pseudo-au": "4. Pseudo-captions for the missing aspect, LLM fusion, concatenation",
-           "train-exp-blip": "5. Train Exp-BLIP on the fused descriptions, and evaluate"}
-SHOWN_NAMES = {"au_blip": "AU-BLIP", "emot_blip": "Emot-BLIP", "exp_blip": "Exp-BLIP"}
+           "pseudo-au": "4. Pseudo-captions for the missing aspect, LLM fusion, concatenation, "
+                        "chain-of-thought by rule",
+           "train-exp-blip": "5. Train Exp-BLIP on the fused descriptions, then on the "
+                             "chain-of-thought ones, and evaluate"}
+SHOWN_NAMES = {"au_blip": "AU-BLIP", "emot_blip": "Emot-BLIP", "exp_blip": "Exp-BLIP",
+               "cot_blip": "Exp-BLIP (CoT)"}
 
 
 def pin_torch(threads: int | None) -> int:
@@ -351,7 +376,7 @@ def run(args: argparse.Namespace) -> int:
         all_sources = sources(work)
         checkpoints: dict[str, str] = {}
         iters = {"au_blip": profile["au_iters"], "emot_blip": profile["emot_iters"],
-                 "exp_blip": profile["exp_iters"]}
+                 "exp_blip": profile["exp_iters"], "cot_blip": profile["cot_iters"]}
 
         def synthesize_step(step: MethodStep) -> Any:
             kinds = {d: list(k) for group, k in step.kinds.items() for d in DATASETS_OF[group]}
@@ -361,9 +386,11 @@ def run(args: argparse.Namespace) -> int:
                              config, args.concurrency, progress=progress, **options)
 
         def train_step(step: MethodStep) -> Any:
+            warm = checkpoints[step.uses[0]] if step.uses else None  # the CoT model's start
             checkpoints[step.model] = steps.run(
                 step.name, train, work, step.model, DATASETS_OF[step.group],
-                DEMO_TRAIN_KINDS[step.model], profile, iters[step.model], size, args.seed)
+                DEMO_TRAIN_KINDS[step.model], profile, iters[step.model], size, args.seed,
+                warm)
             return checkpoints[step.model]
 
         def pseudo_step(step: MethodStep) -> Any:
@@ -381,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
             if step.name in HEADERS:
                 _print_header(HEADERS[step.name])
 
-        done = run_method(method_steps(baselines=False), {
+        done = run_method(method_steps(baselines=False, cot=True), {
             "synthesize": synthesize_step, "train": train_step, "pseudo": pseudo_step,
             "evaluate": evaluate_step}, before=header)
         evaluation = done["evaluate"]
@@ -411,4 +438,5 @@ def learning_bar(summary: dict[str, dict[str, Any]]) -> int:
 
 
 def _group_of(model: str) -> str:
-    return next(s.group for s in method_steps() if s.model == model and s.action == "train")
+    return next(s.group for s in method_steps(cot=True)
+                if s.model == model and s.action == "train")

@@ -48,12 +48,16 @@ class MethodStep:
     llm: bool = False
 
 
-def method_steps(baselines: bool = False, probes: bool = False) -> list[MethodStep]:
+def method_steps(baselines: bool = False, probes: bool = False,
+                 cot: bool = False) -> list[MethodStep]:
     """The method in order (paper §3): caption synthesis, AU-BLIP and Emot-BLIP, pseudo
     captions for the missing aspect, LLM fusion, Exp-BLIP, evaluation. ``baselines`` adds the
     paper's Mix-BLIP (rule AU captions and emotion captions, each dataset its own) and Cat-BLIP
     (the two concatenated, no LLM; §4.3) to the models trained; ``probes`` ends with the
-    representation probes of Tables 3-4 (§4.4) on the trained captioners' checkpoints."""
+    representation probes of Tables 3-4 (§4.4) on the trained captioners' checkpoints.
+    ``cot`` (not in the paper) adds ExpLLM-style chain-of-thought descriptions by rule, once
+    the pseudo captions give every record both AUs and an emotion, and Exp-BLIP fine-tuned on
+    them (``cot_blip``: stage 2 again, from Exp-BLIP's stage-2 checkpoint)."""
     steps = [
         MethodStep("synthesize", "synthesize", "all", llm=True,
                    kinds={"au": ("au-rule", "au-llm"), "emotion": ("emotion-rule",)}),
@@ -70,6 +74,11 @@ def method_steps(baselines: bool = False, probes: bool = False) -> list[MethodSt
         MethodStep("concat", "synthesize", "all", kinds={"all": ("concat",)}),
         MethodStep("train-exp-blip", "train", "all", "exp_blip", {"all": ("fuse",)}),
     ]
+    if cot:
+        steps.insert(steps.index(next(s for s in steps if s.name == "train-exp-blip")),
+                     MethodStep("cot", "synthesize", "all", kinds={"all": ("cot-rule",)}))
+        steps.append(MethodStep("train-cot-blip", "train", "all", "cot_blip",
+                                {"all": ("cot-rule",)}, uses=("exp_blip",)))
     if baselines:
         steps += [
             MethodStep("train-mix-blip", "train", "all", "mix_blip",
@@ -161,12 +170,14 @@ def write_run_config(work: Path, template: str | Path, model: str, stage: int,
 
 def train_model(work: Path, model: str, templates: dict[int, str | Path], sources: list[Source],
                 overrides: dict[int, dict[str, Any]] | None = None, nproc: int = 1) -> str:
-    """Stage 1 then stage 2 (each resumed if it crashed); returns the newest stage-2 checkpoint."""
+    """The stages of ``templates`` in order, stage 1 then stage 2 (each resumed if it crashed);
+    returns the newest checkpoint of the last. A stage 2 without a stage 1 starts from the
+    ``model.pretrained`` its overrides name (a warm start)."""
     from lavis_ext.models.checkpoint import newest_checkpoint
     from lavis_ext.method.steps import train_stage
 
     out = ""
-    for stage in (1, 2):
+    for stage in sorted(templates):
         cfg = write_run_config(work, templates[stage], model, stage, sources,
                                (overrides or {}).get(stage))
         out = train_stage(cfg, nproc=nproc)
