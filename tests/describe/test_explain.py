@@ -52,3 +52,213 @@ def test_eva_encoder_declares_its_grid_and_cls():
     encoder = build_tiny_eva(56, patch_size=14, width=16, depth=1, num_heads=2)
     tokens = encoder(torch.zeros(1, 3, 56, 56))
     assert token_grid(tokens.shape[1], encoder) == TokenGrid(4, 4, True)
+
+
+# --- (b) the maps move with the face ------------------------------------------------------
+
+def _content_only(model):
+    """The tiny captioner with its attention driven by image content alone: no learned
+    positions, batch statistics in the conv stem (its running statistics are untrained), and
+    sharper cross-attention keys. A face moved by whole patches then moves its map."""
+    import copy
+
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        model.visual_encoder.pos_embed.zero_()
+        for layer in model.Qformer.bert.encoder.layer:
+            layer.crossattention.self.key.weight.mul_(10)
+    model.visual_encoder.stem.train()
+    return model
+
+
+def test_attention_map_moves_with_the_face_by_whole_patches(tiny_captioner):
+    import random
+
+    from lavis_ext.data.synthetic.face import draw_face, random_identity
+
+    rng = random.Random(0)
+    face = draw_face({12: 4}, rng, size=48, identity=random_identity(rng), jitter=0, noise=0)
+
+    def frame(x, y):
+        canvas = Image.new("RGB", (112, 112), (90, 90, 90))
+        canvas.paste(face, (x, y))
+        return tiny_captioner.image_processor(canvas)
+
+    # The tiny encoder's patches are 16 px: 32 px right is 2 columns, 32 px down 2 rows.
+    model = _content_only(tiny_captioner.model)
+    base, right, down = (m.mean for m in query_attention(
+        model, torch.stack([frame(16, 16), frame(48, 16), frame(16, 48)])))
+
+    def corr(a, b):
+        return np.corrcoef(a.ravel(), b.ravel())[0, 1]
+
+    assert corr(base[:, 0:5], right[:, 2:7]) > 0.9 > corr(base, right) + 0.3
+    assert corr(base[0:5], down[2:7]) > 0.9 > corr(base, down) + 0.3
+
+
+def _astronaut_at(offset, canvas=(700, 640)):
+    from skimage import data
+
+    frame = Image.new("RGB", canvas, (30, 40, 50))
+    frame.paste(Image.fromarray(data.astronaut()), offset)
+    return frame
+
+
+def test_aligned_crop_keeps_the_face_put_wherever_it_is_in_the_frame(tiny_captioner):
+    from lavis_ext.describe.explain import explain_images
+    from lavis_ext.describe.faces import (FaceDescriber, WholeImage, load_detector,
+                                          template_points)
+    from lavis_ext.describe.regions import heatmap
+
+    describer = FaceDescriber(tiny_captioner, load_detector("mtcnn"),
+                              generation={"num_beams": 1, "max_length": 8})
+    first, moved = explain_images([_astronaut_at((60, 60)), _astronaut_at((180, 150))],
+                                  describer)
+    # The landmarks, mapped by the crop's own warp, sit near the template in both crops (the
+    # similarity fit leaves this face's own proportions: its nose and mouth sit off it) ...
+    for result in (first, moved):
+        assert result.landmark_source == "mtcnn" and result.crop.size == (224, 224)
+        assert 2 < np.abs(result.landmarks - template_points(224, 0.2)).max() < 10
+    assert np.abs(first.landmarks - moved.landmarks).max() < 1.5
+    # ... so the crop, its attention and the regions drawn on it stay where they were, while
+    # the raw frames (what the model would see without the alignment) differ throughout.
+    raw = explain_images([_astronaut_at((60, 60)), _astronaut_at((180, 150))],
+                         FaceDescriber(tiny_captioner, WholeImage(),
+                                       generation={"num_beams": 1, "max_length": 8}))
+
+    def pixels(result):
+        return np.asarray(result.crop.resize((224, 224)), float)
+
+    crop_change = np.abs(pixels(first) - pixels(moved)).mean()
+    assert crop_change < 0.2 * np.abs(pixels(raw[0]) - pixels(raw[1])).mean()
+    attention_change = np.abs(first.maps.mean - moved.maps.mean).max()
+    assert attention_change < 0.5 * np.abs(raw[0].maps.mean - raw[1].maps.mean).max()
+    assert raw[0].landmark_source == "template"
+    assert np.abs(heatmap([12], first.landmarks, (224, 224))
+                  - heatmap([12], moved.landmarks, (224, 224))).mean() < 0.01
+
+
+# --- (d) regions from the 5 points -------------------------------------------------------
+
+def test_every_au_has_a_region_around_its_landmark_centre():
+    from lavis_ext.describe.faces import template_points
+    from lavis_ext.describe.regions import au_region
+    from lavis_ext.facs import ACTION_UNITS
+
+    points = template_points(224, 0.2)
+    left_eye, right_eye, nose, mouth_left, mouth_right = points
+    size = (224, 224)
+
+    def covers(au, xy):
+        return au_region(au, points, size)[int(round(xy[1])), int(round(xy[0]))] == 1
+
+    for au in ACTION_UNITS:
+        region = au_region(au, points, size)
+        assert 0 < region.sum() < 0.2 * 224 * 224, au
+    assert covers(12, mouth_left) and covers(12, mouth_right) and covers(15, mouth_right)
+    assert covers(5, left_eye) and covers(43, right_eye)
+    assert covers(25, (mouth_left + mouth_right) / 2) and covers(26, (mouth_left + mouth_right) / 2)
+    assert covers(9, ((left_eye + right_eye) / 2 + nose) / 2)
+    # Brows above the eyes, cheeks below them, the chin below the mouth.
+    def centre_y(au):
+        return np.nonzero(au_region(au, points, size))[0].mean()
+
+    eye_y, mouth_y = left_eye[1], mouth_left[1]
+    assert centre_y(1) < eye_y and centre_y(2) < eye_y and centre_y(4) < eye_y
+    assert eye_y < centre_y(6) < nose[1] and centre_y(17) > mouth_y
+    assert not covers(12, left_eye) and not covers(1, mouth_left)
+
+
+def test_regions_follow_shifted_scaled_and_rolled_landmarks():
+    from lavis_ext.describe.faces import template_points
+    from lavis_ext.describe.regions import au_region, heatmap
+
+    points = template_points(112, 0.2)
+    size = (224, 224)
+    base = heatmap([1, 12], points, size)
+    shifted = heatmap([1, 12], points + [40, 24], size)
+    assert np.allclose(np.roll(base, (24, 40), axis=(0, 1))[30:, 50:], shifted[30:, 50:],
+                       atol=0.05)
+    assert base.max() == pytest.approx(1.0) and base.min() == 0.0
+    # Scaled about the origin by 2: the mouth corner region scales with the face.
+    small, large = au_region(12, points, size), au_region(12, points * 2, size)
+    assert large.sum() == pytest.approx(4 * small.sum(), rel=0.15)
+    # Rolled 40 degrees about the nose: the corner regions roll onto the rolled corners.
+    angle = np.radians(40)
+    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    rolled = (points * 2 - points[2] * 2) @ rotation.T + points[2] * 2
+    region = au_region(12, rolled, size)
+    for corner in rolled[3:]:
+        assert region[int(round(corner[1])), int(round(corner[0]))] == 1
+    assert not np.array_equal(region, large)
+
+
+def test_cue_aus_codebook_and_att_cos_bounds():
+    from lavis_ext.describe.regions import cosine, cue_aus
+    from lavis_ext.facs import AU_CUE_CODEBOOK
+
+    assert cue_aus([12, 6]) == ((6, 12), "caption")
+    assert cue_aus([], ["happy"]) == (AU_CUE_CODEBOOK["happiness"], "codebook")
+    assert cue_aus([], ["neutral"]) == ((), "none")
+    assert AU_CUE_CODEBOOK["disgust"] == (9, 10, 16, 17, 25, 26)
+    a = np.random.default_rng(0).random((7, 7))
+    assert cosine(a, a) == pytest.approx(1.0) and cosine(a, -a) == pytest.approx(-1.0)
+    assert cosine(a, np.zeros_like(a)) is None
+
+
+# --- (c) the command, end to end -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A LAVIS-style training checkpoint of the tiny captioner (weights + run config)."""
+    from omegaconf import OmegaConf
+
+    from lavis_ext.describe.captioner import load_captioner
+    from lavis_ext.models.exp_blip import ExpBlip
+
+    net = load_captioner("exp_blip:tiny").model
+    config = OmegaConf.to_container(OmegaConf.load(ExpBlip.default_config_path("tiny")).model)
+    config["generation"] = {"num_beams": 1, "max_len": 12}
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint_0.pth"
+    torch.save({"model": net.state_dict(), "config": {"model": config}, "epoch": 0}, path)
+    return path
+
+
+def test_cli_writes_overlays_grids_and_a_table_with_att_cos(tmp_path, tiny_checkpoint, capsys):
+    import json
+
+    from skimage import data
+
+    from lavis_ext.cli import main
+
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    crop = tmp_path / "crop.png"  # --no-detect would take it as an aligned crop; here: no face
+    Image.new("RGB", (160, 160), (90, 140, 200)).save(crop)
+    out = tmp_path / "explained"
+    code = main(["explain", str(photo), str(crop), "--model", str(tiny_checkpoint),
+                 "--out", str(out), "--max-length", "12"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "crop.png: no face detected" in captured.err
+    table = json.loads((out / "astronaut_explain.json").read_text())
+    for name in ("astronaut_attention_mean.png", "astronaut_attention_queries.png",
+                 "astronaut_au_heatmap.png"):
+        assert Image.open(out / name).size[0] >= 112, name
+    assert Image.open(out / "astronaut_attention_mean.png").size == (224, 224)
+    assert table["caption"] and table["landmark_source"] == "mtcnn"
+    assert table["grid"] == {"rows": 7, "cols": 7, "cls": False} and table["queries"] == 8
+    assert set(table["attention_mass"]) == {f"AU{au:02d}" for au in table["cue_aus"]}
+    assert all(0.0 <= m <= 1.0 for m in table["attention_mass"].values())
+    if table["cue_aus"]:
+        assert -1.0 <= table["att_cos"] <= 1.0
+    else:
+        assert table["att_cos"] is None
+    summary = json.loads((out / "explain_summary.json").read_text())
+    assert [row["image"] for row in summary["images"]] == [str(photo)]
+    assert summary["failures"][0]["error"] == "no face detected"
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
+    # --no-detect: the blank image is the crop; its regions come from the template.
+    assert main(["explain", str(crop), "--no-detect", "--model", str(tiny_checkpoint),
+                 "--out", str(out)]) == 0
+    assert json.loads((out / "crop_explain.json").read_text())["landmark_source"] == "template"

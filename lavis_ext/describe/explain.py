@@ -1,0 +1,245 @@
+"""``expblip explain``: where the captioner looks when it describes a face.
+
+For each image the largest face is found and aligned as ``describe`` does, captioned once,
+and the Q-Former's cross-attention of that caption pass is read
+(``lavis_ext.describe.attention``). The AUs the caption names (read back with the caption
+parser) get their 5-point regions (``lavis_ext.describe.regions``); the table says how much of
+the attention falls inside each, and ATT-COS, the cosine between the mean attention and the
+AUs' merged heatmap. Pictures and tables are written atomically, so a stopped run never
+leaves a half-written PNG or JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from lavis_ext.describe.faces import (FaceDescriber, WholeImage, alignment_matrix,
+                                      open_image, read_caption, template_points,
+                                      transform_points)
+from lavis_ext.describe.regions import au_region, cosine, cue_aus, heatmap, mass_inside
+from lavis_ext.errors import check_partial
+from lavis_ext.io import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:  # torch is imported only when a model runs, so --help stays fast
+    from lavis_ext.describe.attention import AttentionMaps
+
+OVERLAY_ALPHA = 0.5
+TILE = 112  # side of one query's tile in the per-query grid picture
+
+
+@dataclass
+class Explanation:
+    """One face's caption, attention maps and the numbers that compare them."""
+
+    caption: str
+    aus: list[int]
+    emotions: list[str]
+    cue_aus: list[int]
+    cue_source: str  # "caption": its AUs; "codebook": its emotions' AUs; "none"
+    landmarks: np.ndarray  # 5 points in the aligned crop
+    landmark_source: str  # "mtcnn" (mapped into the crop) or "template" (assumed aligned)
+    crop: Image.Image
+    maps: AttentionMaps
+    heatmap: np.ndarray  # the cue AUs' merged map at crop resolution
+    mass: dict[int, float] = field(default_factory=dict)
+    att_cos: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        grid = self.maps.grid
+        return {"caption": self.caption, "aus": self.aus, "emotions": self.emotions,
+                "cue_aus": self.cue_aus, "cue_source": self.cue_source,
+                "attention_mass": {f"AU{au:02d}": round(m, 4) for au, m in self.mass.items()},
+                "att_cos": None if self.att_cos is None else round(self.att_cos, 4),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)]
+                              for x, y in self.landmarks],
+                "landmark_source": self.landmark_source,
+                "crop_size": list(self.crop.size),
+                "grid": {"rows": grid.rows, "cols": grid.cols, "cls": grid.has_cls},
+                "queries": int(self.maps.queries.shape[0])}
+
+
+def crop_landmarks(describer: FaceDescriber, face: Any, crop: Image.Image,
+                   ) -> tuple[np.ndarray, str]:
+    """The face's 5 points in the crop's pixels, mapped by the same warp as the crop.
+
+    Without detected points (Haar boxes, ``--no-detect``) the crop is taken to be aligned to
+    the template, so the template's points stand in for them.
+    """
+    if face is not None and face.landmarks and describer.detector.name != WholeImage.name:
+        matrix = alignment_matrix(face, describer.size, describer.margin)
+        return transform_points(face.landmarks, matrix), "mtcnn"
+    points = template_points(1, describer.margin)
+    return points * np.array(crop.size, dtype=float), "template"
+
+
+def att_cos(maps: AttentionMaps, cue_map: np.ndarray) -> float | None:
+    """ATT-COS at the attention's own resolution: the heatmap is averaged onto the patch
+    grid (no detail is invented for the attention by upsampling it)."""
+    import cv2
+
+    if not cue_map.any():
+        return None
+    grid = maps.grid
+    small = cv2.resize(cue_map, (grid.cols, grid.rows), interpolation=cv2.INTER_AREA)
+    return cosine(maps.mean, small)
+
+
+def explain_crop(crop: Image.Image, caption: str, maps: AttentionMaps,
+                 landmarks: np.ndarray, landmark_source: str, face: Any = None) -> Explanation:
+    """The numbers for one captioned crop whose attention has been read."""
+    from lavis_ext.describe.attention import upsample
+
+    described = read_caption(caption, face)
+    cues, source = cue_aus(described.aus, described.emotions)
+    size = crop.size
+    cue_map = heatmap(cues, landmarks, size)
+    attention = upsample(maps.mean, size)
+    mass = {au: mass_inside(attention, au_region(au, landmarks, size)) for au in cues}
+    return Explanation(caption, described.aus, described.emotions, list(cues), source,
+                       landmarks, landmark_source, crop, maps, cue_map, mass,
+                       att_cos(maps, cue_map))
+
+
+def explain_images(images: Sequence[Image.Image], describer: FaceDescriber,
+                   ) -> list[Explanation | None]:
+    """One explanation per image (its largest face), ``None`` where no face is found."""
+    from lavis_ext.describe.attention import CrossAttentionCapture, to_maps, token_grid
+
+    model = describer.captioner.model
+    results: list[Explanation | None] = []
+    for image in images:
+        faces = [None] if describer.detector.name == WholeImage.name else \
+            describer.detect([image])[0][:1]
+        if not faces:
+            results.append(None)
+            continue
+        face = faces[0]
+        crop = describer.crop(image, face)
+        with CrossAttentionCapture(model) as capture:
+            caption = describer.caption([crop])[0]
+        probs = capture.probabilities()[:, :1]  # several captions per image share one pass
+        (maps,) = to_maps(probs, token_grid(probs.shape[-1],
+                                            getattr(model, "visual_encoder", None)))
+        landmarks, source = crop_landmarks(describer, face, crop)
+        results.append(explain_crop(crop, caption, maps, landmarks, source, face))
+    return results
+
+
+# --- Pictures --------------------------------------------------------------------------------
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """An RGB picture of a [0, 1] map (OpenCV's JET colormap; OpenCV is already needed for
+    the alignment)."""
+    import cv2
+
+    scaled = np.clip(values * 255.0, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(scaled, cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def overlay(crop: Image.Image, values: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """A map (any resolution) min-max scaled, coloured and blended over the crop."""
+    from lavis_ext.describe.attention import upsample
+    from lavis_ext.describe.regions import normalise
+
+    resized = upsample(values, crop.size) if values.shape[::-1] != crop.size else values
+    colours = colorize(normalise(resized)).astype(np.float32)
+    base = np.asarray(crop.convert("RGB"), dtype=np.float32)
+    return Image.fromarray(np.clip((1 - alpha) * base + alpha * colours, 0, 255)
+                           .astype(np.uint8))
+
+
+def query_grid(crop: Image.Image, maps: AttentionMaps, tile: int = TILE) -> Image.Image:
+    """Every query's map over the crop, tiled row by row (query 0 top left)."""
+    count = maps.queries.shape[0]
+    cols = math.ceil(math.sqrt(count))
+    rows = math.ceil(count / cols)
+    small = crop.convert("RGB").resize((tile, tile), Image.BICUBIC)
+    sheet = Image.new("RGB", (cols * tile, rows * tile), (0, 0, 0))
+    for index, grid_map in enumerate(maps.queries):
+        sheet.paste(overlay(small, grid_map), ((index % cols) * tile, (index // cols) * tile))
+    return sheet
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    atomic_write(path, lambda handle: image.save(handle, format="PNG"))
+
+
+def write_outputs(explanation: Explanation, out: Path, stem: str, source: str) -> dict[str, Any]:
+    """The overlays, the per-query grid and the JSON table of one image; returns the table."""
+    files = {"attention_mean": f"{stem}_attention_mean.png",
+             "attention_queries": f"{stem}_attention_queries.png",
+             "au_heatmap": f"{stem}_au_heatmap.png", "table": f"{stem}_explain.json"}
+    save_png(overlay(explanation.crop, explanation.maps.mean), out / files["attention_mean"])
+    save_png(query_grid(explanation.crop, explanation.maps), out / files["attention_queries"])
+    save_png(overlay(explanation.crop, explanation.heatmap), out / files["au_heatmap"])
+    table = {"image": source, **explanation.to_json(), "files": files}
+    atomic_write_text(out / files["table"], json.dumps(table, indent=2) + "\n")
+    return table
+
+
+# --- Command ----------------------------------------------------------------------------------
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    """File stems, made unique with a counter where two inputs share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for path in paths:
+        stem = path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem] - 1}")
+    return stems
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from lavis_ext.describe.cli import add_face_arguments
+
+    parser.add_argument("paths", nargs="+", help="images (the largest face of each is "
+                                                 "explained)")
+    parser.add_argument("--model", default="exp_blip",
+                        help="training checkpoint (.pth) or ARCH[:MODEL_TYPE], as for describe")
+    parser.add_argument("--out", required=True,
+                        help="folder for the overlays, per-query grids and JSON tables")
+    add_face_arguments(parser, "treat each image as one aligned face crop (the AU regions "
+                               "then come from the alignment template's 5 points)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from lavis_ext.describe.cli import build_describer, map_heap_for_model
+
+    describer = build_describer(args, batch_size=1)
+    map_heap_for_model(describer, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in args.paths]
+    summary: list[dict[str, Any]] = []
+    failures: list[tuple[str, str]] = []
+    for path, stem in zip(paths, _stems(paths)):
+        try:
+            image = open_image(path)
+        except Exception as err:  # noqa: BLE001 - one bad file must not stop the rest
+            failures.append((str(path), f"unreadable: {type(err).__name__}: {err}"))
+            continue
+        (explanation,) = explain_images([image], describer)
+        if explanation is None:
+            failures.append((str(path), "no face detected"))
+            continue
+        table = write_outputs(explanation, out, stem, str(path))
+        summary.append({k: table[k] for k in ("image", "caption", "cue_aus", "att_cos")})
+    scores = [row["att_cos"] for row in summary if row["att_cos"] is not None]
+    report = {"model": args.model, "detector": describer.detector.name, "images": summary,
+              "failures": [{"image": f, "error": e} for f, e in failures],
+              "mean_att_cos": round(float(np.mean(scores)), 4) if scores else None}
+    atomic_write_text(out / "explain_summary.json", json.dumps(report, indent=2) + "\n")
+    mean = f"; mean ATT-COS {report['mean_att_cos']}" if scores else ""
+    print(f"explained {len(summary)} of {len(paths)} images -> {out}{mean}")
+    for file, error in failures:
+        print(f"  {file}: {error}", file=sys.stderr)
+    return check_partial("explain", len(summary), len(failures), "images")
