@@ -92,8 +92,10 @@ def test_attention_map_moves_with_the_face_by_whole_patches(tiny_captioner):
     def corr(a, b):
         return np.corrcoef(a.ravel(), b.ravel())[0, 1]
 
-    assert corr(base[:, 0:5], right[:, 2:7]) > 0.9 > corr(base, right) + 0.3
-    assert corr(base[0:5], down[2:7]) > 0.9 > corr(base, down) + 0.3
+    # Away from the border patches (whose convolutions see the zero padding), the moved
+    # face's map is the first one moved by the same number of patches; unmoved it is not.
+    assert corr(base[1:6, 1:5], right[1:6, 3:7]) > 0.99 and corr(base, right) < 0.7
+    assert corr(base[1:5, 1:6], down[3:7, 1:6]) > 0.99 and corr(base, down) < 0.7
 
 
 def _astronaut_at(offset, canvas=(700, 640)):
