@@ -264,3 +264,28 @@ def test_cli_writes_overlays_grids_and_a_table_with_att_cos(tmp_path, tiny_check
     assert main(["explain", str(crop), "--no-detect", "--model", str(tiny_checkpoint),
                  "--out", str(out)]) == 0
     assert json.loads((out / "crop_explain.json").read_text())["landmark_source"] == "template"
+
+
+def test_synthetic_faces_know_their_5_points_and_mtcnn_agrees():
+    import random
+
+    from lavis_ext.data.synthetic.face import draw_face, draw_face_points
+    from lavis_ext.describe.faces import load_detector
+    from lavis_ext.describe.regions import cosine, heatmap
+
+    detector = load_detector("mtcnn")
+    for seed in range(4):
+        image, points = draw_face_points({12: 3}, random.Random(seed), 160, noise=0)
+        # Same draws as draw_face: the same seed gives the same picture.
+        same = draw_face({12: 3}, random.Random(seed), 160, noise=0)
+        assert np.array_equal(np.asarray(image), np.asarray(same))
+        pixels = np.asarray(image).astype(int)
+        for x, y in points[:2]:  # the pupils, wherever the tilt turned them
+            assert pixels[int(round(y)), int(round(x))].sum() < 120, seed
+        (face,) = detector.detect([image])[0][:1]
+        d = np.linalg.norm(points[1] - points[0])
+        assert np.abs(np.asarray(face.landmarks) - points).max() < 0.35 * d, seed
+        # So the heatmaps built from the detected and from the drawn points mostly agree.
+        detected = heatmap([1, 5, 12, 17], face.landmarks, image.size)
+        drawn = heatmap([1, 5, 12, 17], points, image.size)
+        assert cosine(detected, drawn) > 0.7, seed
