@@ -46,12 +46,29 @@ def test_grid_with_and_without_cls_and_the_cls_share_dropped():
     assert maps.mean.sum() == pytest.approx(0.5)
 
 
-def test_eva_encoder_declares_its_grid_and_cls():
+def test_eva_encoder_with_cls_end_to_end_through_the_q_former(tiny_captioner):
+    """BLIP-2's own encoder class (LAVIS's EVA ViT) puts a CLS token first: the grid comes
+    from its patch_embed, and the CLS share is dropped from the maps."""
+    import copy
+
     from lavis_ext.models.vision import build_tiny_eva
 
-    encoder = build_tiny_eva(56, patch_size=14, width=16, depth=1, num_heads=2)
-    tokens = encoder(torch.zeros(1, 3, 56, 56))
-    assert token_grid(tokens.shape[1], encoder) == TokenGrid(4, 4, True)
+    small = build_tiny_eva(56, patch_size=14, width=16, depth=1, num_heads=2)
+    assert token_grid(small(torch.zeros(1, 3, 56, 56)).shape[1], small) == TokenGrid(4, 4, True)
+    with pytest.raises(Exception, match="declares a 4x4 grid"):
+        token_grid(16, small)  # a count the declared layout cannot give
+    model = copy.deepcopy(tiny_captioner.model)  # the Q-Former reads 128-wide tokens
+    model.visual_encoder = build_tiny_eva(112, patch_size=14, width=128, depth=1, num_heads=4)
+    images = torch.stack([tiny_captioner.image_processor(Image.new("RGB", (112, 112), c))
+                          for c in ((0, 0, 0), (250, 200, 10))])
+    with CrossAttentionCapture(model) as capture:
+        maps = query_attention(model, images)
+    probs = capture.probabilities()
+    assert probs.shape[-1] == 1 + 8 * 8 and maps[0].grid == TokenGrid(8, 8, True)
+    cls_share = probs[..., 0].mean(dim=(0, 2, 3))  # per image
+    for result, share in zip(maps, cls_share):
+        assert result.queries.shape == (8, 8, 8)
+        assert result.mean.sum() == pytest.approx(1.0 - float(share), abs=1e-4)
 
 
 # --- (b) the maps move with the face ------------------------------------------------------
