@@ -5,7 +5,9 @@ and the Q-Former's cross-attention of that caption pass is read
 (``lavis_ext.describe.attention``). The AUs the caption names (read back with the caption
 parser) get their 5-point regions (``lavis_ext.describe.regions``); the table says how much of
 the attention falls inside each, and ATT-COS, the cosine between the mean attention and the
-AUs' merged heatmap. Pictures and tables are written atomically, so a stopped run never
+AUs' merged heatmap. With ``--ann`` the records' images are explained too, and the same
+numbers are computed against their labelled AUs (or emotions, through the codebook): the
+paper's ATT-COS. Pictures and tables are written atomically, so a stopped run never
 leaves a half-written PNG or JSON.
 """
 from __future__ import annotations
@@ -51,19 +53,43 @@ class Explanation:
     heatmap: np.ndarray  # the cue AUs' merged map at crop resolution
     mass: dict[int, float] = field(default_factory=dict)
     att_cos: float | None = None
+    # With --ann: the same comparison against the record's labels (the paper's ATT-COS).
+    reference: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         grid = self.maps.grid
-        return {"caption": self.caption, "aus": self.aus, "emotions": self.emotions,
-                "cue_aus": self.cue_aus, "cue_source": self.cue_source,
-                "attention_mass": {f"AU{au:02d}": round(m, 4) for au, m in self.mass.items()},
-                "att_cos": None if self.att_cos is None else round(self.att_cos, 4),
+        table = {"caption": self.caption, "aus": self.aus, "emotions": self.emotions,
+                 "cue_aus": self.cue_aus, "cue_source": self.cue_source,
+                 "attention_mass": {f"AU{au:02d}": round(m, 4) for au, m in self.mass.items()},
+                 "att_cos": _round(self.att_cos)}
+        if self.reference is not None:
+            table["reference"] = self.reference
+        return {**table,
                 "landmarks": [[round(float(x), 2), round(float(y), 2)]
                               for x, y in self.landmarks],
                 "landmark_source": self.landmark_source,
                 "crop_size": list(self.crop.size),
                 "grid": {"rows": grid.rows, "cols": grid.cols, "cls": grid.has_cls},
                 "queries": int(self.maps.queries.shape[0])}
+
+    def compare_labels(self, aus: Sequence[int], emotions: Sequence[str]) -> None:
+        """Fill ``reference``: ATT-COS and masses against the labelled AUs (or, for emotion
+        labels, their codebook AUs) instead of the caption's."""
+        cues, source = cue_aus(aus, emotions)
+        size = self.crop.size
+        from lavis_ext.describe.attention import upsample
+
+        attention = upsample(self.maps.mean, size)
+        self.reference = {
+            "aus": list(aus), "emotions": list(emotions), "cue_aus": list(cues),
+            "cue_source": {"caption": "labels"}.get(source, source),
+            "attention_mass": {f"AU{au:02d}": round(mass_inside(
+                attention, au_region(au, self.landmarks, size)), 4) for au in cues},
+            "att_cos": _round(att_cos(self.maps, heatmap(cues, self.landmarks, size)))}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def crop_landmarks(describer: FaceDescriber, face: Any, crop: Image.Image,
@@ -108,29 +134,54 @@ def explain_crop(crop: Image.Image, caption: str, maps: AttentionMaps,
                        att_cos(maps, cue_map))
 
 
-def explain_images(images: Sequence[Image.Image], describer: FaceDescriber,
-                   ) -> list[Explanation | None]:
-    """One explanation per image (its largest face), ``None`` where no face is found."""
+def explain_image(image: Image.Image, describer: FaceDescriber,
+                  crop_points: np.ndarray | None = None) -> Explanation | None:
+    """Explain the largest face of ``image``; ``None`` when no face is found.
+
+    ``crop_points``: ``image`` is already an aligned crop whose 5 points are known (a
+    prepared record's ``face_image``), so nothing is detected.
+    """
     from lavis_ext.describe.attention import CrossAttentionCapture, to_maps, token_grid
 
-    model = describer.captioner.model
-    results: list[Explanation | None] = []
-    for image in images:
+    if crop_points is not None:
+        face, crop = None, image.convert("RGB")
+    else:
         faces = [None] if describer.detector.name == WholeImage.name else \
             describer.detect([image])[0][:1]
         if not faces:
-            results.append(None)
-            continue
+            return None
         face = faces[0]
         crop = describer.crop(image, face)
-        with CrossAttentionCapture(model) as capture:
-            caption = describer.caption([crop])[0]
-        probs = capture.probabilities()[:, :1]  # several captions per image share one pass
-        (maps,) = to_maps(probs, token_grid(probs.shape[-1],
-                                            getattr(model, "visual_encoder", None)))
+    model = describer.captioner.model
+    with CrossAttentionCapture(model) as capture:
+        caption = describer.caption([crop])[0]
+    probs = capture.probabilities()[:, :1]  # several captions per image share one pass
+    (maps,) = to_maps(probs, token_grid(probs.shape[-1], getattr(model, "visual_encoder", None)))
+    if crop_points is not None:
+        landmarks, source = np.asarray(crop_points, dtype=float), "record"
+    else:
         landmarks, source = crop_landmarks(describer, face, crop)
-        results.append(explain_crop(crop, caption, maps, landmarks, source, face))
-    return results
+    return explain_crop(crop, caption, maps, landmarks, source, face)
+
+
+def explain_images(images: Sequence[Image.Image], describer: FaceDescriber,
+                   ) -> list[Explanation | None]:
+    """One explanation per image (its largest face), ``None`` where no face is found."""
+    return [explain_image(image, describer) for image in images]
+
+
+def record_crop_points(record: dict[str, Any], crop: Image.Image,
+                       margin: float) -> np.ndarray | None:
+    """The 5 points inside a prepared record's aligned crop (``prepare --faces align``
+    stores them in source pixels, with the box), or ``None`` when the record has no crop."""
+    from lavis_ext.describe.faces import Face
+
+    if not record.get("face_image") or not record.get("face_landmarks") or \
+            not record.get("face_box"):
+        return None
+    face = Face(tuple(float(v) for v in record["face_box"]), None,
+                [tuple(map(float, p)) for p in record["face_landmarks"]])
+    return transform_points(face.landmarks, alignment_matrix(face, crop.width, margin))
 
 
 # --- Pictures --------------------------------------------------------------------------------
@@ -187,59 +238,111 @@ def write_outputs(explanation: Explanation, out: Path, stem: str, source: str) -
 
 # --- Command ----------------------------------------------------------------------------------
 
-def _stems(paths: Sequence[Path]) -> list[str]:
-    """File stems, made unique with a counter where two inputs share one."""
+def _stems(names: Sequence[str]) -> list[str]:
+    """File-name stems, safe in one folder and made unique with a counter where two inputs
+    share one."""
     seen: dict[str, int] = {}
     stems = []
-    for path in paths:
-        stem = path.stem
+    for name in names:
+        stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "image"
         seen[stem] = seen.get(stem, 0) + 1
         stems.append(stem if seen[stem] == 1 else f"{stem}_{seen[stem] - 1}")
     return stems
 
 
+@dataclass
+class _Item:
+    """One input: a file named on the command line, or a record of --ann."""
+
+    path: Path
+    name: str
+    record: dict[str, Any] | None = None
+
+
+def _items(args: argparse.Namespace) -> list[_Item]:
+    from lavis_ext.errors import UsageError
+
+    items = [_Item(Path(p), Path(p).stem) for p in args.paths]
+    if args.ann:
+        from lavis_ext.data.records import image_file, load_records
+
+        if not args.images:
+            raise UsageError("--ann needs --images, the root its image paths are relative to")
+        items += [_Item(image_file(r, args.images), str(r["image_id"]), r)
+                  for r in load_records(args.ann)]
+    elif args.images:
+        raise UsageError("--images is the root of --ann's records; name images as arguments")
+    if not items:
+        raise UsageError("nothing to explain: name images, or records with --ann")
+    return items
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lavis_ext.describe.cli import add_face_arguments
 
-    parser.add_argument("paths", nargs="+", help="images (the largest face of each is "
+    parser.add_argument("paths", nargs="*", help="images (the largest face of each is "
                                                  "explained)")
     parser.add_argument("--model", default="exp_blip",
                         help="training checkpoint (.pth) or ARCH[:MODEL_TYPE], as for describe")
     parser.add_argument("--out", required=True,
                         help="folder for the overlays, per-query grids and JSON tables")
+    parser.add_argument("--ann", metavar="RECORDS",
+                        help="also explain these records' images and compare the attention "
+                             "with their labelled AUs (or emotions): the paper's ATT-COS")
+    parser.add_argument("--images", metavar="ROOT",
+                        help="the images root of --ann (records' paths are relative to it)")
     add_face_arguments(parser, "treat each image as one aligned face crop (the AU regions "
                                "then come from the alignment template's 5 points)")
 
 
+def _mean(values: Sequence[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return round(float(np.mean(kept)), 4) if kept else None
+
+
 def run(args: argparse.Namespace) -> int:
+    from lavis_ext.data.records import present_aus
     from lavis_ext.describe.cli import build_describer, map_heap_for_model
 
+    items = _items(args)
     describer = build_describer(args, batch_size=1)
     map_heap_for_model(describer, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in args.paths]
     summary: list[dict[str, Any]] = []
     failures: list[tuple[str, str]] = []
-    for path, stem in zip(paths, _stems(paths)):
+    for item, stem in zip(items, _stems([i.name for i in items])):
         try:
-            image = open_image(path)
+            image = open_image(item.path)
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the rest
-            failures.append((str(path), f"unreadable: {type(err).__name__}: {err}"))
+            failures.append((str(item.path), f"unreadable: {type(err).__name__}: {err}"))
             continue
-        (explanation,) = explain_images([image], describer)
+        points = None if item.record is None else record_crop_points(
+            item.record, image, describer.margin)
+        explanation = explain_image(image, describer, points)
         if explanation is None:
-            failures.append((str(path), "no face detected"))
+            failures.append((str(item.path), "no face detected"))
             continue
-        table = write_outputs(explanation, out, stem, str(path))
-        summary.append({k: table[k] for k in ("image", "caption", "cue_aus", "att_cos")})
-    scores = [row["att_cos"] for row in summary if row["att_cos"] is not None]
+        if item.record is not None:
+            explanation.compare_labels(present_aus(item.record), item.record["emotions"])
+        table = write_outputs(explanation, out, stem, str(item.path))
+        row = {k: table[k] for k in ("image", "caption", "cue_aus", "att_cos")}
+        if item.record is not None:
+            row.update(image_id=item.record["image_id"],
+                       reference_att_cos=table["reference"]["att_cos"])
+        summary.append(row)
     report = {"model": args.model, "detector": describer.detector.name, "images": summary,
               "failures": [{"image": f, "error": e} for f, e in failures],
-              "mean_att_cos": round(float(np.mean(scores)), 4) if scores else None}
+              "mean_att_cos": _mean([r["att_cos"] for r in summary])}
+    if args.ann:
+        report["mean_reference_att_cos"] = _mean([r.get("reference_att_cos") for r in summary])
     atomic_write_text(out / "explain_summary.json", json.dumps(report, indent=2) + "\n")
-    mean = f"; mean ATT-COS {report['mean_att_cos']}" if scores else ""
-    print(f"explained {len(summary)} of {len(paths)} images -> {out}{mean}")
+    means = [f"mean ATT-COS {report['mean_att_cos']} (caption)"] \
+        if report["mean_att_cos"] is not None else []
+    if report.get("mean_reference_att_cos") is not None:
+        means.append(f"{report['mean_reference_att_cos']} (labels)")
+    print(f"explained {len(summary)} of {len(items)} images -> {out}"
+          + (f"; {', '.join(means)}" if means else ""))
     for file, error in failures:
         print(f"  {file}: {error}", file=sys.stderr)
     return check_partial("explain", len(summary), len(failures), "images")

@@ -306,3 +306,59 @@ def test_synthetic_faces_know_their_5_points_and_mtcnn_agrees():
         detected = heatmap([1, 5, 12, 17], face.landmarks, image.size)
         drawn = heatmap([1, 5, 12, 17], points, image.size)
         assert cosine(detected, drawn) > 0.7, seed
+
+
+def test_cli_records_compare_the_attention_with_their_labels(tmp_path, tiny_checkpoint,
+                                                             capsys):
+    import json
+
+    from skimage import data
+
+    from lavis_ext.cli import main
+    from lavis_ext.describe.faces import align, alignment_matrix, load_detector, \
+        transform_points
+
+    root = tmp_path / "images"
+    root.mkdir()
+    photo = Image.fromarray(data.astronaut())
+    photo.save(root / "astronaut.png")
+    face = load_detector("mtcnn").detect([photo])[0][0]
+    align(photo, face, 224, 0.2).save(root / "astronaut_crop.png")
+    base = {"dataset": "rafau", "subject": None, "split": "test", "caption": []}
+    records = [
+        {**base, "image": "astronaut.png", "image_id": "a/1", "aus": {"6": 1, "12": 1,
+                                                                      "4": 0},
+         "emotions": []},
+        {**base, "image": "astronaut.png", "image_id": "a/2", "aus": {},
+         "emotions": ["happiness"], "face_image": "astronaut_crop.png",
+         "face_box": list(face.box), "face_landmarks": [list(p) for p in face.landmarks]},
+    ]
+    ann = tmp_path / "test.json"
+    ann.write_text(json.dumps(records))
+    out = tmp_path / "explained"
+    assert main(["explain", "--ann", str(ann), "--model", str(tiny_checkpoint),
+                 "--out", str(out)]) == 2
+    assert "--images" in capsys.readouterr().err
+    assert main(["explain", "--model", str(tiny_checkpoint), "--out", str(out)]) == 2
+    assert "nothing to explain" in capsys.readouterr().err
+    code = main(["explain", "--ann", str(ann), "--images", str(root),
+                 "--model", str(tiny_checkpoint), "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    detected = json.loads((out / "a_1_explain.json").read_text())
+    prepared = json.loads((out / "a_2_explain.json").read_text())
+    assert detected["landmark_source"] == "mtcnn" and prepared["landmark_source"] == "record"
+    # The prepared crop's points are the detected face's, mapped by the crop's warp.
+    expected = transform_points(face.landmarks, alignment_matrix(face, 224, 0.2))
+    assert np.allclose(prepared["landmarks"], expected, atol=0.01)
+    assert np.allclose(detected["landmarks"], expected, atol=0.01)
+    assert detected["reference"]["cue_aus"] == [6, 12]
+    assert detected["reference"]["cue_source"] == "labels"
+    assert prepared["reference"]["cue_aus"] == [6, 12, 25]  # happiness in the codebook
+    assert prepared["reference"]["cue_source"] == "codebook"
+    for table in (detected, prepared):
+        assert -1.0 <= table["reference"]["att_cos"] <= 1.0
+        assert set(table["reference"]["attention_mass"]) == {
+            f"AU{au:02d}" for au in table["reference"]["cue_aus"]}
+    summary = json.loads((out / "explain_summary.json").read_text())
+    assert [r["image_id"] for r in summary["images"]] == ["a/1", "a/2"]
+    assert -1.0 <= summary["mean_reference_att_cos"] <= 1.0
