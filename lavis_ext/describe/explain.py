@@ -76,16 +76,12 @@ class Explanation:
         """Fill ``reference``: ATT-COS and masses against the labelled AUs (or, for emotion
         labels, their codebook AUs) instead of the caption's."""
         cues, source = cue_aus(aus, emotions)
-        size = self.crop.size
-        from lavis_ext.describe.attention import upsample
-
-        attention = upsample(self.maps.mean, size)
+        _, mass, cos = compare(self.maps, self.crop.size, self.landmarks, cues)
         self.reference = {
             "aus": list(aus), "emotions": list(emotions), "cue_aus": list(cues),
             "cue_source": {"caption": "labels"}.get(source, source),
-            "attention_mass": {f"AU{au:02d}": round(mass_inside(
-                attention, au_region(au, self.landmarks, size)), 4) for au in cues},
-            "att_cos": _round(att_cos(self.maps, heatmap(cues, self.landmarks, size)))}
+            "attention_mass": {f"AU{au:02d}": round(m, 4) for au, m in mass.items()},
+            "att_cos": _round(cos)}
 
 
 def _round(value: float | None) -> float | None:
@@ -118,20 +114,26 @@ def att_cos(maps: AttentionMaps, cue_map: np.ndarray) -> float | None:
     return cosine(maps.mean, small)
 
 
-def explain_crop(crop: Image.Image, caption: str, maps: AttentionMaps,
-                 landmarks: np.ndarray, landmark_source: str, face: Any = None) -> Explanation:
-    """The numbers for one captioned crop whose attention has been read."""
+def compare(maps: AttentionMaps, size: tuple[int, int], landmarks: np.ndarray,
+            cues: Sequence[int]) -> tuple[np.ndarray, dict[int, float], float | None]:
+    """The cue AUs' merged heatmap at crop resolution, each AU's share of the attention
+    inside its region, and ATT-COS."""
     from lavis_ext.describe.attention import upsample
 
-    described = read_caption(caption, face)
-    cues, source = cue_aus(described.aus, described.emotions)
-    size = crop.size
     cue_map = heatmap(cues, landmarks, size)
     attention = upsample(maps.mean, size)
     mass = {au: mass_inside(attention, au_region(au, landmarks, size)) for au in cues}
+    return cue_map, mass, att_cos(maps, cue_map)
+
+
+def explain_crop(crop: Image.Image, caption: str, maps: AttentionMaps,
+                 landmarks: np.ndarray, landmark_source: str, face: Any = None) -> Explanation:
+    """The numbers for one captioned crop whose attention has been read."""
+    described = read_caption(caption, face)
+    cues, source = cue_aus(described.aus, described.emotions)
+    cue_map, mass, cos = compare(maps, crop.size, landmarks, cues)
     return Explanation(caption, described.aus, described.emotions, list(cues), source,
-                       landmarks, landmark_source, crop, maps, cue_map, mass,
-                       att_cos(maps, cue_map))
+                       landmarks, landmark_source, crop, maps, cue_map, mass, cos)
 
 
 def explain_image(image: Image.Image, describer: FaceDescriber,
