@@ -58,14 +58,19 @@ class CrossAttentionCapture:
     batches still gives one row per image, in order.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, keep_graph: bool = False):
+        """``keep_graph``: keep the tensors on their device and in the autograd graph (for a
+        loss on the attention); by default they are detached float copies on the CPU."""
         self.layers = cross_attention_dropouts(model)
+        self.keep_graph = keep_graph
         self._records: dict[int, list[torch.Tensor]] = {i: [] for i, _ in self.layers}
         self._handles: list[Any] = []
 
     def _hook(self, index: int) -> Any:
         def record(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: Any) -> None:
-            self._records[index].append(inputs[0].detach().float().cpu())
+            probs = inputs[0]
+            self._records[index].append(probs if self.keep_graph
+                                        else probs.detach().float().cpu())
         return record
 
     def __enter__(self) -> "CrossAttentionCapture":
@@ -198,3 +203,24 @@ def upsample(grid_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.asarray(grid_map, dtype=np.float32), size,
                       interpolation=cv2.INTER_LINEAR)
 
+
+
+def alignment_loss(probabilities: torch.Tensor, heatmaps: torch.Tensor, grid: TokenGrid,
+                   weight: float = 9.0) -> torch.Tensor:
+    """``weight`` * (1 - cos(mean attention, heatmap)), averaged over the batch.
+
+    The building block of the AU-cue alignment loss (Belharbi et al. use 9.0 next to their
+    cross-entropy): ``probabilities`` from a ``keep_graph`` capture, (layers, batch, heads,
+    queries, keys); ``heatmaps`` (batch, rows, cols), already on the patch grid. Images
+    whose heatmap is all zeros (no cue AUs) add nothing. It is not wired into training.
+    """
+    if heatmaps.shape[1:] != (grid.rows, grid.cols):
+        raise InputError(f"heatmaps of shape {tuple(heatmaps.shape)} are not on the "
+                         f"{grid.rows}x{grid.cols} patch grid")
+    attention = probabilities.float().mean(dim=(0, 2, 3))[:, int(grid.has_cls):]
+    target = heatmaps.reshape(heatmaps.shape[0], -1).to(attention)
+    has_cue = target.abs().sum(dim=1) > 0
+    if not bool(has_cue.any()):
+        return attention.sum() * 0.0  # keeps the graph (and the device) for the caller
+    cos = nn.functional.cosine_similarity(attention[has_cue], target[has_cue], dim=1)
+    return weight * (1.0 - cos).mean()

@@ -362,3 +362,35 @@ def test_cli_records_compare_the_attention_with_their_labels(tmp_path, tiny_chec
     summary = json.loads((out / "explain_summary.json").read_text())
     assert [r["image_id"] for r in summary["images"]] == ["a/1", "a/2"]
     assert -1.0 <= summary["mean_reference_att_cos"] <= 1.0
+
+
+def test_alignment_loss_has_gradients_and_prefers_aligned_attention(tiny_captioner):
+    import copy
+
+    from lavis_ext.describe.attention import alignment_loss
+
+    model = copy.deepcopy(tiny_captioner.model)
+    images = torch.stack([tiny_captioner.image_processor(Image.new("RGB", (112, 112), c))
+                          for c in ((30, 30, 30), (200, 180, 160))])
+    with CrossAttentionCapture(model, keep_graph=True) as capture:
+        embeds = model.ln_vision(model.visual_encoder(images))
+        model.Qformer.bert(query_embeds=model.query_tokens.expand(2, -1, -1),
+                           encoder_hidden_states=embeds, return_dict=True)
+    probs = capture.probabilities()
+    grid = token_grid(probs.shape[-1], model.visual_encoder)
+    target = torch.zeros(2, 7, 7)
+    target[:, 2:4, 1:6] = 1.0
+    loss = alignment_loss(probs, target, grid)
+    loss.backward()
+    assert 0.0 <= loss.item() <= 18.0 and model.query_tokens.grad.abs().sum() > 0
+    # On fabricated attention: spread over the target it scores 0, on part of it more, off
+    # it the full weight.
+    on = (target[0] / target[0].sum()).reshape(1, 1, 1, 1, 49).expand(1, 2, 1, 1, 49)
+    part = torch.zeros(1, 2, 1, 1, 49)
+    part[..., [2 * 7 + 1, 3 * 7 + 4]] = 0.5
+    off = torch.zeros(1, 2, 1, 1, 49)
+    off[..., 0] = 1.0
+    losses = [float(alignment_loss(p, target, grid)) for p in (on, part, off)]
+    assert losses[0] == pytest.approx(0.0, abs=1e-5) and losses[0] < losses[1] < losses[2]
+    assert losses[2] == pytest.approx(9.0)
+    assert float(alignment_loss(off, torch.zeros(2, 7, 7), grid)) == 0.0
