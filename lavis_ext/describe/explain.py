@@ -264,7 +264,17 @@ class _Item:
 def _items(args: argparse.Namespace) -> list[_Item]:
     from lavis_ext.errors import UsageError
 
-    items = [_Item(Path(p), Path(p).stem) for p in args.paths]
+    from lavis_ext.describe.cli import IMAGE_EXTS
+
+    items = []
+    for raw in args.paths:
+        path = Path(raw)
+        if path.is_dir():  # its images, recursively, as describe finds them (no videos)
+            items += [_Item(child, str(child.relative_to(path).with_suffix("")))
+                      for child in sorted(path.rglob("*"))
+                      if child.is_file() and child.suffix.lower() in IMAGE_EXTS]
+        else:
+            items.append(_Item(path, path.stem))
     if args.ann:
         from lavis_ext.data.records import image_file, load_records
 
@@ -282,8 +292,8 @@ def _items(args: argparse.Namespace) -> list[_Item]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lavis_ext.describe.cli import add_face_arguments
 
-    parser.add_argument("paths", nargs="*", help="images (the largest face of each is "
-                                                 "explained)")
+    parser.add_argument("paths", nargs="*", help="images or folders of images (the largest "
+                                                 "face of each is explained)")
     parser.add_argument("--model", default="exp_blip",
                         help="training checkpoint (.pth) or ARCH[:MODEL_TYPE], as for describe")
     parser.add_argument("--out", required=True,

@@ -277,10 +277,15 @@ def test_cli_writes_overlays_grids_and_a_table_with_att_cos(tmp_path, tiny_check
     assert [row["image"] for row in summary["images"]] == [str(photo)]
     assert summary["failures"][0]["error"] == "no face detected"
     assert not list(out.glob(".*.tmp"))  # atomic writes leave no temporaries
-    # --no-detect: the blank image is the crop; its regions come from the template.
-    assert main(["explain", str(crop), "--no-detect", "--model", str(tiny_checkpoint),
+    # --no-detect on a folder: each image in it is a crop; the regions come from the template.
+    folder = tmp_path / "crops"
+    (folder / "sub").mkdir(parents=True)
+    Image.new("RGB", (160, 160), (90, 140, 200)).save(folder / "sub" / "a.png")
+    (folder / "notes.txt").write_text("not an image")
+    assert main(["explain", str(folder), "--no-detect", "--model", str(tiny_checkpoint),
                  "--out", str(out)]) == 0
-    assert json.loads((out / "crop_explain.json").read_text())["landmark_source"] == "template"
+    table = json.loads((out / "sub_a_explain.json").read_text())
+    assert table["landmark_source"] == "template" and table["crop_size"] == [160, 160]
 
 
 def test_synthetic_faces_know_their_5_points_and_mtcnn_agrees():
