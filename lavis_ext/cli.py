@@ -36,6 +36,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "pseudo-caption": ("lavis_ext.method.pseudo_caption",
                        "caption records with a trained AU-BLIP or Emot-BLIP"),
     "describe": ("lavis_ext.describe.cli", "describe the faces in photos or videos"),
+    "explain": ("lavis_ext.describe.explain",
+                "where the captioner looks: Q-Former attention maps over the face, the AU "
+                "regions its caption names, ATT-COS"),
     "serve": ("lavis_ext.serve.cli", "an HTTP API and web page that describe uploaded faces"),
     "rate": ("lavis_ext.rate.cli",
              "a web page where people rate models' captions blind (Table 5); --report"),

@@ -233,6 +233,21 @@ BASIC_EMOTIONS: dict[str, Emotion] = {
 }
 EMOTION_NAMES: tuple[str, ...] = tuple(BASIC_EMOTIONS)
 
+# The expression -> AU codebook of the spatial AU cues for interpretable FER (Belharbi et al.,
+# FG 2024; see ../shared/facts/seed-systems.md). It differs from the EMFACS-style prototypes
+# above, which drive the synthetic faces: this one says where an expression's cues lie, for
+# ``expblip explain``'s heatmaps. Disgust follows the paper (AU10; its code uses AU5).
+# Neutral has no map.
+AU_CUE_CODEBOOK: dict[str, tuple[int, ...]] = {
+    "happiness": (6, 12, 25),
+    "surprise": (1, 2, 5, 26, 27),
+    "fear": (1, 2, 4, 5, 20, 25, 26, 27),
+    "anger": (4, 5, 7, 10, 17, 23, 24, 25, 26),
+    "disgust": (9, 10, 16, 17, 25, 26),
+    "sadness": (1, 4, 6, 15, 17),
+    "neutral": (),
+}
+
 # RAF-DB compound labels (1-11) as pairs of basic emotions.
 RAFDB_COMPOUND: dict[int, tuple[str, str]] = {
     1: ("happiness", "surprise"), 2: ("happiness", "disgust"), 3: ("sadness", "fear"),

@@ -32,6 +32,8 @@ def _bad_inputs(tmp: Path) -> dict[str, list[str]]:
                            "--images", str(tmp / "no_such_dir"), "--out", str(tmp / "o.json")],
         "describe": ["describe", str(tmp / "no_such_photo.jpg"), "--model",
                      str(tmp / "no_such_checkpoint.pth")],
+        "explain": ["explain", str(tmp / "no_such_photo.jpg"), "--out", str(tmp / "x"),
+                    "--model", str(tmp / "no_such_checkpoint.pth")],
         "serve": ["serve", "--port", "70000"],
         "rate": ["rate", "--report", "--out", str(tmp / "no_ratings.sqlite")],
         "pipeline": ["pipeline", "--config", str(tmp / "no_such_config.yaml")],

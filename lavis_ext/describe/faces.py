@@ -209,29 +209,49 @@ def template_points(size: int, margin: float) -> np.ndarray:
     return (TEMPLATE + margin) / (1.0 + 2.0 * margin) * size
 
 
-def align(image: Image.Image, face: Face, size: int = 224, margin: float = 0.2) -> Image.Image:
-    """The face warped onto the template (or, without landmarks, a square crop of its box)."""
-    import cv2
+def alignment_matrix(face: Face, size: int = 224, margin: float = 0.2) -> np.ndarray:
+    """The 2x3 affine matrix that ``align`` warps with: image pixels -> crop pixels.
 
-    array = np.asarray(image.convert("RGB"))
+    With 5 landmarks it is the similarity transform onto the template; without (Haar boxes,
+    or when the estimate fails) a scale and shift that centres a square around the box.
+    Callers that draw on the crop (``expblip explain``'s AU regions) map the face's points
+    with it, so the crop and what is drawn on it cannot disagree.
+    """
+    return _alignment(face, size, margin)[0]
+
+
+def _alignment(face: Face, size: int, margin: float) -> tuple[np.ndarray, bool]:
+    """(matrix, whether it came from the landmarks)."""
     if face.landmarks and len(face.landmarks) == 5:
         from skimage.transform import SimilarityTransform
 
         transform = SimilarityTransform()
         if transform.estimate(np.asarray(face.landmarks, dtype=float),
                               template_points(size, margin)):
-            warped = cv2.warpAffine(array, transform.params[:2], (size, size),
-                                    flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            return Image.fromarray(warped)
+            return np.asarray(transform.params[:2], dtype=float), True
     # Boxes from the cascade: a square around the box, the same margin per side.
     x, y, w, h = face.box
     side = max(w, h) * (1.0 + 2.0 * margin)
     cx, cy = x + w / 2.0, y + h / 2.0
     scale = size / side
-    matrix = np.array([[scale, 0.0, size / 2.0 - scale * cx],
-                       [0.0, scale, size / 2.0 - scale * cy]])
-    warped = cv2.warpAffine(array, matrix, (size, size), flags=cv2.INTER_AREA
-                            if scale < 1 else cv2.INTER_LINEAR,
+    return np.array([[scale, 0.0, size / 2.0 - scale * cx],
+                     [0.0, scale, size / 2.0 - scale * cy]]), False
+
+
+def transform_points(points: Sequence[Sequence[float]], matrix: np.ndarray) -> np.ndarray:
+    """(N, 2) points mapped by a 2x3 affine matrix."""
+    array = np.asarray(points, dtype=float).reshape(-1, 2)
+    return array @ matrix[:, :2].T + matrix[:, 2]
+
+
+def align(image: Image.Image, face: Face, size: int = 224, margin: float = 0.2) -> Image.Image:
+    """The face warped onto the template (or, without landmarks, a square crop of its box)."""
+    import cv2
+
+    array = np.asarray(image.convert("RGB"))
+    matrix, from_landmarks = _alignment(face, size, margin)
+    flags = cv2.INTER_AREA if not from_landmarks and matrix[0, 0] < 1 else cv2.INTER_LINEAR
+    warped = cv2.warpAffine(array, matrix, (size, size), flags=flags,
                             borderMode=cv2.BORDER_REPLICATE)
     return Image.fromarray(warped)
 

@@ -86,6 +86,18 @@ def draw_face(aus: Mapping[int | str, int | None], rng: random.Random, size: int
 
     ``jitter`` scales the random position/scale/tilt (video frames of one subject use less).
     """
+    return draw_face_points(aus, rng, size, identity, noise=noise, jitter=jitter)[0]
+
+
+def draw_face_points(aus: Mapping[int | str, int | None], rng: random.Random, size: int = 112,
+                     identity: Identity | None = None, *, noise: float | None = None,
+                     jitter: float = 1.0) -> tuple[Image.Image, np.ndarray]:
+    """``draw_face``, and where its 5 MTCNN-style points are drawn: the eye centres, the nose
+    tip and the mouth corners, image-left first, after the tilt (a (5, 2) array).
+
+    The same random draws as ``draw_face``, so the same seed gives the same face; the points
+    are ground truth for tests of landmark-derived regions (``expblip explain``).
+    """
     identity = identity or random_identity(rng)
     s = {int(au): _STRENGTH[max(0, min(5, int(v)))] for au, v in aus.items() if v}
 
@@ -255,16 +267,23 @@ def draw_face(aus: Mapping[int | str, int | None], rng: random.Random, size: int
         draw.arc((cx - 0.12 * W, y, cx + 0.12 * W, y + 0.07 * H), 200, 340, fill=shadow,
                  width=lw + 1)
 
+    mouth_y = my + corner  # the corners' height (corner * t * t at t = +-1)
+    points = np.array([[cx - ex, ey], [cx + ex, ey], [cx - 0.01 * W, ny - 0.012 * H],
+                       [cx - mw, mouth_y], [cx + mw, mouth_y]])
     if jitter:
         angle = rng.uniform(-8, 8) * jitter
         if abs(angle) > 0.5:
             img = img.rotate(angle, resample=Image.BILINEAR, fillcolor=identity.background)
+            # PIL turns the picture counter-clockwise about its centre; so do the points.
+            a, centre = np.radians(angle), np.array([size / 2, size / 2])
+            turn = np.array([[np.cos(a), np.sin(a)], [-np.sin(a), np.cos(a)]])
+            points = (points - centre) @ turn.T + centre
     sigma = rng.uniform(2.0, 9.0) if noise is None else noise
     if sigma > 0:
         array = np.asarray(img, dtype=np.int16)
         grain = np.random.default_rng(rng.getrandbits(32)).normal(0, sigma, array.shape)
         img = Image.fromarray(np.clip(array + grain, 0, 255).astype(np.uint8))
-    return img
+    return img, points
 
 
 def draw_emotion(emotions: Iterable[str], rng: random.Random, size: int = 112,
