@@ -72,6 +72,34 @@ def test_quick_demo_runs_every_step_resumes_and_feeds_the_tiny_configs(tmp_path)
     assert list((work / "runs" / "au_blip" / "stage1").glob("*/checkpoint_0.pth"))
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_quick_demo_with_cot_runs_the_chain_of_thought_path(tmp_path):
+    """--cot: rule CoTs for every record (pseudo captions fill the missing aspect), Exp-BLIP
+    fine-tuned on them from its stage-2 checkpoint, and its CoT read back by parts."""
+    first = _demo(tmp_path, "--cot", "--workdir", str(tmp_path / "w"))
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+    steps = [line.split()[1] for line in first.stdout.splitlines()
+             if line.startswith("[step] ")]
+    assert steps == ["data"] + [s.name for s in method_steps(cot=True)]
+    assert steps.index("cot") > steps.index("pseudo-emotion")
+    for name in ("emotionet", "affectnet"):
+        records = json.loads((tmp_path / "w" / "captions" / f"{name}_train.json").read_text())
+        cots = [r["captions"].get("cot-rule") for r in records]
+        assert all(c and c[0].startswith("**Key Observations:**") for c in cots), name
+    from omegaconf import OmegaConf
+
+    # stage 2 only, from Exp-BLIP's newest stage-2 checkpoint
+    assert not (tmp_path / "w" / "configs" / "cot_blip" / "stage1.yaml").exists()
+    cot = OmegaConf.load(tmp_path / "w" / "configs" / "cot_blip" / "stage2.yaml")
+    exp = sorted((tmp_path / "w" / "runs" / "exp_blip" / "stage2").glob("*/checkpoint_*.pth"))
+    assert cot.model.pretrained in {str(p) for p in exp}
+    assert cot.datasets.facial_caption_mix.caption_kinds == ["cot-rule"]
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert {"Exp-BLIP (CoT) on emotionet test", "Exp-BLIP (CoT) on affectnet test"} <= set(
+        results)
+
+
 def test_learning_bar_sets_the_demo_exit_code(capsys):
     from lavis_ext.method.demo import learning_bar
 
