@@ -129,8 +129,10 @@ def test_att_cos_rises_with_the_alignment_loss(tiny_captioner, one_torch_thread)
     pool = [_faces(processor, 16, seed=10 + k) for k in range(8)]
     held_out = _faces(processor, 18, seed=2)
     base = tiny_captioner.model
+    untrained = _held_out_att_cos(copy.deepcopy(base), held_out)
     without = _held_out_att_cos(_train(base, pool, 0.0, 60), held_out)
     with_loss = _held_out_att_cos(_train(base, pool, 9.0, 60), held_out)
-    print(f"held-out ATT-COS without {without:.3f}, with {with_loss:.3f}")
+    print(f"held-out ATT-COS untrained {untrained:.3f}, without {without:.3f}, "
+          f"with {with_loss:.3f}")
     assert with_loss > without + 0.05, (without, with_loss)
     assert with_loss > 0.4
