@@ -212,7 +212,8 @@ def alignment_loss(probabilities: torch.Tensor, heatmaps: torch.Tensor, grid: To
     The building block of the AU-cue alignment loss (Belharbi et al. use 9.0 next to their
     cross-entropy): ``probabilities`` from a ``keep_graph`` capture, (layers, batch, heads,
     queries, keys); ``heatmaps`` (batch, rows, cols), already on the patch grid. Images
-    whose heatmap is all zeros (no cue AUs) add nothing. It is not wired into training.
+    whose heatmap is all zeros (no cue AUs) add nothing. ``ExpBlip`` adds it to its LM loss
+    when ``model.au_cue_loss.weight`` > 0.
     """
     if heatmaps.shape[1:] != (grid.rows, grid.cols):
         raise InputError(f"heatmaps of shape {tuple(heatmaps.shape)} are not on the "

@@ -165,6 +165,25 @@ def heatmap(aus: Iterable[int], points: Sequence[Sequence[float]],
     return normalise(np.max(np.stack(maps), axis=0))
 
 
+def grid_target(aus: Iterable[int], points: Sequence[Sequence[float]],
+                source_size: tuple[int, int], image_size: int,
+                grid: tuple[int, int]) -> np.ndarray:
+    """The AU-cue target of a training image on the patch grid, (rows, cols).
+
+    ``points`` are in the image's own pixels (``source_size`` = (width, height)); the model
+    sees the image squashed to ``image_size`` square (the eval processor's resize), so the
+    points are scaled by the same factors, the heatmap is drawn at that size and then
+    averaged onto the grid, as ATT-COS does (``explain.att_cos``). Zeros when no AU is given
+    (the alignment loss then skips the image).
+    """
+    import cv2
+
+    scale = np.array([image_size / source_size[0], image_size / source_size[1]])
+    full = heatmap(aus, np.asarray(points, dtype=float) * scale, (image_size, image_size))
+    rows, cols = grid
+    return cv2.resize(full, (cols, rows), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
 def cue_aus(aus: Iterable[int], emotions: Iterable[str] = ()) -> tuple[tuple[int, ...], str]:
     """The AUs whose regions a caption points at, and where they came from.
 

@@ -396,6 +396,23 @@ class ExpBlipQformer(ExpBlipParts, Blip2Qformer):
             return super().forward(samples)
 
 
+def au_cue_weight(options: Mapping[str, Any] | None) -> float:
+    """``model.au_cue_loss.weight`` checked: a number >= 0 (0, the default, is off); any
+    other key in ``model.au_cue_loss`` is refused, so a misspelt one does not pass unseen."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"weight"})
+    if unknown:
+        raise InputError(f"model.au_cue_loss: unknown key(s) {unknown}; only 'weight' is read")
+    try:
+        weight = float(options.get("weight", 0.0) or 0.0)
+    except (TypeError, ValueError):
+        raise InputError(f"model.au_cue_loss.weight must be a number, got "
+                         f"{options.get('weight')!r}") from None
+    if not weight >= 0:
+        raise InputError(f"model.au_cue_loss.weight must be >= 0 (0 is off), got {weight}")
+    return weight
+
+
 @registry.register_model("exp_blip")
 class ExpBlip(ExpBlipParts, Blip2OPT):
     """Stage 2: the Q-Former feeding a frozen LLM that writes the description. Every LLM
@@ -419,8 +436,10 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
                  prompt: str = "", llm_dtype: str = "auto",
                  tiny_lm: dict[str, Any] | None = None,
                  generation: dict[str, Any] | None = None, qformer_weights: str | None = None,
-                 llm_model: str | None = None, device: str = "cpu"):
+                 llm_model: str | None = None, device: str = "cpu",
+                 au_cue_loss: Mapping[str, Any] | None = None):
         BaseModel.__init__(self)
+        self.au_cue_weight = au_cue_weight(au_cue_loss)
         if opt_model is None and llm_model is None:
             opt_model = "facebook/opt-2.7b"
         opt_model = choose_llm_model(opt_model, llm_model)
@@ -459,7 +478,8 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         return dict(opt_model=ExpBlip._llm_name(cfg), prompt=cfg.get("prompt", ""),
                     llm_dtype=cfg.get("llm_dtype", "auto"),
                     tiny_lm=dict(cfg.get("tiny_lm")) if cfg.get("tiny_lm") else None,
-                    generation=dict(cfg.get("generation")) if cfg.get("generation") else None)
+                    generation=dict(cfg.get("generation")) if cfg.get("generation") else None,
+                    au_cue_loss=dict(cfg.get("au_cue_loss")) if cfg.get("au_cue_loss") else None)
 
     def maybe_autocast(self, dtype: torch.dtype | None = None):
         """Autocast in the LLM's dtype: on GPU as LAVIS does; on CPU whenever the LLM is
@@ -511,7 +531,10 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         is found by the attention mask, since a pad id may equal the EOS id. For OPT the
         queries stay float32 beside the token embeddings, as in LAVIS (``casts_prefix``)."""
         image = samples["image"]
-        prefix = self._llm_prefix(image)
+        if self.au_cue_weight > 0:
+            prefix, cue_loss = self._prefix_and_cue_loss(samples)
+        else:
+            prefix, cue_loss = self._llm_prefix(image), None
         tokenizer = self.opt_tokenizer
         tokenizer.padding_side = "right"
         end = self.llm_family.end_of_text(tokenizer)
@@ -533,7 +556,32 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         with self.maybe_autocast():
             out = self.opt_model(inputs_embeds=inputs, attention_mask=mask, labels=targets,
                                  return_dict=True)
-        return {"loss": out.loss}
+        if cue_loss is None:
+            return {"loss": out.loss}
+        return {"loss": out.loss + cue_loss, "loss_lm": out.loss.detach(),
+                "loss_au_cue": cue_loss.detach()}
+
+    def _prefix_and_cue_loss(self, samples: dict[str, Any]) -> tuple[torch.Tensor,
+                                                                      torch.Tensor]:
+        """The LLM prefix and the AU-cue alignment loss (``model.au_cue_loss``): the
+        Q-Former's cross-attention, captured with its graph while the prefix is computed
+        (the hooks are removed after it), against ``samples["au_cue_map"]``."""
+        from lavis_ext.describe.attention import (CrossAttentionCapture, alignment_loss,
+                                                  token_grid)
+
+        maps = samples.get("au_cue_map")
+        if maps is None:
+            raise InputError(
+                f"model.au_cue_loss.weight is {self.au_cue_weight:g}, but the batch has no "
+                "'au_cue_map' (one AU heatmap per image on the patch grid, batch x rows x "
+                "cols): give the maps, or set model.au_cue_loss.weight to 0")
+        with CrossAttentionCapture(self, keep_graph=True) as capture:
+            prefix = self._llm_prefix(samples["image"])
+        probs = capture.probabilities()
+        grid = token_grid(probs.shape[-1], self.visual_encoder)
+        loss = alignment_loss(probs, torch.as_tensor(maps, device=probs.device), grid,
+                              weight=self.au_cue_weight)
+        return prefix, loss
 
     def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:
         """The Q-Former's query outputs projected into the LLM's input space."""
