@@ -2,7 +2,7 @@
 
 For each image the largest face is found and aligned as ``describe`` does, captioned once,
 and the Q-Former's cross-attention of that caption pass is read
-(``lavis_ext.describe.attention``). The AUs the caption names (read back with the caption
+(``lavis_ext.models.attention``). The AUs the caption names (read back with the caption
 parser) get their 5-point regions (``lavis_ext.describe.regions``); the table says how much of
 the attention falls inside each, and ATT-COS, the cosine between the mean attention and the
 AUs' merged heatmap. With ``--ann`` the records' images are explained too, and the same
@@ -31,7 +31,7 @@ from lavis_ext.errors import check_partial
 from lavis_ext.io import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # torch is imported only when a model runs, so --help stays fast
-    from lavis_ext.describe.attention import AttentionMaps
+    from lavis_ext.models.attention import AttentionMaps
 
 OVERLAY_ALPHA = 0.5
 TILE = 112  # side of one query's tile in the per-query grid picture
@@ -118,7 +118,7 @@ def compare(maps: AttentionMaps, size: tuple[int, int], landmarks: np.ndarray,
             cues: Sequence[int]) -> tuple[np.ndarray, dict[int, float], float | None]:
     """The cue AUs' merged heatmap at crop resolution, each AU's share of the attention
     inside its region, and ATT-COS."""
-    from lavis_ext.describe.attention import upsample
+    from lavis_ext.models.attention import upsample
 
     cue_map = heatmap(cues, landmarks, size)
     attention = upsample(maps.mean, size)
@@ -143,7 +143,7 @@ def explain_image(image: Image.Image, describer: FaceDescriber,
     ``crop_points``: ``image`` is already an aligned crop whose 5 points are known (a
     prepared record's ``face_image``), so nothing is detected.
     """
-    from lavis_ext.describe.attention import CrossAttentionCapture, to_maps, token_grid
+    from lavis_ext.models.attention import CrossAttentionCapture, to_maps, token_grid
 
     if crop_points is not None:
         face, crop = None, image.convert("RGB")
@@ -199,7 +199,7 @@ def colorize(values: np.ndarray) -> np.ndarray:
 
 def overlay(crop: Image.Image, values: np.ndarray, alpha: float = OVERLAY_ALPHA) -> Image.Image:
     """A map (any resolution) min-max scaled, coloured and blended over the crop."""
-    from lavis_ext.describe.attention import upsample
+    from lavis_ext.models.attention import upsample
     from lavis_ext.describe.regions import normalise
 
     resized = upsample(values, crop.size) if values.shape[::-1] != crop.size else values

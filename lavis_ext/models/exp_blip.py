@@ -566,7 +566,7 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         """The LLM prefix and the AU-cue alignment loss (``model.au_cue_loss``): the
         Q-Former's cross-attention, captured with its graph while the prefix is computed
         (the hooks are removed after it), against ``samples["au_cue_map"]``."""
-        from lavis_ext.describe.attention import (CrossAttentionCapture, alignment_loss,
+        from lavis_ext.models.attention import (CrossAttentionCapture, alignment_loss,
                                                   token_grid)
 
         maps = samples.get("au_cue_map")

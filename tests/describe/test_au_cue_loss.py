@@ -34,14 +34,14 @@ def _faces(processor, count, seed):
 
 
 def _hooks(model):
-    from lavis_ext.describe.attention import cross_attention_dropouts
+    from lavis_ext.models.attention import cross_attention_dropouts
 
     return sum(len(module._forward_hooks) for _, module in cross_attention_dropouts(model))
 
 
 def _held_out_att_cos(model, batch):
     """Mean ATT-COS of the model's mean cross-attention against the targets, in eval mode."""
-    from lavis_ext.describe.attention import query_attention
+    from lavis_ext.models.attention import query_attention
     from lavis_ext.describe.regions import cosine
 
     model.eval()

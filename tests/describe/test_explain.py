@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lavis_ext.describe.attention import (CrossAttentionCapture, TokenGrid, query_attention,
+from lavis_ext.models.attention import (CrossAttentionCapture, TokenGrid, query_attention,
                                           to_maps, token_grid)
 
 
@@ -372,7 +372,7 @@ def test_cli_records_compare_the_attention_with_their_labels(tmp_path, tiny_chec
 def test_alignment_loss_has_gradients_and_prefers_aligned_attention(tiny_captioner):
     import copy
 
-    from lavis_ext.describe.attention import alignment_loss
+    from lavis_ext.models.attention import alignment_loss
 
     model = copy.deepcopy(tiny_captioner.model)
     images = torch.stack([tiny_captioner.image_processor(Image.new("RGB", (112, 112), c))
