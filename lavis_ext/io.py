@@ -7,12 +7,14 @@ imports nothing heavy; ``atomic_save_torch`` imports torch only when called.
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, IO
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save_torch"]
+__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "atomic_save_torch",
+           "read_json_list"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
@@ -81,3 +83,21 @@ def config_root(config_file: str | os.PathLike) -> Path:
         if parent.name == "projects":
             return parent.parent
     return folder
+
+
+def read_json_list(path: str | os.PathLike, what: str, flag: str) -> list[Any]:
+    """The JSON list in a user's input file, unvalidated; each error names the flag, the file
+    and, for a wrong type, what the list should hold (``what``)."""
+    from lavis_ext.errors import InputError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{flag}: file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise InputError(f"{flag}: {path}: not valid JSON ({err})") from None
+    if not isinstance(data, list):
+        raise InputError(f"{flag}: {path}: expected a JSON list of {what}, got "
+                         f"{type(data).__name__}")
+    return data

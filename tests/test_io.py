@@ -43,3 +43,20 @@ def test_relative_paths(tmp_path, monkeypatch):
     (project / "projects" / "pipeline").mkdir(parents=True)
     assert config_root(project / "projects" / "pipeline" / "paper.yaml") == project
     assert config_root(tmp_path / "mine" / "pipeline.yaml") == tmp_path / "mine"
+
+
+def test_read_json_list_names_the_flag_the_file_and_what_was_expected(tmp_path):
+    from lavis_ext.errors import InputError
+    from lavis_ext.io import read_json_list
+
+    path = tmp_path / "p.json"
+    with pytest.raises(InputError, match=f"--pred: file not found: {path}"):
+        read_json_list(path, "{image_id, caption}", "--pred")
+    path.write_text("{")
+    with pytest.raises(InputError, match=r"--pred: .*p\.json: not valid JSON"):
+        read_json_list(path, "{image_id, caption}", "--pred")
+    path.write_text('{"a": 1}')
+    with pytest.raises(InputError, match=r"expected a JSON list of \{image_id, caption\}, got dict"):
+        read_json_list(path, "{image_id, caption}", "--pred")
+    path.write_text('[1, {"a": 2}]')
+    assert read_json_list(path, "rows", "--from") == [1, {"a": 2}]

@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 from lavis_ext.captions.paths import DEFAULT_WORKDIR, captions_path
 from lavis_ext.data.records import Record, RecordError, add_captions, load_records, save_records
 from lavis_ext.errors import InputError, NothingSucceeded, UsageError
+from lavis_ext.io import read_json_list
 
 _KIND = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 EXAMPLES = 5
@@ -92,15 +93,8 @@ class ImportReport:
 def read_caption_annotations(path: str | Path) -> list[tuple[str, list[str]]]:
     """(image path, caption texts) per item of a LAVIS caption-annotation JSON file."""
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--from: file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"--from: {path}: not valid JSON ({err})") from None
-    if not isinstance(data, list):
-        raise InputError(f"--from: {path}: expected a JSON list of {{\"image\", \"caption\"}} "
-                         f"items (LAVIS caption annotations), got {type(data).__name__}")
+    data = read_json_list(path, '{"image", "caption"} items (LAVIS caption annotations)',
+                          "--from")
     items = []
     for i, item in enumerate(data):
         where = f"{path}[{i}]"
@@ -176,15 +170,7 @@ def read_expllm_descriptions(path: str | Path) -> tuple[list[ExpLLMRow], ImportR
     from lavis_ext.metrics.cot import split_cot
 
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"--from: file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"--from: {path}: not valid JSON ({err})") from None
-    if not isinstance(data, list):
-        raise InputError(f"--from: {path}: expected a JSON list of ExpLLM rows "
-                         f"({', '.join(EXPLLM_FIELDS)}), got {type(data).__name__}")
+    data = read_json_list(path, f"ExpLLM rows ({', '.join(EXPLLM_FIELDS)})", "--from")
     report = ImportReport(kind="", entries=len(data))
     rows = []
     for i, item in enumerate(data):

@@ -7,7 +7,6 @@ proportional to its size (largest remainders), so the draw is reproducible from 
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Mapping, Sequence
 
 from lavis_ext.data.records import RecordError, image_file, load_records
 from lavis_ext.errors import InputError, UsageError
+from lavis_ext.io import read_json_list
 
 
 @dataclass
@@ -53,14 +53,7 @@ def parse_pred_flags(values: Sequence[str]) -> list[tuple[str, Path]]:
 
 def read_predictions(path: Path) -> dict[str, str]:
     """A predictions file (the ``evaluate`` format: a JSON list of {image_id, caption})."""
-    if not path.is_file():
-        raise InputError(f"--pred: file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise InputError(f"--pred: {path}: not valid JSON ({err})") from None
-    if not isinstance(data, list):
-        raise InputError(f"--pred: {path}: expected a JSON list of {{image_id, caption}}")
+    data = read_json_list(path, "{image_id, caption}", "--pred")
     by_id: dict[str, str] = {}
     for i, entry in enumerate(data):
         if not (isinstance(entry, Mapping) and isinstance(entry.get("image_id"), (str, int))
