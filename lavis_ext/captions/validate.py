@@ -52,15 +52,31 @@ def au_codes(text: str) -> list[str]:
     return [m.group(0) for m in _AU_CODE.finditer(text)]
 
 
-def tidy(text: str | None) -> str:
-    """Strip whitespace, surrounding quotes and lead-ins such as "Answer:"; join lines."""
+def tidy(text: str | None, keep_lines: bool = False) -> str:
+    """Strip whitespace, surrounding quotes and lead-ins such as "Answer:"; join lines, or with
+    ``keep_lines`` keep one line per non-blank line (a CoT's items and headings)."""
     if not text:
         return ""
-    out = " ".join(str(text).split())
+    if keep_lines:
+        lines = [" ".join(line.split()) for line in str(text).strip().splitlines()]
+        out = "\n".join(line for line in lines if line)
+    else:
+        out = " ".join(str(text).split())
     out = _LEAD_IN.sub("", out)
     if len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
         out = out[1:-1].strip()
     return out
+
+
+def _length_verdict(clean: str, min_chars: int, max_chars: int) -> Verdict | None:
+    """The rejection of an empty, too short or too long tidied answer; None if it fits."""
+    if not clean:
+        return Verdict(False, "", "empty answer")
+    if len(clean) < min_chars:
+        return Verdict(False, clean, f"too short ({len(clean)} < {min_chars} characters)")
+    if len(clean) > max_chars:
+        return Verdict(False, clean, f"too long ({len(clean)} > {max_chars} characters)")
+    return None
 
 
 def validate_answer(text: str | None, kind: str, *, min_chars: int = 20,
@@ -72,12 +88,9 @@ def validate_answer(text: str | None, kind: str, *, min_chars: int = 20,
         return validate_cot(text, aus or (), emotions or (), min_chars=min_chars,
                             max_chars=max_chars)
     clean = tidy(text)
-    if not clean:
-        return Verdict(False, "", "empty answer")
-    if len(clean) < min_chars:
-        return Verdict(False, clean, f"too short ({len(clean)} < {min_chars} characters)")
-    if len(clean) > max_chars:
-        return Verdict(False, clean, f"too long ({len(clean)} > {max_chars} characters)")
+    rejected = _length_verdict(clean, min_chars, max_chars)
+    if rejected:
+        return rejected
     codes = au_codes(clean)
     if codes:
         return Verdict(False, clean, f"mentions an AU code ({codes[0]!r})")
@@ -86,19 +99,6 @@ def validate_answer(text: str | None, kind: str, *, min_chars: int = 20,
         if found:
             return Verdict(False, clean, f"names an emotion in an AU caption ({found[0]!r})")
     return Verdict(True, clean)
-
-
-def tidy_cot(text: str | None) -> str:
-    """Like :func:`tidy`, but keeps one line per non-blank line: a CoT's items and headings
-    stay on lines of their own."""
-    if not text:
-        return ""
-    lines = [" ".join(line.split()) for line in str(text).strip().splitlines()]
-    out = "\n".join(line for line in lines if line)
-    out = _LEAD_IN.sub("", out)
-    if len(out) >= 2 and out[0] in _QUOTES and out[-1] in _QUOTES:
-        out = out[1:-1].strip()
-    return out
 
 
 def validate_cot(text: str | None, aus: Iterable[int], emotions: Sequence[str], *,
@@ -114,13 +114,10 @@ def validate_cot(text: str | None, aus: Iterable[int], emotions: Sequence[str], 
     from lavis_ext.metrics.cot import parse_cot
     from lavis_ext.metrics.recognition import parse_caption
 
-    clean = tidy_cot(text)
-    if not clean:
-        return Verdict(False, "", "empty answer")
-    if len(clean) < min_chars:
-        return Verdict(False, clean, f"too short ({len(clean)} < {min_chars} characters)")
-    if len(clean) > max_chars:
-        return Verdict(False, clean, f"too long ({len(clean)} > {max_chars} characters)")
+    clean = tidy(text, keep_lines=True)
+    rejected = _length_verdict(clean, min_chars, max_chars)
+    if rejected:
+        return rejected
     parsed = parse_cot(clean)
     if parsed.sections.missing:
         return Verdict(False, clean, f"missing section ({parsed.sections.missing[0]!r})")
