@@ -189,6 +189,22 @@ class ExpBlipParts:
             required=self._required_from_checkpoint(("Qformer", "query_tokens")))
         return self.load_report
 
+    def image_tokens(self, image: torch.Tensor) -> torch.Tensor:
+        """The image encoder's tokens after ``ln_vision``, in float32 (the Q-Former's input)."""
+        with self.maybe_autocast():
+            image_embeds = self.ln_vision(self.visual_encoder(image))
+        return image_embeds.float()
+
+    def query_outputs(self, image_embeds: torch.Tensor) -> torch.Tensor:
+        """The Q-Former's query outputs over ``image_tokens``: the one pass that the LLM prefix,
+        the probes and the zero-shot features all read."""
+        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long,
+                          device=image_embeds.device)
+        query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        out = self.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
+                                encoder_attention_mask=atts, return_dict=True)
+        return out.last_hidden_state
+
     @torch.no_grad()
     def probe_features(self, image: torch.Tensor, source: str = "qformer") -> torch.Tensor:
         """Pooled features for probing: ``vision`` (mean of encoder tokens) or ``qformer``
@@ -196,18 +212,12 @@ class ExpBlipParts:
         was_training = self.training
         self.eval()
         try:
-            with self.maybe_autocast():
-                image_embeds = self.ln_vision(self.visual_encoder(image))
-            image_embeds = image_embeds.float()
+            image_embeds = self.image_tokens(image)
             if source == "vision":
                 return image_embeds.mean(dim=1)
             if source != "qformer":
                 raise ValueError(f"probe source must be 'vision' or 'qformer', got {source!r}")
-            atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
-            query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-            out = self.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
-                                    encoder_attention_mask=atts, return_dict=True)
-            return out.last_hidden_state.mean(dim=1)
+            return self.query_outputs(image_embeds).mean(dim=1)
         finally:
             self.train(was_training)
 
@@ -585,14 +595,7 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
 
     def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:
         """The Q-Former's query outputs projected into the LLM's input space."""
-        with self.maybe_autocast():
-            image_embeds = self.ln_vision(self.visual_encoder(image))
-        image_embeds = image_embeds.float()
-        atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
-        query = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        out = self.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
-                                encoder_attention_mask=atts, return_dict=True)
-        return self.opt_proj(out.last_hidden_state)
+        return self.opt_proj(self.query_outputs(self.image_tokens(image)))
 
     def _prompt_ids(self, prompt: str, batch: int, device: torch.device) -> torch.Tensor:
         """Prompt token ids as the LLM's family starts a text: OPT always with BOS (an empty

@@ -311,14 +311,8 @@ def qformer_text_embeddings(model: Any, prompts: Sequence[str]) -> torch.Tensor:
 @torch.no_grad()
 def itc_image_features(model: Any, image: torch.Tensor) -> torch.Tensor:
     """[B, Q * D]: every query output's ITC projection, L2-normalised (zero-shot features)."""
-    with model.maybe_autocast():
-        image_embeds = model.ln_vision(model.visual_encoder(image))
-    image_embeds = image_embeds.float()
-    atts = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image.device)
-    query = model.query_tokens.expand(image_embeds.shape[0], -1, -1)
-    out = model.Qformer.bert(query_embeds=query, encoder_hidden_states=image_embeds,
-                             encoder_attention_mask=atts, return_dict=True)
-    return F.normalize(model.vision_proj(out.last_hidden_state).float(), dim=-1).flatten(1)
+    queries = model.query_outputs(model.image_tokens(image))
+    return F.normalize(model.vision_proj(queries).float(), dim=-1).flatten(1)
 
 
 # --- text embeddings: encoded once, cached ------------------------------------------------
