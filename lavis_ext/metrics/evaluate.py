@@ -276,29 +276,28 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
                      f"{_fmt(m.get('embedding_sim'), 100, 2)} | "
                      f"{_fmt(m.get('au_f1_macro'), 100, 1)} | "
                      f"{_fmt(m.get('emotion_accuracy'), 100, 1)} | {r['n_scored']} |")
+
+    def per_au(title: str, entries: list[tuple[str, str, Mapping[str, Any]]], values: str,
+               macro: str, *scale: float) -> list[str]:
+        """One column per AU that any entry scores, then the macro average."""
+        aus = sorted({int(a) for _, _, rec in entries for a in rec[values]})
+        if not aus:
+            return []
+        out = ["", title, "", head + " " + " | ".join(f"AU{a}" for a in aus) + " | avg |",
+               "|---|" + ("---|" if grouped else "") + "---|" * (len(aus) + 1)]
+        for name, data, rec in entries:
+            cells = [_fmt(rec[values].get(str(a)), *scale) for a in aus]
+            out.append(f"{label(name, data)} " + " | ".join(cells)
+                       + f" | {_fmt(rec[macro], *scale)} |")
+        return out
+
     # Rows without AU labels (emotion-only test sets) would be all dashes: left out.
-    per_au = [(name, data, r["recognition"]) for name, data, r in rows
-              if r["recognition"]["au_f1"]]
-    aus = sorted({int(a) for _, _, rec in per_au for a in rec["au_f1"]})
-    if aus:
-        lines += ["", "AU F1 (%) read from the captions:", "",
-                  head + " " + " | ".join(f"AU{a}" for a in aus) + " | avg |",
-                  "|---|" + ("---|" if grouped else "") + "---|" * (len(aus) + 1)]
-        for name, data, rec in per_au:
-            cells = [_fmt(rec["au_f1"].get(str(a)), 100, 1) for a in aus]
-            lines.append(f"{label(name, data)} " + " | ".join(cells)
-                         + f" | {_fmt(rec['au_f1_macro'], 100, 1)} |")
-    with_level = [(name, data, r["recognition"]["au_intensity"]) for name, data, r in rows
-                  if r["recognition"].get("au_intensity")]
-    level_aus = sorted({int(a) for _, _, rec in with_level for a in rec["pcc"]})
-    if level_aus:
-        lines += ["", "AU intensity PCC read from the captions (against au_intensity):", "",
-                  head + " " + " | ".join(f"AU{a}" for a in level_aus) + " | avg |",
-                  "|---|" + ("---|" if grouped else "") + "---|" * (len(level_aus) + 1)]
-        for name, data, rec in with_level:
-            cells = [_fmt(rec["pcc"].get(str(a))) for a in level_aus]
-            lines.append(f"{label(name, data)} " + " | ".join(cells)
-                         + f" | {_fmt(rec['pcc_macro'])} |")
+    lines += per_au("AU F1 (%) read from the captions:",
+                    [(name, data, r["recognition"]) for name, data, r in rows
+                     if r["recognition"]["au_f1"]], "au_f1", "au_f1_macro", 100, 1)
+    lines += per_au("AU intensity PCC read from the captions (against au_intensity):",
+                    [(name, data, r["recognition"]["au_intensity"]) for name, data, r in rows
+                     if r["recognition"].get("au_intensity")], "pcc", "pcc_macro")
     return "\n".join(lines)
 
 
