@@ -3,10 +3,8 @@ evaluation step (its task and dataset sections as written; a tiny model and tiny
 place of the trained captioner and the licensed test sets)."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
@@ -15,6 +13,7 @@ from lavis.common.config import Config
 from lavis.common.registry import registry
 from lavis_ext.captions import rules
 from lavis_ext.data.records import add_captions, new_record, save_records
+from support.evaluation import evaluate_once
 
 PROJECTS = Path(__file__).resolve().parents[2] / "projects" / "eval"
 # the ViT-B / OPT-2.7B rows of Table 2 (also the captioners Table 5 rates)
@@ -108,16 +107,7 @@ def test_table2_config_runs_one_evaluation_step(path, tmp_path, tiny_models):
     cfg.datasets.facial_caption_mix.vis_processor.eval.image_size = 112
     cfg.merge_with({"run": {"embedding_encoder": "none", "meteor": False, "max_len": 12,
                             "num_beams": 2, "result_dir": str(tmp_path / "result")}})
-    task = registry.get_task_class(run.task).setup_task(cfg=SimpleNamespace(run_cfg=cfg.run))
-    # as LAVIS's Config does: the builder's default config under the file's dataset section
-    datasets_cfg = Config.build_dataset_config(cfg).datasets
-    datasets = task.build_datasets(SimpleNamespace(datasets_cfg=datasets_cfg))
-    test = datasets["facial_caption_mix"]["test"]
-    model = tiny_models(stand_in)
-    task.before_evaluation(model=model, dataset=test)
-    loader = torch.utils.data.DataLoader(test, batch_size=len(test), collate_fn=test.collater)
-    results = task.evaluation(model, loader, cuda_enabled=False)
-    metrics = task.after_evaluation(val_result=results, split_name="test", epoch="best")
+    metrics = evaluate_once(cfg, tiny_models(stand_in))
     assert {"rouge_l", "agg_metrics"} <= set(metrics)
     saved = json.loads((tmp_path / "result" / "test_epochbest_scores.json").read_text())
     assert set(saved["groups"]) == {"rafau", "gft"}
@@ -150,14 +140,6 @@ def test_table5_config_captions_every_table1_test_set(path, tmp_path, tiny_model
         for d in ("rafau", "gft")]
     cfg.datasets.facial_caption_mix.vis_processor.eval.image_size = 112
     cfg.merge_with({"run": {"max_len": 12, "num_beams": 2, "result_dir": str(tmp_path / "result")}})
-    task = registry.get_task_class(cfg.run.task).setup_task(cfg=SimpleNamespace(run_cfg=cfg.run))
-    datasets_cfg = Config.build_dataset_config(cfg).datasets
-    test = task.build_datasets(SimpleNamespace(datasets_cfg=datasets_cfg))[
-        "facial_caption_mix"]["test"]
-    model = tiny_models(cfg.model.arch)
-    task.before_evaluation(model=model, dataset=test)
-    loader = torch.utils.data.DataLoader(test, batch_size=len(test), collate_fn=test.collater)
-    task.after_evaluation(val_result=task.evaluation(model, loader, cuda_enabled=False),
-                          split_name="test", epoch="best")
+    evaluate_once(cfg, tiny_models(cfg.model.arch))
     read = read_predictions(tmp_path / "result" / "test_epochbest.json")  # as the kit reads it
     assert len(read) == 4

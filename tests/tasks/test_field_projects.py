@@ -4,19 +4,17 @@ states its protocol as Facial-R1's evaluation code applies it, and runs one eval
 captioner and the licensed test sets)."""
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
-import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
 import lavis_ext  # noqa: F401  (registers builders, models and tasks)
-from lavis.common.config import Config
 from lavis.common.registry import registry
 from lavis_ext import facs
 from lavis_ext.captions import rules
 from lavis_ext.data.records import add_captions, new_record, save_records
+from support.evaluation import evaluate_once
 
 PROJECTS = Path(__file__).resolve().parents[2] / "projects" / "eval"
 # The AUs Facial-R1's released test files code (its configs/config.json), per dataset.
@@ -94,16 +92,9 @@ def test_field_config_runs_one_evaluation_step(name, tmp_path):
     source.images = str(tmp_path / "data" / dataset)
     cfg.datasets.facial_caption_mix.vis_processor.eval.image_size = 112
     cfg.merge_with({"run": {"max_len": 12, "num_beams": 2, "result_dir": str(tmp_path / "out")}})
-    task = registry.get_task_class(cfg.run.task).setup_task(cfg=SimpleNamespace(run_cfg=cfg.run))
-    datasets_cfg = Config.build_dataset_config(cfg).datasets
-    test = task.build_datasets(SimpleNamespace(datasets_cfg=datasets_cfg))[
-        "facial_caption_mix"]["test"]
     model_cls = registry.get_model_class(cfg.model.arch)
     model = model_cls.from_config(OmegaConf.load(model_cls.default_config_path("tiny")).model)
-    task.before_evaluation(model=model.eval(), dataset=test)
-    loader = torch.utils.data.DataLoader(test, batch_size=len(test), collate_fn=test.collater)
-    results = task.evaluation(model, loader, cuda_enabled=False)
-    metrics = task.after_evaluation(val_result=results, split_name="test", epoch="best")
+    metrics = evaluate_once(cfg, model.eval())
     saved = json.loads((tmp_path / "out" / "test_epochbest_scores.json").read_text())
     assert saved["n_scored"] == 2 and saved["protocol"] == cfg.run.score_protocol
     if selected == "rouge_l":
