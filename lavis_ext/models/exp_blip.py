@@ -27,6 +27,7 @@ from lavis.models.blip2_models.blip2_qformer import Blip2Qformer
 
 from lavis_ext.errors import InputError
 from lavis_ext.models.bert import qformer_config, qformer_tokenizer, reshaped
+from lavis_ext.models.text_tokens import CaptionTokens
 from lavis_ext.models.checkpoint import (CheckpointKindError, IncompleteCheckpointError,
                                          load_state_dict_report, load_weights_file,
                                          module_groups)
@@ -548,19 +549,19 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         tokenizer = self.opt_tokenizer
         tokenizer.padding_side = "right"
         end = self.llm_family.end_of_text(tokenizer)
-        tokens = tokenizer([t + end for t in samples["text_input"]], return_tensors="pt",
-                           padding="longest", truncation=True, max_length=self.max_txt_len
-                           ).to(image.device)
-        targets = tokens.input_ids.masked_fill(tokens.attention_mask == 0, -100)
+        input_ids, text_mask = self._caption_tokens(tokenizer)(
+            [t + end for t in samples["text_input"]])
+        input_ids, text_mask = input_ids.to(image.device), text_mask.to(image.device)
+        targets = input_ids.masked_fill(text_mask == 0, -100)
         if self.prompt:
             targets[:, :self.prompt_length] = -100  # no loss on the prompt
-        embeds = self.opt_model.get_input_embeddings()(tokens.input_ids)
+        embeds = self.opt_model.get_input_embeddings()(input_ids)
         queries = prefix.shape[:2]
         if self.llm_family.casts_prefix:
             prefix = prefix.to(embeds.dtype)
         inputs = torch.cat([prefix, embeds], dim=1)
         mask = torch.cat([torch.ones(queries, dtype=torch.long, device=image.device),
-                          tokens.attention_mask], dim=1)
+                          text_mask], dim=1)
         targets = torch.cat([torch.full(queries, -100, dtype=torch.long, device=image.device),
                              targets], dim=1)
         with self.maybe_autocast():
@@ -570,6 +571,14 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
             return {"loss": out.loss}
         return {"loss": out.loss + cue_loss, "loss_lm": out.loss.detach(),
                 "loss_au_cue": cue_loss.detach()}
+
+    def _caption_tokens(self, tokenizer: Any) -> CaptionTokens:
+        """The training texts' token ids, each text tokenized once (``text_tokens.py``)."""
+        cache = getattr(self, "_token_cache", None)
+        if cache is None or cache.tokenizer is not tokenizer or \
+                cache.max_length != self.max_txt_len:
+            cache = self._token_cache = CaptionTokens(tokenizer, self.max_txt_len)
+        return cache
 
     def _prefix_and_cue_loss(self, samples: dict[str, Any]) -> tuple[torch.Tensor,
                                                                       torch.Tensor]:

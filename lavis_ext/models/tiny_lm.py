@@ -141,11 +141,14 @@ def _pretrain(model: torch.nn.Module, tokenizer: Any, corpus: Sequence[str], ste
     limit = model.config.max_position_embeddings - max_prefix
     vocab = len(tokenizer)
     losses = []
+    token_ids: dict[str, list[int]] = {}  # each corpus line tokenized once (slow tokenizer)
     model.train()
     for _ in range(steps):
         rows, targets = [], []
         for text in (rng.choice(corpus) for _ in range(batch_size)):
-            ids = tokenizer(text + end).input_ids[:limit]
+            ids = token_ids.get(text)
+            if ids is None:
+                ids = token_ids[text] = tokenizer(text + end).input_ids[:limit]
             if rng.random() < content_prefix:
                 words = list(dict.fromkeys(i for i in ids if i >= n_special))
                 rng.shuffle(words)

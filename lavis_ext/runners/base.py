@@ -8,7 +8,9 @@ behaviour it changes:
 
 * ``model``: LAVIS's property returns None when the model is already on the run device (always
   on CPU) and passes ``device_ids`` to DDP on CPU. Replaced, not extended: its body is the bug.
-* ``optimizer``: ``run.lr_layer_decay`` groups (``layer_decay.py``), else LAVIS's via super().
+* ``optimizer``: ``run.lr_layer_decay`` groups (``layer_decay.py``), else LAVIS's via super();
+  ``run.optimizer_impl`` (``fused`` / ``foreach``) rebuilds it on the same groups with torch's
+  faster AdamW kernels (LAVIS always builds the per-tensor loop on CPU).
 * ``scaler``: ``torch.amp.GradScaler`` enabled only for float16 on CUDA (``amp.py``).
 * ``create_loaders``: no ``PrefetchLoader`` or pinned memory off CUDA, no 2 s pause per pass
   without workers (``loaders.py`` says why super() cannot be used).
@@ -43,6 +45,7 @@ from lavis_ext.runners.amp import AmpPlan, grad_scaler, plan_for_runner
 from lavis_ext.runners.checkpoints import restore_training_state, save_runner_checkpoint
 from lavis_ext.runners.distributed import check_run_device, world_of_one
 from lavis_ext.runners.layer_decay import layer_decay_optimizer
+from lavis_ext.runners.optimizer_impl import with_implementation
 from lavis_ext.runners.schedulers import COSINE, STEP
 
 RUNNER = "runner_expblip"
@@ -97,7 +100,9 @@ class ExpBlipRunnerMixin:
     def optimizer(self) -> torch.optim.Optimizer:
         if self._optimizer is None:
             self._optimizer = layer_decay_optimizer(self.unwrap_dist_model(self.model), self.config.run_cfg)
-        return super().optimizer  # LAVIS builds its own when there is no layer decay
+            built = self._optimizer or super().optimizer  # LAVIS's when there is no layer decay
+            self._optimizer = with_implementation(built, self.config.run_cfg)
+        return super().optimizer
 
     @property
     def lr_scheduler(self) -> Any:

@@ -84,3 +84,4 @@ def layer_decay_optimizer(model: torch.nn.Module, run_cfg: Any) -> torch.optim.O
                  decay, len(groups), scales[0], scales[-1])
     return torch.optim.AdamW(groups, lr=float(run_cfg.init_lr), weight_decay=float(run_cfg.weight_decay),
                              betas=(0.9, run_cfg.get("beta2", 0.999)))
+
