@@ -1,5 +1,6 @@
 """AU-cue targets for training (``model.au_cue_loss``): the processor moves the 5 landmarks
-exactly as it moves the pixels (flip included)."""
+exactly as it moves the pixels (flip included), and the caption datasets give ``au_cue_map``
+and ``au_cue_mask`` per sample, refusing records they cannot draw a map for."""
 from __future__ import annotations
 
 import random
@@ -10,9 +11,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 from PIL import Image, ImageDraw
+from torch.utils.data import DataLoader
 
 import lavis_ext  # noqa: F401  (registers the processors and builders)
 from lavis.common.registry import registry
+from lavis_ext.data.records import new_record, save_records
 from lavis_ext.errors import InputError
 
 # Distinct colours for the 5 marks: left eye, right eye, nose, left and right mouth corner.
@@ -112,3 +115,123 @@ def test_plain_call_and_bad_points():
         torch.manual_seed(seed)
         _, points = no_flip.transform_with_points(_marked_image(), POINTS)
         assert points[0, 0] < points[1, 0]
+
+
+# --- datasets ---------------------------------------------------------------------------------
+
+def _faces(root: Path, count: int = 6, size: int = 96):
+    """Drawn faces (their 5 points known) written as records: AU records with landmarks,
+    then one emotion-only record without AUs."""
+    from lavis_ext.data.synthetic.face import draw_face_points
+
+    rng = random.Random(0)
+    records = []
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        aus = {"12": 1, "4": 0} if i % 2 else {"1": 1, "2": 1, "12": 0}
+        image, points = draw_face_points({int(a): 3 for a, v in aus.items() if v}, rng, size)
+        name = f"face{i}.png"
+        image.save(root / name)
+        record = new_record(name, f"f{i}", "synthetic", "train", aus=aus,
+                            face_landmarks=[[round(float(x), 2), round(float(y), 2)]
+                                            for x, y in points])
+        record["caption"] = [f"caption {i}"]
+        records.append(record)
+    image, _ = draw_face_points({}, rng, size)
+    image.save(root / "emotion.png")
+    emotion = new_record("emotion.png", "e0", "synthetic", "train", emotions=["happiness"])
+    emotion["caption"] = ["a happy face"]
+    records.append(emotion)
+    return records
+
+
+def _build(ann: Path, images: Path, processor: str = "face_image_train_au_cue",
+           image_size: int = 64):
+    name = "emotionet_caption"
+    cfg = OmegaConf.load(registry.get_builder_class(name).default_config_path()).datasets[name]
+    cfg.build_info.annotations = {"train": {"storage": str(ann)}}
+    cfg.build_info.images.storage = str(images)
+    cfg.vis_processor.train = {"name": processor, "image_size": image_size}
+    cfg.vis_processor.eval.image_size = image_size
+    return registry.get_builder_class(name)(cfg).build_datasets()["train"]
+
+
+def test_caption_dataset_gives_maps_and_masks(tmp_path):
+    records = _faces(tmp_path / "images")
+    save_records(records, tmp_path / "train.json")
+    train = _build(tmp_path / "train.json", tmp_path / "images")
+    torch.manual_seed(0)
+    for index, record in enumerate(train.annotation):
+        sample = train[index]
+        assert sample["au_cue_map"].shape == (64, 64) and sample["au_cue_map"].dtype == \
+            torch.float32
+        if record["image_id"] == "e0":  # no AU labels: zero map, masked out
+            assert float(sample["au_cue_mask"]) == 0.0 and not sample["au_cue_map"].any()
+        else:
+            assert float(sample["au_cue_mask"]) == 1.0
+            assert float(sample["au_cue_map"].max()) == pytest.approx(1.0)
+    batch = next(iter(DataLoader(train, batch_size=len(train), collate_fn=train.collater)))
+    assert batch["au_cue_map"].shape == (len(records), 64, 64)
+    assert batch["au_cue_mask"].tolist() == [0.0 if r["image_id"] == "e0" else 1.0
+                                             for r in train.annotation]
+    # Brows (AU1, 2) and mouth corners (AU12) go where the drawn faces have them: with a
+    # full-image "crop" and no flip, the map is the heatmap of the points scaled to 64 px.
+    from lavis_ext.describe.regions import heatmap
+
+    exact = _build(tmp_path / "train.json", tmp_path / "images", image_size=64)
+    exact.vis_processor = registry.get_processor_class("face_image_train_au_cue").from_config(
+        OmegaConf.create({"image_size": 64, "min_scale": 1.0, "hflip": False}))
+    scale = 64 / 96
+    for index, record in enumerate(exact.annotation[:-1]):
+        points = (np.asarray(record["face_landmarks"]) + 0.5) * scale - 0.5
+        expected = heatmap([int(a) for a, v in record["aus"].items() if v == 1], points,
+                           (64, 64))
+        assert np.allclose(exact[index]["au_cue_map"].numpy(), expected, atol=1e-6)
+    # The eval split keeps its plain processor: no maps.
+    assert "au_cue_map" not in _build(tmp_path / "train.json", tmp_path / "images",
+                                      processor="face_image_train")[0]
+
+
+def test_records_without_landmarks_are_refused_at_build(tmp_path):
+    records = _faces(tmp_path / "images", count=3)
+    records[1]["face_landmarks"] = None
+    records[-1].pop("face_landmarks", None)  # emotion-only: needs none
+    save_records(records, tmp_path / "train.json")
+    with pytest.raises(InputError, match=r"emotionet_caption/train: model.au_cue_loss .*"
+                                         r"'face_landmarks'.* 1 of 4 records in .*train.json.*"
+                                         r"image_id 'f1'.*--faces align"):
+        _build(tmp_path / "train.json", tmp_path / "images")
+    _build(tmp_path / "train.json", tmp_path / "images", processor="face_image_train")
+    records[1]["aus"] = {"12": 0}  # no present AU: no map, so no points needed
+    save_records(records, tmp_path / "train.json")
+    assert float(_build(tmp_path / "train.json", tmp_path / "images")[1]["au_cue_mask"]) == 0
+
+
+def test_aligned_crops_map_their_points_through_the_crops_warp(tmp_path):
+    """A record with a crop of ``prepare --faces align`` (aligned here from the record's own
+    box and points, so no detector runs): its points land on their marks inside the crop."""
+    from lavis_ext.describe.prepare_faces import FacePreparer, FaceSettings
+
+    (tmp_path / "images").mkdir()
+    _marked_image().save(tmp_path / "images" / "marked.png")
+    record = new_record("marked.png", "m0", "synthetic", "train", aus={"12": 1},
+                        face_box=[55.0, 30.0, 90.0, 90.0], face_landmarks=POINTS.tolist())
+    record["caption"] = ["smiles"]
+    aligned, summary = FacePreparer(FaceSettings(size=96, margin=0.25)).prepare(
+        [record], tmp_path / "images", tmp_path / "prepared", progress=False)
+    assert summary["aligned"] == 1 and aligned[0].get("face_image")
+    save_records(aligned, tmp_path / "train.json")
+    train = _build(tmp_path / "train.json", tmp_path / "images")
+    crop = train.load_image(0)
+    assert crop.size == (96, 96)
+    points = train.cue_points(0, crop)
+    pixels = np.asarray(crop, dtype=np.float64)
+    for k, colour in enumerate(COLOURS):
+        assert np.abs(points[k] - _centroid(pixels, colour)).max() < 0.5, k
+    assert float(train[0]["au_cue_mask"]) == 1.0
+    # A face_image that prepare did not write has no stored face: refused, naming the file.
+    Image.fromarray(np.asarray(crop)).save(tmp_path / "plain.png")
+    aligned[0]["face_image"] = str(tmp_path / "plain.png")
+    save_records(aligned, tmp_path / "train.json")
+    with pytest.raises(InputError, match=r"plain.png .*image_id 'm0'.*no face stored"):
+        _build(tmp_path / "train.json", tmp_path / "images")[0]
