@@ -2,18 +2,25 @@
 
 LAVIS's ``blip_image_train`` adds RandAugment (rotations, shears, colour ops), which moves
 facial geometry the captions describe. The paper trains with random resized crop and a
-horizontal flip only; ``face_image_train`` does exactly that.
+horizontal flip only; ``face_image_train`` does exactly that. ``face_image_train_au_cue``
+is the same transform that also moves the face's 5 landmarks, for the AU-cue alignment loss.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+import torch
 from lavis.common.registry import registry
 from lavis.processors.base_processor import BaseProcessor
 from lavis.processors.blip_processors import BlipImageBaseProcessor
 from omegaconf import OmegaConf
+from PIL import Image
 from torchvision import transforms
+from torchvision.transforms import functional as TF
 from torchvision.transforms.functional import InterpolationMode
+
+from lavis_ext.errors import InputError
 
 
 @registry.register_processor("face_image_train")
@@ -60,3 +67,54 @@ class FaceCaptionProcessor(BaseProcessor):
     def from_config(cls, cfg: Any = None) -> "FaceCaptionProcessor":
         cfg = cfg if cfg is not None else OmegaConf.create()
         return cls(prompt=cfg.get("prompt", ""), max_words=cfg.get("max_words", 200))
+
+
+# The 5 points' order (image-left eye, image-right eye, nose tip, image-left mouth corner,
+# image-right mouth corner) after a horizontal flip: what was on the right is now on the left.
+FLIPPED_POINT_ORDER = (1, 0, 2, 4, 3)
+
+
+@registry.register_processor("face_image_train_au_cue")
+class FaceImageTrainAUCueProcessor(FaceImageTrainProcessor):
+    """``face_image_train`` that also moves a face's 5 landmarks with the image, for the
+    AU-cue alignment loss (``model.au_cue_loss``; docs/explain.md, "Alignment loss").
+
+    The AU regions are drawn from the points after the transform, so the random resized crop
+    and the flip must move the points exactly as they move the pixels; a flip also swaps the
+    left and right eye and mouth-corner points, or the face frame of ``describe.regions``
+    would point up the face. ``transform_with_points`` draws its random numbers as
+    torchvision's transforms do (same calls, same order), so for one seed its image is the
+    one ``face_image_train`` gives. Called with an image alone it is ``face_image_train``.
+    Points use OpenCV's convention (pixel centres at integers), as the aligner's warp and the
+    region drawing do.
+    """
+
+    needs_points = True  # FacialRecordDataset builds ``au_cue_map`` for such processors
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        steps = self.transform.transforms
+        self._crop = steps[0]
+        self._flip = steps[1] if isinstance(steps[1], transforms.RandomHorizontalFlip) else None
+        self._to_tensor = transforms.Compose(steps[2 if self._flip is not None else 1:])
+
+    def transform_with_points(self, image: Image.Image, points: Any
+                              ) -> tuple[torch.Tensor, np.ndarray]:
+        """The transformed image tensor and the (5, 2) points in its pixels."""
+        crop = self._crop
+        top, left, height, width = crop.get_params(image, crop.scale, crop.ratio)
+        out_h, out_w = crop.size
+        kwargs = {"antialias": crop.antialias} if hasattr(crop, "antialias") else {}
+        image = TF.resized_crop(image, top, left, height, width, crop.size, crop.interpolation,
+                                **kwargs)
+        moved = np.array(points, dtype=np.float64).reshape(-1, 2)
+        if moved.shape != (5, 2):
+            raise InputError(f"face_image_train_au_cue: expected 5 (x, y) points, got an "
+                             f"array of {moved.shape}")
+        moved[:, 0] = (moved[:, 0] + 0.5 - left) * out_w / width - 0.5
+        moved[:, 1] = (moved[:, 1] + 0.5 - top) * out_h / height - 0.5
+        if self._flip is not None and torch.rand(1) < self._flip.p:
+            image = TF.hflip(image)
+            moved[:, 0] = (out_w - 1) - moved[:, 0]
+            moved = moved[list(FLIPPED_POINT_ORDER)]
+        return self._to_tensor(image), moved

@@ -20,6 +20,8 @@ LLM_VARIANTS = {"stage2_tiny_qwen2.yaml": "tiny", "stage2_qwen2.5-1.5b.yaml": "Q
 AU_BLIP_VITG_OPT27 = "stage2_vitg_opt2.7b.yaml"
 # Exp-BLIP stage 2 on ExpLLM-style chain-of-thought text (not a paper run).
 EXP_BLIP_COT = "stage2_cot.yaml"
+# Exp-BLIP stage 2 with the AU-cue alignment loss of Belharbi et al. (not a paper run).
+EXP_BLIP_AU_CUE = "stage2_au_cue.yaml"
 
 
 def _current_stack() -> bool:
@@ -38,10 +40,11 @@ def _model_cfg(cfg):
 
 
 def test_every_experiment_has_all_variants():
-    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS) + 2
+    assert len(CONFIGS) == len(EXPERIMENTS) * 6 + len(LLM_VARIANTS) + 3
     for experiment in EXPERIMENTS:
         names = {p.name for p in (PROJECTS / experiment).glob("*.yaml")}
-        extra = set(LLM_VARIANTS) | {EXP_BLIP_COT} if experiment == "exp_blip" else set()
+        extra = set(LLM_VARIANTS) | {EXP_BLIP_COT, EXP_BLIP_AU_CUE} \
+            if experiment == "exp_blip" else set()
         extra |= {AU_BLIP_VITG_OPT27} if experiment == "au_blip" else set()
         assert names == {f"stage{s}{v}.yaml" for s in (1, 2) for v in ("", "_vitb", "_tiny")
                          } | extra
@@ -258,3 +261,21 @@ def test_cot_variant_is_stage2_with_cot_text():
     assert sources == [s for s in base_data["build_info"]["sources"]
                        if not s["images"].endswith("faceme")]
     assert data["vis_processor"] == base_data["vis_processor"]
+
+
+def test_au_cue_variant_is_stage2_with_the_cue_loss_switched_on():
+    """stage2_au_cue.yaml: stage2.yaml with model.au_cue_loss.weight 9.0, the training
+    processor that moves the landmarks, and its own output; nothing else changed."""
+    from lavis_ext.models.exp_blip import au_cue_weight
+
+    variant = OmegaConf.to_container(OmegaConf.load(PROJECTS / "exp_blip" / EXP_BLIP_AU_CUE))
+    base = OmegaConf.to_container(OmegaConf.load(PROJECTS / "exp_blip" / "stage2.yaml"))
+    assert au_cue_weight(variant["model"].pop("au_cue_loss")) == 9.0
+    assert "au_cue_loss" not in base["model"]
+    assert variant["run"].pop("output_dir") == "output/exp_blip/stage2_au_cue"
+    base["run"].pop("output_dir")
+    processors = variant["datasets"]["facial_caption_mix"]["vis_processor"]
+    assert processors["train"].pop("name") == "face_image_train_au_cue"
+    assert base["datasets"]["facial_caption_mix"]["vis_processor"]["train"].pop("name") \
+        == "face_image_train"
+    assert variant == base

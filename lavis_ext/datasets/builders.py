@@ -5,7 +5,8 @@ builders read only local files: ``build_info.annotations.<split>.storage`` (one 
 or a list) and ``build_info.images.storage`` (the images root). Relative paths are relative
 to the working directory (the rule of ``lavis_ext.io.resolve_path``, shared with the
 facial_captioning task's references). A missing file is an error naming the file and its config key. A
-split whose storage is null is left out.
+split whose storage is null is left out. With ``vis_processor.train: face_image_train_au_cue``
+(the AU-cue alignment loss) the training records are checked for landmarks at build time.
 
 Registered names: ``<dataset>_caption`` for the eight datasets, ``<dataset>_au`` (bp4d, disfa,
 gft, rafau, emotionet), ``<dataset>_emotion`` (affectnet, rafdb, faceme) and
@@ -24,7 +25,8 @@ from lavis_ext.data.records import load_records
 from lavis_ext.errors import InputError
 from lavis_ext.io import resolve_path
 from lavis_ext.datasets.facial_datasets import (FacialAUDataset, FacialCaptionDataset,
-                                                FacialEmotionDataset, emotion_class_name)
+                                                FacialEmotionDataset, emotion_class_name,
+                                                moves_points)
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SPLITS = ("train", "val", "test")
@@ -105,6 +107,8 @@ class FacialBuilderBase(BaseDatasetBuilder):
                 sources=split_sources, is_train=is_train, name=f"{self.name}/{split}", **extra)
             datasets[split].bad_image = bad_image
             datasets[split].cache_limit = cache_mb if is_train else 0
+            if moves_points(self.vis_processors[mode]):  # AU-cue targets: refuse before training
+                datasets[split].check_au_cue_points([path for path, _ in split_sources])
         return datasets
 
 

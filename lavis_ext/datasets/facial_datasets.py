@@ -12,6 +12,16 @@ all-bad batch with other readable items; with ``bad_image="replace"`` the next r
 is returned instead (needed when LAVIS concatenates several training datasets, as its
 ``ConcatDataset.collater`` cannot take ``None``). A broken file never stops a long run.
 With ``num_workers > 0`` each worker keeps its own count; the log lines name every failed file.
+
+AU-cue targets (``model.au_cue_loss``; docs/explain.md, "Alignment loss"): when the training
+image processor moves points too (``face_image_train_au_cue``), every sample also gets
+``au_cue_map``, the merged heatmap of the record's present AUs (``aus`` coded 1) drawn from
+its 5 landmarks after the processor's crop and flip, at the processed image's pixels
+(``image_size`` square: the model area-averages it onto its own patch grid, so no grid is
+configured), and ``au_cue_mask``: 1, or 0 for a record with no present AU (emotion-only
+records, all AUs absent) or whose regions the crop cut away; its map is then all zeros and
+the loss leaves it out. Records with a present AU must carry ``face_landmarks``
+(``check_au_cue_points`` says which do not, at build time).
 """
 from __future__ import annotations
 
@@ -24,7 +34,9 @@ from lavis.datasets.datasets.base_dataset import BaseDataset
 from PIL import Image
 from torch.utils.data.dataloader import default_collate
 
-from lavis_ext.data.records import Record, image_file, load_records
+import numpy as np
+
+from lavis_ext.data.records import Record, image_file, load_records, present_aus
 from lavis_ext.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +58,29 @@ def collate_readable(dataset: Any, samples: list[dict[str, Any] | None],
     if not kept:
         raise RuntimeError(failure())
     return default_collate(kept)
+
+
+def moves_points(processor: Any) -> bool:
+    """Whether an image processor also transforms landmarks (``face_image_train_au_cue``)."""
+    return bool(getattr(processor, "needs_points", False))
+
+
+AU_CUE_FIX = ("run `expblip prepare DATASET --root DIR --out DIR --faces align` (MTCNN's 5 "
+              "points, stored with each crop), or train with vis_processor.train: "
+              "face_image_train and model.au_cue_loss.weight: 0")
+
+
+def au_cue_target(aus: Sequence[int], points: np.ndarray | None,
+                  size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(map, mask) of one training image: the AUs' merged heatmap at ``size`` = (width,
+    height) and 1, or zeros and 0 when there is no AU or no region left inside the image."""
+    from lavis_ext.describe.regions import heatmap
+
+    width, height = size
+    if not aus or points is None:
+        return torch.zeros(height, width), torch.tensor(0.0)
+    target = torch.from_numpy(heatmap(aus, points, size))
+    return target, torch.tensor(1.0 if bool(target.any()) else 0.0)
 
 
 class FacialRecordDataset(BaseDataset):
@@ -73,6 +108,7 @@ class FacialRecordDataset(BaseDataset):
         self.cache_limit = 0
         self._decoded: dict[int, Image.Image] = {}
         self._decoded_bytes = 0
+        self._cue_points: dict[int, np.ndarray] = {}
         self._add_instance_ids()
 
     def image_path(self, index: int) -> str:
@@ -104,6 +140,73 @@ class FacialRecordDataset(BaseDataset):
     def _sample(self, index: int, image) -> dict[str, Any]:
         raise TypeError(f"{type(self).__name__} must define _sample")
 
+    def check_au_cue_points(self, files: Sequence[str] = ()) -> None:
+        """Refuse, before training, records the AU-cue targets cannot be drawn for: a present
+        AU with no spatial region, or no 5 landmarks where an AU is present. Records without
+        a present AU need neither (their mask is 0)."""
+        from lavis_ext.facs import ACTION_UNITS
+
+        where = f" in {list(files)}" if files else ""
+        missing = []
+        for record in self.annotation:
+            aus = present_aus(record)
+            unknown = [au for au in aus if au not in ACTION_UNITS]
+            if unknown:
+                raise InputError(
+                    f"{self.name}: record image_id {record['image_id']!r}{where} has present "
+                    f"AU(s) {unknown} with no AU-cue region (known: {sorted(ACTION_UNITS)})")
+            if aus and not record.get("face_landmarks"):
+                missing.append(record)
+        if missing:
+            first = missing[0]
+            raise InputError(
+                f"{self.name}: model.au_cue_loss (vis_processor face_image_train_au_cue) needs "
+                f"the 5 face landmarks (field 'face_landmarks') of every record with a present "
+                f"AU, but {len(missing)} of {len(self.annotation)} records{where} have none, "
+                f"e.g. image_id {first['image_id']!r} (image {first['image']!r}): "
+                + AU_CUE_FIX)
+
+    def cue_points(self, index: int, image: Image.Image) -> np.ndarray | None:
+        """The record's 5 points in the pixels of the image ``load_image`` gives, or None
+        when it has no present AU (no target, so no points needed).
+
+        Source images: ``face_landmarks`` as stored. Aligned crops (``face_image``): the
+        landmarks mapped by the crop's own warp, from the face and settings ``prepare
+        --faces align`` stored in the crop (as ``explain --ann`` maps them)."""
+        record = self.annotation[index]
+        if not present_aus(record):
+            return None
+        if index in self._cue_points:
+            return self._cue_points[index]
+        if not record.get("face_landmarks"):
+            raise InputError(f"{self.name}: record image_id {record['image_id']!r} has a "
+                             "present AU but no 'face_landmarks' for its AU-cue map: "
+                             + AU_CUE_FIX)
+        points = np.asarray(record["face_landmarks"], dtype=np.float64)
+        if record.get("face_image"):
+            points = self._crop_points(index, image)
+        self._cue_points[index] = points
+        return points
+
+    def _crop_points(self, index: int, image: Image.Image) -> np.ndarray:
+        from pathlib import Path
+
+        from lavis_ext.describe.faces import Face, alignment_matrix, transform_points
+        from lavis_ext.describe.prepare_faces import META_KEY, _read_crop_meta
+
+        path = self.image_path(index)
+        meta = _read_crop_meta(Path(path))
+        if meta is None or not meta.get("face_landmarks") or not meta.get("face_box"):
+            raise InputError(
+                f"{self.name}: {path} (record image_id {self.annotation[index]['image_id']!r}) "
+                f"has no face stored in it (PNG text '{META_KEY}' with face_box, "
+                "face_landmarks and settings, written by expblip prepare --faces align), so "
+                "where its 5 landmarks lie in the crop is unknown: " + AU_CUE_FIX)
+        face = Face(tuple(float(v) for v in meta["face_box"]), None,
+                    [tuple(map(float, p)) for p in meta["face_landmarks"]])
+        matrix = alignment_matrix(face, image.width, float(meta["settings"]["margin"]))
+        return transform_points(face.landmarks, matrix)
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         img = self.load_image(index)
         tries = 0
@@ -113,8 +216,17 @@ class FacialRecordDataset(BaseDataset):
             img = self.load_image(index)
         if img is None:
             return None
-        image = self.vis_processor(img) if self.vis_processor is not None else img
-        return self._sample(index, image)
+        if not moves_points(self.vis_processor):
+            image = self.vis_processor(img) if self.vis_processor is not None else img
+            return self._sample(index, image)
+        points = self.cue_points(index, img)
+        if points is None:
+            image = self.vis_processor(img)
+        else:
+            image, points = self.vis_processor.transform_with_points(img, points)
+        cue_map, cue_mask = au_cue_target(present_aus(self.annotation[index]), points,
+                                          (image.shape[-1], image.shape[-2]))
+        return {**self._sample(index, image), "au_cue_map": cue_map, "au_cue_mask": cue_mask}
 
     def collater(self, samples: list[dict[str, Any] | None]) -> dict[str, Any]:
         return collate_readable(self, samples, lambda: (

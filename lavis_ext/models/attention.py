@@ -205,15 +205,39 @@ def upsample(grid_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 
+def cue_maps_on_grid(maps: torch.Tensor, grid: TokenGrid,
+                     image_size: tuple[int, int]) -> torch.Tensor:
+    """AU-cue targets (batch, rows, cols) on the patch grid, from maps given either on the
+    grid already or at the image's pixels (``image_size`` = (height, width), what the
+    datasets give: then area-averaged, each cell the mean of its patch's pixels, as ATT-COS
+    averages the heatmap onto the grid). So the grid is the encoder's, never configured."""
+    maps = maps.float()
+    shape = tuple(maps.shape[1:])
+    if maps.dim() == 3 and shape == (grid.rows, grid.cols):
+        return maps
+    height, width = image_size
+    if maps.dim() == 3 and shape == (height, width) and height % grid.rows == 0 \
+            and width % grid.cols == 0:
+        return nn.functional.avg_pool2d(maps[:, None], (height // grid.rows,
+                                                        width // grid.cols))[:, 0]
+    raise InputError(
+        f"au_cue_map of shape {tuple(maps.shape)} is not on the {grid.rows}x{grid.cols} "
+        f"patch grid of the image encoder, nor at the images' {height}x{width} pixels (a "
+        "whole number of pixels per patch): give batch x rows x cols maps, or the maps "
+        "face_image_train_au_cue draws at its image_size")
+
+
 def alignment_loss(probabilities: torch.Tensor, heatmaps: torch.Tensor, grid: TokenGrid,
-                   weight: float = 9.0) -> torch.Tensor:
-    """``weight`` * (1 - cos(mean attention, heatmap)), averaged over the batch.
+                   weight: float = 9.0, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``weight`` * (1 - cos(mean attention, heatmap)), averaged over the images that have
+    a cue.
 
     The building block of the AU-cue alignment loss (Belharbi et al. use 9.0 next to their
     cross-entropy): ``probabilities`` from a ``keep_graph`` capture, (layers, batch, heads,
-    queries, keys); ``heatmaps`` (batch, rows, cols), already on the patch grid. Images
-    whose heatmap is all zeros (no cue AUs) add nothing. ``ExpBlip`` adds it to its LM loss
-    when ``model.au_cue_loss.weight`` > 0.
+    queries, keys); ``heatmaps`` (batch, rows, cols), already on the patch grid
+    (``cue_maps_on_grid``). Images whose heatmap is all zeros (no cue AUs) or whose ``mask``
+    (batch; the datasets' ``au_cue_mask``) is 0 add nothing. ``ExpBlip`` adds it to its LM
+    loss when ``model.au_cue_loss.weight`` > 0.
     """
     if heatmaps.shape[1:] != (grid.rows, grid.cols):
         raise InputError(f"heatmaps of shape {tuple(heatmaps.shape)} are not on the "
@@ -221,6 +245,12 @@ def alignment_loss(probabilities: torch.Tensor, heatmaps: torch.Tensor, grid: To
     attention = probabilities.float().mean(dim=(0, 2, 3))[:, int(grid.has_cls):]
     target = heatmaps.reshape(heatmaps.shape[0], -1).to(attention)
     has_cue = target.abs().sum(dim=1) > 0
+    if mask is not None:
+        mask = torch.as_tensor(mask, device=has_cue.device).reshape(-1)
+        if mask.shape[0] != has_cue.shape[0]:
+            raise InputError(f"au_cue_mask has {mask.shape[0]} values for a batch of "
+                             f"{has_cue.shape[0]} au_cue_map maps")
+        has_cue = has_cue & (mask > 0)
     if not bool(has_cue.any()):
         return attention.sum() * 0.0  # keeps the graph (and the device) for the caller
     cos = nn.functional.cosine_similarity(attention[has_cue], target[has_cue], dim=1)

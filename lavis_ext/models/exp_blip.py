@@ -586,20 +586,23 @@ class ExpBlip(ExpBlipParts, Blip2OPT):
         Q-Former's cross-attention, captured with its graph while the prefix is computed
         (the hooks are removed after it), against ``samples["au_cue_map"]``."""
         from lavis_ext.models.attention import (CrossAttentionCapture, alignment_loss,
-                                                  token_grid)
+                                                  cue_maps_on_grid, token_grid)
 
         maps = samples.get("au_cue_map")
         if maps is None:
             raise InputError(
                 f"model.au_cue_loss.weight is {self.au_cue_weight:g}, but the batch has no "
                 "'au_cue_map' (one AU heatmap per image on the patch grid, batch x rows x "
-                "cols): give the maps, or set model.au_cue_loss.weight to 0")
+                "cols): train with the dataset's vis_processor.train: face_image_train_au_cue "
+                "(docs/explain.md), or set model.au_cue_loss.weight to 0")
         with CrossAttentionCapture(self, keep_graph=True) as capture:
             prefix = self._llm_prefix(samples["image"])
         probs = capture.probabilities()
         grid = token_grid(probs.shape[-1], self.visual_encoder)
-        loss = alignment_loss(probs, torch.as_tensor(maps, device=probs.device), grid,
-                              weight=self.au_cue_weight)
+        maps = cue_maps_on_grid(torch.as_tensor(maps, device=probs.device), grid,
+                                tuple(samples["image"].shape[-2:]))
+        loss = alignment_loss(probs, maps, grid, weight=self.au_cue_weight,
+                              mask=samples.get("au_cue_mask"))
         return prefix, loss
 
     def _llm_prefix(self, image: torch.Tensor) -> torch.Tensor:

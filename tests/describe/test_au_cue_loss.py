@@ -81,6 +81,36 @@ def test_targets_follow_the_eval_resize():
     assert not grid_target((), points, (112, 112), 112, GRID).any()
 
 
+def test_pixel_maps_are_area_averaged_onto_the_grid_and_the_mask_drops_images():
+    """The datasets give maps at the image's pixels and a mask; the loss averages the maps
+    onto the encoder's grid (as ATT-COS does) and leaves masked images out."""
+    import cv2
+
+    from lavis_ext.models.attention import TokenGrid, alignment_loss, cue_maps_on_grid
+
+    grid = TokenGrid(7, 7, has_cls=False)
+    pixels = torch.rand(3, 112, 112, generator=torch.Generator().manual_seed(0))
+    pooled = cue_maps_on_grid(pixels, grid, (112, 112))
+    expected = np.stack([cv2.resize(m, (7, 7), interpolation=cv2.INTER_AREA)
+                         for m in pixels.numpy()])
+    assert pooled.shape == (3, 7, 7) and np.allclose(pooled.numpy(), expected, atol=1e-5)
+    assert torch.equal(cue_maps_on_grid(pooled, grid, (112, 112)), pooled)  # on the grid
+    for bad in ((3, 14, 14), (3, 100, 100)):
+        with pytest.raises(InputError, match=r"au_cue_map of shape .* not on the 7x7 patch "
+                                             r"grid .*112x112 pixels"):
+            cue_maps_on_grid(torch.ones(*bad), grid, (112, 112))
+    probs = torch.rand(2, 3, 4, 8, 49, generator=torch.Generator().manual_seed(1))
+    alone = alignment_loss(probs[:, :1], pooled[:1], grid)
+    masked = alignment_loss(probs, pooled, grid, mask=torch.tensor([1.0, 0.0, 0.0]))
+    assert float(alone) > 0 and float(masked) == pytest.approx(float(alone))
+    unmasked = alignment_loss(probs, pooled, grid, mask=torch.ones(3))
+    assert float(unmasked) == pytest.approx(float(alignment_loss(probs, pooled, grid)))
+    assert float(unmasked) != pytest.approx(float(alone))
+    assert float(alignment_loss(probs, pooled, grid, mask=torch.zeros(3))) == 0.0
+    with pytest.raises(InputError, match="au_cue_mask has 2 values for a batch of 3"):
+        alignment_loss(probs, pooled, grid, mask=torch.ones(2))
+
+
 def test_weight_zero_is_the_plain_loss_and_maps_are_required_when_on(tiny_captioner,
                                                                       one_torch_thread):
     model = copy.deepcopy(tiny_captioner.model).eval()  # eval: no dropout, same values
