@@ -3,7 +3,9 @@
 LAVIS's ``blip_image_train`` adds RandAugment (rotations, shears, colour ops), which moves
 facial geometry the captions describe. The paper trains with random resized crop and a
 horizontal flip only; ``face_image_train`` does exactly that. ``face_image_train_au_cue``
-is the same transform that also moves the face's 5 landmarks, for the AU-cue alignment loss.
+is the same transform that also moves the face's 5 landmarks, for the AU-cue alignment loss;
+``face_image_eval_au_cue`` is ``blip_image_eval`` that moves them too, for ATT-COS in
+evaluation.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import numpy as np
 import torch
 from lavis.common.registry import registry
 from lavis.processors.base_processor import BaseProcessor
-from lavis.processors.blip_processors import BlipImageBaseProcessor
+from lavis.processors.blip_processors import BlipImageBaseProcessor, BlipImageEvalProcessor
 from omegaconf import OmegaConf
 from PIL import Image
 from torchvision import transforms
@@ -74,6 +76,22 @@ class FaceCaptionProcessor(BaseProcessor):
 FLIPPED_POINT_ORDER = (1, 0, 2, 4, 3)
 
 
+def move_points(points: Any, box: tuple[float, float, float, float],
+                out_size: tuple[int, int], processor: str) -> np.ndarray:
+    """5 (x, y) points of an image, in the pixels of ``box`` = (left, top, width, height)
+    resized to ``out_size`` = (width, height). Pixel centres are at integers (OpenCV's
+    convention, as the aligner's warp and the region drawing use), so a pixel's centre maps
+    to the centre of the pixels it becomes."""
+    moved = np.array(points, dtype=np.float64).reshape(-1, 2)
+    if moved.shape != (5, 2):
+        raise InputError(f"{processor}: expected 5 (x, y) points, got an array of "
+                         f"{moved.shape}")
+    left, top, width, height = box
+    moved[:, 0] = (moved[:, 0] + 0.5 - left) * out_size[0] / width - 0.5
+    moved[:, 1] = (moved[:, 1] + 0.5 - top) * out_size[1] / height - 0.5
+    return moved
+
+
 @registry.register_processor("face_image_train_au_cue")
 class FaceImageTrainAUCueProcessor(FaceImageTrainProcessor):
     """``face_image_train`` that also moves a face's 5 landmarks with the image, for the
@@ -107,14 +125,34 @@ class FaceImageTrainAUCueProcessor(FaceImageTrainProcessor):
         kwargs = {"antialias": crop.antialias} if hasattr(crop, "antialias") else {}
         image = TF.resized_crop(image, top, left, height, width, crop.size, crop.interpolation,
                                 **kwargs)
-        moved = np.array(points, dtype=np.float64).reshape(-1, 2)
-        if moved.shape != (5, 2):
-            raise InputError(f"face_image_train_au_cue: expected 5 (x, y) points, got an "
-                             f"array of {moved.shape}")
-        moved[:, 0] = (moved[:, 0] + 0.5 - left) * out_w / width - 0.5
-        moved[:, 1] = (moved[:, 1] + 0.5 - top) * out_h / height - 0.5
+        moved = move_points(points, (left, top, width, height), (out_w, out_h),
+                            "face_image_train_au_cue")
         if self._flip is not None and torch.rand(1) < self._flip.p:
             image = TF.hflip(image)
             moved[:, 0] = (out_w - 1) - moved[:, 0]
             moved = moved[list(FLIPPED_POINT_ORDER)]
         return self._to_tensor(image), moved
+
+
+@registry.register_processor("face_image_eval_au_cue")
+class FaceImageEvalAUCueProcessor(BlipImageEvalProcessor):
+    """``blip_image_eval`` (bicubic resize to ``image_size`` square, normalise) that also
+    moves a face's 5 landmarks, so evaluation splits get ``au_cue_map`` / ``au_cue_mask``
+    and the ``facial_captioning`` task reports ATT-COS (docs/explain.md, "ATT-COS in
+    evaluation"). Deterministic: the points are scaled by the resize's own x and y factors.
+    Its pixels are ``blip_image_eval``'s; called with an image alone it is that processor.
+    """
+
+    needs_points = True
+    # How the datasets' errors name what needs the points, and the way out without them
+    # (the training processor's wording is their default).
+    cue_use = "ATT-COS in evaluation (vis_processor.eval face_image_eval_au_cue)"
+    cue_fallback = "evaluate with vis_processor.eval: blip_image_eval (no ATT-COS)"
+
+    def transform_with_points(self, image: Image.Image, points: Any
+                              ) -> tuple[torch.Tensor, np.ndarray]:
+        """The transformed image tensor and the (5, 2) points in its pixels."""
+        out_h, out_w = self.transform.transforms[0].size
+        moved = move_points(points, (0.0, 0.0, image.width, image.height), (out_w, out_h),
+                            "face_image_eval_au_cue")
+        return self.transform(image), moved

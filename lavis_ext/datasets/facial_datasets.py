@@ -21,7 +21,9 @@ its 5 landmarks after the processor's crop and flip, at the processed image's pi
 configured), and ``au_cue_mask``: 1, or 0 for a record with no present AU (emotion-only
 records, all AUs absent) or whose regions the crop cut away; its map is then all zeros and
 the loss leaves it out. Records with a present AU must carry ``face_landmarks``
-(``check_au_cue_points`` says which do not, at build time).
+(``check_au_cue_points`` says which do not, at build time). The eval processor
+``face_image_eval_au_cue`` (a deterministic resize) gives val/test samples the same two
+fields, for the ``facial_captioning`` task's ATT-COS.
 """
 from __future__ import annotations
 
@@ -61,13 +63,23 @@ def collate_readable(dataset: Any, samples: list[dict[str, Any] | None],
 
 
 def moves_points(processor: Any) -> bool:
-    """Whether an image processor also transforms landmarks (``face_image_train_au_cue``)."""
+    """Whether an image processor also transforms landmarks (``face_image_train_au_cue``,
+    ``face_image_eval_au_cue``)."""
     return bool(getattr(processor, "needs_points", False))
 
 
 AU_CUE_FIX = ("run `expblip prepare DATASET --root DIR --out DIR --faces align` (MTCNN's 5 "
-              "points, stored with each crop), or train with vis_processor.train: "
-              "face_image_train and model.au_cue_loss.weight: 0")
+              "points, stored with each crop), or ")
+# What needs the points and the way out without them, unless the processor says otherwise.
+AU_CUE_USE = "model.au_cue_loss (vis_processor face_image_train_au_cue)"
+AU_CUE_FALLBACK = "train with vis_processor.train: face_image_train and " \
+    "model.au_cue_loss.weight: 0"
+
+
+def au_cue_fix(processor: Any) -> str:
+    """The fix an error about missing points offers, worded for the processor's use
+    (training's cue loss or evaluation's ATT-COS)."""
+    return AU_CUE_FIX + getattr(processor, "cue_fallback", AU_CUE_FALLBACK)
 
 
 def au_cue_target(aus: Sequence[int], points: np.ndarray | None,
@@ -160,11 +172,11 @@ class FacialRecordDataset(BaseDataset):
         if missing:
             first = missing[0]
             raise InputError(
-                f"{self.name}: model.au_cue_loss (vis_processor face_image_train_au_cue) needs "
+                f"{self.name}: {getattr(self.vis_processor, 'cue_use', AU_CUE_USE)} needs "
                 f"the 5 face landmarks (field 'face_landmarks') of every record with a present "
                 f"AU, but {len(missing)} of {len(self.annotation)} records{where} have none, "
                 f"e.g. image_id {first['image_id']!r} (image {first['image']!r}): "
-                + AU_CUE_FIX)
+                + au_cue_fix(self.vis_processor))
 
     def cue_points(self, index: int, image: Image.Image) -> np.ndarray | None:
         """The record's 5 points in the pixels of the image ``load_image`` gives, or None
@@ -181,7 +193,7 @@ class FacialRecordDataset(BaseDataset):
         if not record.get("face_landmarks"):
             raise InputError(f"{self.name}: record image_id {record['image_id']!r} has a "
                              "present AU but no 'face_landmarks' for its AU-cue map: "
-                             + AU_CUE_FIX)
+                             + au_cue_fix(self.vis_processor))
         points = np.asarray(record["face_landmarks"], dtype=np.float64)
         if record.get("face_image"):
             points = self._crop_points(index, image)
@@ -201,7 +213,8 @@ class FacialRecordDataset(BaseDataset):
                 f"{self.name}: {path} (record image_id {self.annotation[index]['image_id']!r}) "
                 f"has no face stored in it (PNG text '{META_KEY}' with face_box, "
                 "face_landmarks and settings, written by expblip prepare --faces align), so "
-                "where its 5 landmarks lie in the crop is unknown: " + AU_CUE_FIX)
+                "where its 5 landmarks lie in the crop is unknown: "
+                + au_cue_fix(self.vis_processor))
         face = Face(tuple(float(v) for v in meta["face_box"]), None,
                     [tuple(map(float, p)) for p in meta["face_landmarks"]])
         matrix = alignment_matrix(face, image.width, float(meta["settings"]["margin"]))

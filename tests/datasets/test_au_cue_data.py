@@ -235,3 +235,75 @@ def test_aligned_crops_map_their_points_through_the_crops_warp(tmp_path):
     save_records(aligned, tmp_path / "train.json")
     with pytest.raises(InputError, match=r"plain.png .*image_id 'm0'.*no face stored"):
         _build(tmp_path / "train.json", tmp_path / "images")[0]
+
+
+# --- evaluation: ATT-COS targets on test splits ------------------------------------------------
+
+def _eval_processor(image_size: int = 112):
+    cls = registry.get_processor_class("face_image_eval_au_cue")
+    return cls.from_config(OmegaConf.create({"image_size": image_size}))
+
+
+@pytest.mark.parametrize("image_size", [112, 224])
+def test_eval_processor_moves_points_onto_their_marks(image_size):
+    """A deterministic squash of the 200 x 150 picture to a square (x and y scale apart,
+    down and up): every mark lands where its point says, and the pixels are
+    blip_image_eval's."""
+    processor = _eval_processor(image_size)
+    plain = registry.get_processor_class("blip_image_eval").from_config(
+        OmegaConf.create({"image_size": image_size}))
+    image = _marked_image()
+    tensor, points = processor.transform_with_points(image, POINTS)
+    assert torch.equal(tensor, plain(image)) and torch.equal(processor(image), tensor)
+    again, same = processor.transform_with_points(image, POINTS)
+    assert torch.equal(again, tensor) and np.array_equal(same, points)
+    assert tensor.shape == (3, image_size, image_size) and points.shape == (5, 2)
+    pixels = _pixels(processor, tensor)
+    for k, colour in enumerate(COLOURS):
+        centroid = _centroid(pixels, colour)
+        assert centroid is not None, k
+        # within a quarter pixel (the corner convention, points * scale, is off by 0.3)
+        assert np.abs(points[k] - centroid).max() < 0.25, (k, points[k], centroid)
+    # The order is kept (no flip) and the scale is the resize's own, per axis, about pixel
+    # centres.
+    assert np.allclose(points, (POINTS + 0.5) * [image_size / 200, image_size / 150] - 0.5)
+    with pytest.raises(InputError, match="face_image_eval_au_cue: expected 5"):
+        processor.transform_with_points(image, POINTS[:3])
+
+
+def _build_eval(ann: Path, images: Path, processor: str = "face_image_eval_au_cue",
+                image_size: int = 64):
+    name = "emotionet_caption"
+    cfg = OmegaConf.load(registry.get_builder_class(name).default_config_path()).datasets[name]
+    cfg.build_info.annotations = {"test": {"storage": str(ann)}}
+    cfg.build_info.images.storage = str(images)
+    cfg.vis_processor.eval = {"name": processor, "image_size": image_size}
+    return registry.get_builder_class(name)(cfg).build_datasets()["test"]
+
+
+def test_eval_split_gives_the_maps_of_the_resized_points(tmp_path):
+    from lavis_ext.describe.regions import heatmap
+
+    records = _faces(tmp_path / "images")
+    save_records(records, tmp_path / "test.json")
+    test = _build_eval(tmp_path / "test.json", tmp_path / "images")
+    assert not test.is_train
+    scale = 64 / 96
+    for index, record in enumerate(test.annotation):
+        sample = test[index]
+        if record["image_id"] == "e0":  # emotion-only: no labelled AU, nothing to score
+            assert float(sample["au_cue_mask"]) == 0.0 and not sample["au_cue_map"].any()
+            continue
+        points = (np.asarray(record["face_landmarks"]) + 0.5) * scale - 0.5
+        expected = heatmap([int(a) for a, v in record["aus"].items() if v == 1], points,
+                           (64, 64))
+        assert float(sample["au_cue_mask"]) == 1.0
+        assert np.array_equal(sample["au_cue_map"].numpy(), expected)  # no randomness
+    assert "au_cue_map" not in _build_eval(tmp_path / "test.json", tmp_path / "images",
+                                           processor="blip_image_eval")[0]
+    records[2]["face_landmarks"] = None
+    save_records(records, tmp_path / "test.json")
+    with pytest.raises(InputError, match=r"emotionet_caption/test: ATT-COS in evaluation "
+                                         r"\(vis_processor.eval face_image_eval_au_cue\).*"
+                                         r"image_id 'f2'.*--faces align.*blip_image_eval"):
+        _build_eval(tmp_path / "test.json", tmp_path / "images")
