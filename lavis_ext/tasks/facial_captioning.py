@@ -20,6 +20,13 @@ the paper's and the default, or ``coco``; see ``lavis_ext.metrics.captioning``);
 ``text_format`` (``caption``, the default: AUs and emotions read from the whole caption; or
 ``cot``: ExpLLM's three parts, AUs from the key observations, the emotion from the
 conclusion, see ``lavis_ext.metrics.cot``). ``select_metric`` reads the pooled result.
+
+ATT-COS (docs/explain.md): when the split's batches carry ``au_cue_map`` (the eval processor
+``face_image_eval_au_cue``), the Q-Former's cross-attention is read during generation and each
+image with ``au_cue_mask`` 1 gets the cosine between its mean attention and its labelled AUs'
+heatmap, computed as ``explain --ann`` computes it (``explain.att_cos``); the metrics then
+hold their mean, ``att_cos``, and ``att_cos_images``, how many images were scored. Nothing is
+captured or reported otherwise.
 """
 from __future__ import annotations
 
@@ -71,6 +78,56 @@ def ids_as_strings(image_ids: Any) -> list[str]:
 
 def _au_subset(value: Any) -> tuple[int, ...] | None:
     return facs.parse_au_subset(value, "run_cfg.au_subset")
+
+
+def batch_att_cos(model: torch.nn.Module, probabilities: torch.Tensor,
+                  cue_maps: torch.Tensor, masks: torch.Tensor | None) -> list[float | None]:
+    """Per image, ATT-COS of its mean cross-attention against its ``au_cue_map``, by the
+    one definition ``explain --ann`` uses (``explain.att_cos``: the map averaged onto the
+    patch grid, then the cosine); None where ``au_cue_mask`` is 0 or the map is empty.
+    ``probabilities``: a capture of one Q-Former pass over the batch (generation runs the
+    Q-Former once per image, before any beam is expanded)."""
+    from lavis_ext.describe.explain import att_cos
+    from lavis_ext.models.attention import to_maps, token_grid, visual_encoder_of
+
+    count = int(cue_maps.shape[0])
+    if probabilities.shape[1] != count:
+        raise RuntimeError(f"ATT-COS: the Q-Former's cross-attention was recorded for "
+                           f"{probabilities.shape[1]} images during generation, but the batch "
+                           f"has {count} au_cue_map maps; {type(model).__name__}.generate must "
+                           "run the Q-Former once over the batch")
+    maps = to_maps(probabilities, token_grid(probabilities.shape[-1], visual_encoder_of(model)))
+    targets = cue_maps.detach().float().cpu().numpy()
+    keep = [True] * count if masks is None else \
+        [bool(v > 0) for v in torch.as_tensor(masks).reshape(-1).tolist()]
+    return [att_cos(m, t) if k else None for m, t, k in zip(maps, targets, keep)]
+
+
+def add_att_cos(scores: dict[str, Any], predictions: list[Mapping[str, Any]],
+                report_by: str | None, where: str) -> None:
+    """Put the predictions' per-image ``att_cos`` into the scores: per sample, and the mean
+    with its image count in the pooled metrics and (with ``report_by``) each group's. Does
+    nothing when no prediction carries the field (no maps in the split)."""
+    values = {str(p["image_id"]): p["att_cos"] for p in predictions if "att_cos" in p}
+    if not values:
+        return
+    samples = scores.get("per_sample", [])
+    for sample in samples:
+        if sample["image_id"] in values:
+            sample["att_cos"] = values[sample["image_id"]]
+
+    def summarise(part: dict[str, Any], ids: list[str]) -> None:
+        kept = [values[i] for i in ids if values.get(i) is not None]
+        if kept:
+            part["metrics"]["att_cos"] = float(sum(kept) / len(kept))
+            part["metrics"]["att_cos_images"] = len(kept)
+
+    summarise(scores, [s["image_id"] for s in samples])
+    if "att_cos" not in scores["metrics"]:
+        logging.warning("%s: the eval processor gave AU-cue maps, but no image has a labelled "
+                        "AU (aus coded 1) inside the picture: no ATT-COS", where)
+    for group, part in (scores.get("groups") or {}).items():
+        summarise(part, [s["image_id"] for s in samples if s.get(report_by) == group])
 
 
 @registry.register_task("facial_captioning")
@@ -148,10 +205,26 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
         self._records = records_for_dataset(dataset, self._annotation_files)
 
     # --- generation ------------------------------------------------------------------------
-    def valid_step(self, model: Any, samples: Mapping[str, Any]) -> list[dict[str, str]]:
-        captions = model.generate(samples, use_nucleus_sampling=False, **self.generate_kwargs)
-        return [{"image_id": image_id, "caption": caption}
-                for image_id, caption in zip(ids_as_strings(samples["image_id"]), captions)]
+    def valid_step(self, model: Any, samples: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One caption per image; with ``au_cue_map`` in the batch also its ATT-COS, from the
+        cross-attention of the same generation pass (read by forward hooks, so the captions
+        are unchanged)."""
+        cue_maps = samples.get("au_cue_map")
+        if cue_maps is None:
+            captions = model.generate(samples, use_nucleus_sampling=False,
+                                      **self.generate_kwargs)
+            return [{"image_id": image_id, "caption": caption}
+                    for image_id, caption in zip(ids_as_strings(samples["image_id"]), captions)]
+        from lavis_ext.models.attention import CrossAttentionCapture
+
+        with CrossAttentionCapture(model) as capture:
+            captions = model.generate(samples, use_nucleus_sampling=False,
+                                      **self.generate_kwargs)
+        cosines = batch_att_cos(model, capture.probabilities(), cue_maps,
+                                samples.get("au_cue_mask"))
+        return [{"image_id": image_id, "caption": caption, "att_cos": cos}
+                for image_id, caption, cos in zip(ids_as_strings(samples["image_id"]),
+                                                  captions, cosines)]
 
     def evaluation(self, model: Any, data_loader: Any, cuda_enabled: bool = True) -> list:
         cuda_enabled = cuda_enabled and model_on_cuda(model)
@@ -212,6 +285,7 @@ class FacialCaptioningTask(RunBoundTask, BaseTask):
                                    au_subset=self.au_subset, ref_kinds=self.ref_kinds,
                                    report_by=self.report_by, protocol=self.score_protocol,
                                    where=f"{split_name} predictions (epoch {epoch})")
+        add_att_cos(scores, predictions, self.report_by, f"{split_name} (epoch {epoch})")
         metrics = {k: v for k, v in scores["metrics"].items() if v is not None}
         selected = metrics.get(self.select_metric)
         if selected is None:
