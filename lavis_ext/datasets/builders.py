@@ -6,7 +6,9 @@ or a list) and ``build_info.images.storage`` (the images root). Relative paths a
 to the working directory (the rule of ``lavis_ext.io.resolve_path``, shared with the
 facial_captioning task's references). A missing file is an error naming the file and its config key. A
 split whose storage is null is left out. With ``vis_processor.train: face_image_train_au_cue``
-(the AU-cue alignment loss) the training records are checked for landmarks at build time.
+(the AU-cue alignment loss) the training records, and with ``vis_processor.eval:
+face_image_eval_au_cue`` (ATT-COS in evaluation) the val/test records, are checked for
+landmarks at build time.
 
 Registered names: ``<dataset>_caption`` for the eight datasets, ``<dataset>_au`` (bp4d, disfa,
 gft, rafau, emotionet), ``<dataset>_emotion`` (affectnet, rafdb, faceme) and
