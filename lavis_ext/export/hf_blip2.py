@@ -1,4 +1,4 @@
-"""LAVIS Exp-BLIP (EVA ViT + Q-Former + OPT) -> transformers' ``Blip2ForConditionalGeneration``.
+"""LAVIS Exp-BLIP (EVA ViT + Q-Former + LLM) -> transformers' ``Blip2ForConditionalGeneration``.
 
 The one place that knows both key layouts (docs/export.md has the table). ``ARCH`` describes
 the architecture a stage-2 model has, read off the built model; from it come every key the
@@ -19,8 +19,11 @@ against both implementations' code:
   query tokens) is transformers' ``qformer.layernorm``; ``attention.self`` is
   ``attention.attention``; cross-attention sits on layers ``i % cross_attention_freq == 0``
   in both. ``embeddings.position_ids`` is a constant buffer, checked and dropped.
-* ``opt_proj`` is ``language_projection``; ``opt_model.*`` is ``language_model.*`` (the same
-  OPT module tree in LAVIS's modeling_opt and transformers' OPTForCausalLM).
+* ``opt_proj`` is ``language_projection``; ``opt_model.*`` is ``language_model.*``, key for
+  key: transformers' BLIP-2 builds its LLM with ``AutoModelForCausalLM``, whose module tree is
+  the one our LLM has. For OPT, LAVIS's modeling_opt has the tree of transformers'
+  OPTForCausalLM; every other family (Llama, Qwen2, Mistral ...) is transformers' own class
+  here already. A tied output head is not written (transformers ties it on load).
 
 Only torch is imported here; the folder writer is ``lavis_ext.export.writer``.
 """
@@ -51,32 +54,42 @@ class Arch:
     qformer_layers: int
     cross_attention_freq: int
     num_query_tokens: int
-    opt_layers: int
-    opt_project: bool  # word_embed_proj_dim != hidden_size: project_in / project_out
-    opt_final_norm: bool
-    opt_tied: bool
+    llm_family: str  # the LLM config's model_type: opt, llama, qwen2 ...
+    llm_keys: tuple[str, ...]  # the LLM's state-dict keys (without "opt_model.")
+    llm_tied: bool  # lm_head shares embed_tokens
 
 
 class NotExportable(UsageError):
     """A model with no transformers counterpart (said why)."""
 
 
-def refuse_non_opt(llm: Any) -> None:
-    """Refuse an LLM of any family but OPT, naming it.
+def llm_family(llm: Any) -> str:
+    """The LLM's family (its config's ``model_type``) if transformers' BLIP-2 can hold it;
+    else ``NotExportable`` naming it.
 
-    The key table, ``hf_config`` and the equivalence test cover OPT only (LAVIS's module tree,
-    ``opt_model.model.decoder``). transformers' BLIP-2 builds its language model with
-    ``AutoModelForCausalLM`` and could hold a Llama or Qwen2 too; mapping those is not done
-    yet, and a raw ``AttributeError`` halfway through is worse than saying so.
+    ``Blip2ForConditionalGeneration`` builds its language model with
+    ``AutoModelForCausalLM.from_config(text_config)``, so it holds every decoder family that
+    mapping knows. Ours is LAVIS's OPT (the tree of transformers' OPT) or transformers' own
+    class of that family, so the keys carry over unchanged.
     """
     from lavis.models.blip2_models.modeling_opt import OPTForCausalLM
+    from transformers import PreTrainedModel
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    if not isinstance(llm, OPTForCausalLM):
-        family = getattr(getattr(llm, "config", None), "model_type", None) or type(llm).__name__
+    family = getattr(getattr(llm, "config", None), "model_type", None) or type(llm).__name__
+    if isinstance(llm, OPTForCausalLM):
+        return "opt"
+    if not isinstance(llm, PreTrainedModel) or family not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise NotExportable(
-            f"the LLM is a '{family}' model ({type(llm).__name__}); export-hf writes OPT "
-            "language models only (model.llm_model: an OPT, e.g. facebook/opt-2.7b or 'tiny' "
-            "with tiny_lm.family: opt)")
+            f"the LLM is a '{family}' model ({type(llm).__name__}); transformers' BLIP-2 holds "
+            "only the decoder families of AutoModelForCausalLM (OPT, Llama, Qwen2, Mistral ...)")
+    names = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES[family]
+    names = (names,) if isinstance(names, str) else tuple(names)
+    if type(llm).__name__ not in names:
+        raise NotExportable(
+            f"the LLM is a {type(llm).__name__}, not transformers' {names[0]}, which BLIP-2 "
+            f"builds for '{family}': its weights might not load there key for key")
+    return family
 
 
 def arch_of(model: Any) -> Arch:
@@ -87,7 +100,7 @@ def arch_of(model: Any) -> Arch:
     if encoder is None or not hasattr(model, "opt_model"):
         raise NotExportable("export-hf needs a stage-2 captioner (exp_blip, au_blip, "
                             f"emot_blip); got {type(model).__name__}")
-    refuse_non_opt(model.opt_model)
+    family = llm_family(model.opt_model)
     if not isinstance(encoder, VisionTransformer):
         raise NotExportable(
             f"the image encoder is {type(encoder).__name__}, which transformers' BLIP-2 has no "
@@ -102,18 +115,16 @@ def arch_of(model: Any) -> Arch:
         raise NotExportable("the EVA ViT has no q/v biases (qkv_bias=False); Blip2VisionModel "
                             "is exported with qkv_bias=True only")
     bert = model.Qformer.bert.config
-    opt = model.opt_model.config
-    decoder = model.opt_model.model.decoder
-    head, embed = model.opt_model.lm_head.weight, decoder.embed_tokens.weight
+    llm = model.opt_model
+    head, embed = llm.get_output_embeddings().weight, llm.get_input_embeddings().weight
     return Arch(
         vision_depth=len(encoder.blocks), vision_width=encoder.embed_dim,
         vision_heads=block.attn.num_heads, vision_mlp=block.mlp.fc1.out_features,
         patch_size=encoder.patch_embed.patch_size[0], image_size=encoder.patch_embed.img_size[0],
         qformer_layers=bert.num_hidden_layers, cross_attention_freq=bert.cross_attention_freq,
-        num_query_tokens=model.query_tokens.shape[1], opt_layers=opt.num_hidden_layers,
-        opt_project=decoder.project_in is not None, opt_final_norm=decoder.final_layer_norm
-        is not None,
-        opt_tied=head is embed or (head.shape == embed.shape and torch.equal(head, embed)))
+        num_query_tokens=model.query_tokens.shape[1], llm_family=family,
+        llm_keys=tuple(llm.state_dict()),
+        llm_tied=head is embed or (head.shape == embed.shape and torch.equal(head, embed)))
 
 
 # --- the key table ---------------------------------------------------------------------------
@@ -156,20 +167,7 @@ CROSS_TABLE: list[tuple[str, str | None]] = [  # only on layers i % cross_attent
                  ("output.LayerNorm", "output.LayerNorm")) for p in _WB]
 PROJ_TABLE: list[tuple[str, str | None]] = [
     *[(f"opt_proj.{p}", f"language_projection.{p}") for p in _WB]]
-_DEC = "opt_model.model.decoder"
-OPT_TABLE: list[tuple[str, str | None]] = [
-    (f"{_DEC}.embed_tokens.weight", "language_model.model.decoder.embed_tokens.weight"),
-    (f"{_DEC}.embed_positions.weight", "language_model.model.decoder.embed_positions.weight"),
-    *[(f"{_DEC}.layers.{{i}}.{m}.{p}", f"language_model.model.decoder.layers.{{i}}.{m}.{p}")
-      for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                "self_attn.out_proj", "self_attn_layer_norm", "fc1", "fc2",
-                "final_layer_norm") for p in _WB],
-]
-OPT_FINAL_NORM = [(f"{_DEC}.final_layer_norm.{p}",
-                   f"language_model.model.decoder.final_layer_norm.{p}") for p in _WB]
-OPT_PROJECT = [(f"{_DEC}.{m}.weight", f"language_model.model.decoder.{m}.weight")
-               for m in ("project_in", "project_out")]
-OPT_HEAD = [("opt_model.lm_head.weight", "language_model.lm_head.weight")]
+LLM_PREFIX, HF_LLM_PREFIX = "opt_model.", "language_model."
 
 
 def key_table(arch: Arch) -> dict[str, str | None]:
@@ -189,13 +187,17 @@ def key_table(arch: Arch) -> dict[str, str | None]:
     add(QFORMER_TABLE, range(arch.qformer_layers))
     add(CROSS_TABLE, [i for i in range(arch.qformer_layers) if i % arch.cross_attention_freq == 0])
     add(PROJ_TABLE)
-    add(OPT_TABLE, range(arch.opt_layers))
-    if arch.opt_final_norm:
-        add(OPT_FINAL_NORM)
-    if arch.opt_project:
-        add(OPT_PROJECT)
-    add(OPT_HEAD)  # always in LAVIS's state dict; written only when not tied
+    # the LLM key for key; a tied head stays in our state dict and is written only when untied
+    add((LLM_PREFIX + key, HF_LLM_PREFIX + key) for key in arch.llm_keys)
     return dict(rows)
+
+
+def _head_key(arch: Arch) -> str:
+    return LLM_PREFIX + next(k for k in arch.llm_keys if k.startswith("lm_head."))
+
+
+def _embed_key(arch: Arch) -> str:
+    return LLM_PREFIX + next(k for k in arch.llm_keys if k.endswith("embed_tokens.weight"))
 
 
 def expected_keys(arch: Arch) -> set[str]:
@@ -223,14 +225,14 @@ def convert(state: Mapping[str, torch.Tensor], arch: Arch, dtype: torch.dtype | 
             source: str = "the state dict") -> dict[str, torch.Tensor]:
     """The Hugging Face state dict for a checked LAVIS stage-2 state dict.
 
-    ``dtype``: cast floating tensors (None keeps them). Tied OPT heads are not written
+    ``dtype``: cast floating tensors (None keeps them). Tied LLM heads are not written
     (transformers ties ``lm_head`` to ``embed_tokens`` on load).
     """
     check_keys(state, arch, source)
     table = key_table(arch)
     out: dict[str, torch.Tensor] = {}
     for src, dst in table.items():
-        if dst is None or (src == "opt_model.lm_head.weight" and arch.opt_tied):
+        if dst is None or (arch.llm_tied and src == _head_key(arch)):
             continue
         out[dst] = state[src]
     for i in range(arch.vision_depth):
@@ -241,9 +243,8 @@ def convert(state: Mapping[str, torch.Tensor], arch: Arch, dtype: torch.dtype | 
     positions = state["Qformer.bert.embeddings.position_ids"]
     if not torch.equal(positions.flatten().cpu(), torch.arange(positions.numel())):
         raise ExportKeyError(f"{source}: Qformer.bert.embeddings.position_ids is not 0..n-1")
-    if arch.opt_tied and not torch.equal(state["opt_model.lm_head.weight"],
-                                         state[f"{_DEC}.embed_tokens.weight"]):
-        raise ExportKeyError(f"{source}: opt_model.lm_head.weight differs from embed_tokens "
+    if arch.llm_tied and not torch.equal(state[_head_key(arch)], state[_embed_key(arch)]):
+        raise ExportKeyError(f"{source}: {_head_key(arch)} differs from {_embed_key(arch)} "
                              "although the model ties them")
     result = {}
     for key, tensor in out.items():
@@ -255,7 +256,7 @@ def convert(state: Mapping[str, torch.Tensor], arch: Arch, dtype: torch.dtype | 
 
 
 # --- configs ---------------------------------------------------------------------------------
-_OPT_DROP = ("_name_or_path", "transformers_version", "architectures", "torch_dtype",
+_LLM_DROP = ("_name_or_path", "transformers_version", "architectures", "torch_dtype",
              "_commit_hash", "use_cache")
 
 
@@ -263,8 +264,8 @@ def hf_config(model: Any, arch: Arch, image_token_index: int, dtype: str) -> dic
     """``config.json`` for ``Blip2ForConditionalGeneration`` (a plain dict: the exporter runs
     on the LAVIS stack's transformers, which predates BLIP-2)."""
     bert = model.Qformer.bert.config
-    text = {k: v for k, v in model.opt_model.config.to_dict().items() if k not in _OPT_DROP}
-    text.update(model_type="opt", tie_word_embeddings=arch.opt_tied)
+    text = {k: v for k, v in model.opt_model.config.to_dict().items() if k not in _LLM_DROP}
+    text.update(model_type=arch.llm_family, tie_word_embeddings=arch.llm_tied)
     vision = dict(
         model_type="blip_2_vision_model", hidden_size=arch.vision_width,
         intermediate_size=arch.vision_mlp, num_hidden_layers=arch.vision_depth,
@@ -286,7 +287,7 @@ def hf_config(model: Any, arch: Arch, image_token_index: int, dtype: str) -> dic
                 num_query_tokens=arch.num_query_tokens, image_token_index=image_token_index,
                 image_text_hidden_size=256, initializer_factor=1.0, initializer_range=0.02,
                 use_decoder_only_language_model=True, torch_dtype=dtype, vision_config=vision,
-                qformer_config=qformer, text_config=text, tie_word_embeddings=arch.opt_tied)
+                qformer_config=qformer, text_config=text, tie_word_embeddings=arch.llm_tied)
 
 
 def generation_config(model: Any, settings: Mapping[str, Any], prompt_ids: int) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 The folder holds what ``Blip2ForConditionalGeneration.from_pretrained`` and
 ``Blip2Processor.from_pretrained`` read: config.json, safetensors weights (sharded past
-``max_shard_bytes``), the OPT tokenizer with BLIP-2's ``<image>`` token, preprocessor and
+``max_shard_bytes``), the LLM's tokenizer with BLIP-2's ``<image>`` token, preprocessor and
 processor configs matching the model's eval image processor, generation_config.json and a
 model card. It is built in a temporary folder next to ``out`` and renamed into place, so an
 interrupted export leaves nothing half-written. The key mapping is ``hf_blip2``.
@@ -45,9 +45,9 @@ EXPORTABLE_VIT = ("eva_clip_g", "tiny_eva")
 
 
 def check_encoder_config(model: str) -> None:
-    """Refuse an image encoder without a transformers counterpart, and a tiny LM of a family
-    export-hf does not write (``hf_blip2.refuse_non_opt``), from the config alone, before
-    anything (an LLM, say) is built."""
+    """Refuse an image encoder without a transformers counterpart from the config alone,
+    before anything (an LLM, say) is built. The LLM's family is checked on the built model
+    (``hf_blip2.llm_family``)."""
     from omegaconf import OmegaConf
 
     if os.path.isfile(model):
@@ -67,12 +67,6 @@ def check_encoder_config(model: str) -> None:
             cfg = OmegaConf.load(cls.default_config_path(model_type or "base")).model
         except (KeyError, AssertionError, FileNotFoundError):
             return
-    tiny_lm = cfg.get("tiny_lm") or {}
-    family = tiny_lm.get("family") or "opt"
-    if "tiny" in (cfg.get("llm_model"), cfg.get("opt_model")) and family != "opt":
-        raise NotExportable(
-            f"{model}: the LLM is a '{family}' model (model.tiny_lm.family); export-hf writes "
-            "OPT language models only")
     vit = cfg.get("vit_model", "eva_clip_g")
     if vit not in EXPORTABLE_VIT:
         raise NotExportable(
@@ -110,7 +104,7 @@ def image_processor_config(processor: Any) -> dict[str, Any]:
 
 
 def save_tokenizer(tokenizer: Any, folder: Path, vocab_rows: int) -> int:
-    """Save the OPT tokenizer with ``<image>`` added; return its id.
+    """Save the LLM's tokenizer with ``<image>`` added; return its id.
 
     transformers' BLIP-2 marks where the query outputs go with that token, so its id must be an
     embedding row the LLM has but the tokenizer does not use (OPT: 50265 of 50272 rows).
@@ -184,7 +178,8 @@ A BLIP-2 captioner that describes a face: {kind}.
 - Caption kind: {kind}
 - Architecture: EVA ViT ({vision['num_hidden_layers']} blocks, width {vision['hidden_size']}),
   Q-Former ({hf['qformer_config']['num_hidden_layers']} layers, {hf['num_query_tokens']}
-  queries), OPT ({text['num_hidden_layers']} layers, width {text['hidden_size']});
+  queries), {text['model_type']} LLM ({text['num_hidden_layers']} layers, width
+  {text['hidden_size']});
   {parameters:,} parameters, stored as {dtype}.
 
 ```python
@@ -233,7 +228,9 @@ def export_hf(model: str, out: str | os.PathLike, *, dtype: str = "float32",
         raise ExportKeyError(f"{report.get('source', model)}: {len(leftover)} key(s) not mapped "
                              f"to Blip2ForConditionalGeneration: {', '.join(leftover[:10])}")
     state = hf_blip2.convert(net.state_dict(), arch, DTYPES[dtype], source=model)
-    prompt_len = 1 + len(net.opt_tokenizer(net.prompt, add_special_tokens=False).input_ids)
+    # the ids our generate counts in min_length: BOS (where the family starts with one) + prompt
+    prompt_len = len(net.llm_family.prompt_ids(net.opt_tokenizer, net.opt_model.config,
+                                               net.prompt))
     if net.prompt:
         raise NotExportable(f"the model has a prompt ({net.prompt!r}); export-hf writes "
                             "prompt-free captioners only (pass the prompt as text instead)")

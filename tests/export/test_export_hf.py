@@ -1,6 +1,7 @@
 """``expblip export-hf``: the key mapping refuses what it cannot carry, and an exported tiny_eva
-Exp-BLIP run by current transformers (a separate install, .cache/hf-current) equals ours:
-features, Q-Former outputs and logits within 1e-4, captions word for word."""
+Exp-BLIP (with an OPT, a Qwen2 or a Llama LLM) run by current transformers (a separate install,
+.cache/hf-current) equals ours: features, Q-Former outputs and logits within 1e-4, captions
+word for word."""
 import os
 import random
 import subprocess
@@ -22,23 +23,34 @@ RUNNER = Path(__file__).with_name("hf_runner.py")
 AU_SETS = [[1, 2], [4], [6, 12], [15, 17], [25, 26], [1, 4, 15], [9], [5, 26]]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny_eva Exp-BLIP trained a few steps on 8 synthetic faces, saved as LAVIS's runner
-    saves it (trainable weights + the run config), and the faces as PNG files."""
+def _needs_current_stack(family: str) -> None:
+    from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS
+    import transformers
+    from packaging.version import Version
+
+    if family != "opt" and Version(transformers.__version__) < Version(GENERIC_MIN_TRANSFORMERS):
+        pytest.skip(f"transformers {transformers.__version__} (paper stack) has no {family} class")
+
+
+def _train(folder: Path, family: str) -> dict:
+    """A tiny_eva Exp-BLIP with a tiny LLM of ``family``, trained a few steps on 8 synthetic
+    faces, saved as LAVIS's runner saves it (trainable weights + the run config), and the faces
+    as PNG files."""
     import lavis_ext  # noqa: F401
     from lavis.processors import load_processor
     from lavis_ext.captions.rules import au_caption
     from lavis_ext.data.synthetic.face import draw_face
     from lavis_ext.models.exp_blip import ExpBlip
 
-    folder = tmp_path_factory.mktemp("export")
     cfg = OmegaConf.load(ExpBlip.default_config_path("tiny_eva"))
     cfg.model.tiny_lm.pretrain_steps = 60  # the LM only needs to speak; keeps the test short
+    if family != "opt":  # the same model with a Llama or Qwen2 LLM (8 spare rows kept)
+        cfg.model.tiny_lm.family = family
+        cfg.model.llm_model = "tiny"
     torch.manual_seed(0)
     rng = random.Random(0)
     faces = folder / "faces"
-    faces.mkdir()
+    faces.mkdir(parents=True)
     images, captions = [], []
     for i, aus in enumerate(AU_SETS):
         image = draw_face({au: 4 for au in aus}, rng, size=112)
@@ -63,7 +75,12 @@ def trained(tmp_path_factory):
     checkpoint = folder / "checkpoint_best.pth"
     torch.save({"model": state, "config": config}, checkpoint)
     return {"folder": folder, "checkpoint": checkpoint, "faces": faces, "state": state,
-            "config": config, "captions": captions}
+            "config": config, "captions": captions, "family": family}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return _train(tmp_path_factory.mktemp("export"), "opt")
 
 
 def _export(args, capsys):
@@ -78,28 +95,41 @@ def test_conv_stem_tiny_is_refused_with_the_reason(tmp_path, capsys):
     assert not (tmp_path / "hf").exists()
 
 
-def test_non_opt_llm_is_refused_naming_its_family(tmp_path, capsys):
-    # from the config alone, before anything is built (so on the paper stack too)
-    code, out = _export(["--model", "exp_blip:tiny_qwen2", "--out", tmp_path / "hf"], capsys)
-    assert code == 2 and "'qwen2'" in out.err and "OPT language models only" in out.err
-    assert not (tmp_path / "hf").exists()
-
-
-def test_built_non_opt_llm_is_refused_naming_its_family():
-    """A stage-2 model with a Llama LLM (its module tree has no opt_model.model.decoder) is a
-    NotExportable naming the family, not an AttributeError."""
+def _tiny_eva_without_lm_training():
     import lavis_ext  # noqa: F401
     from lavis_ext.models.exp_blip import ExpBlip
-    from lavis_ext.models.llm import GENERIC_MIN_TRANSFORMERS
-    import transformers
-    from packaging.version import Version
 
-    if Version(transformers.__version__) < Version(GENERIC_MIN_TRANSFORMERS):
-        pytest.skip("transformers 4.26 (paper stack) has no Llama class")
-    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny_llama")).model
+    cfg = OmegaConf.load(ExpBlip.default_config_path("tiny_eva")).model
     cfg.tiny_lm.pretrain_steps = 0
-    model = ExpBlip.from_config(cfg)
-    with pytest.raises(hf_blip2.NotExportable, match="'llama' model"):
+    return ExpBlip.from_config(cfg)
+
+
+def test_llm_outside_transformers_causal_lms_is_refused_naming_its_family():
+    """transformers' BLIP-2 builds its LLM with AutoModelForCausalLM: a T5 (encoder-decoder) in
+    its place is a NotExportable naming the family, not an AttributeError halfway through."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model = _tiny_eva_without_lm_training()
+    model.opt_model = T5ForConditionalGeneration(T5Config(
+        vocab_size=64, d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
+    with pytest.raises(hf_blip2.NotExportable, match="'t5' model.*AutoModelForCausalLM"):
+        hf_blip2.arch_of(model)
+
+
+def test_llm_of_a_known_family_but_another_class_is_refused():
+    """A subclass (a user's patched OPT, say) may add or rename weights: refused, naming the
+    class transformers would build instead."""
+    from transformers import OPTConfig, OPTForCausalLM
+
+    class PatchedOPT(OPTForCausalLM):
+        pass
+
+    model = _tiny_eva_without_lm_training()
+    model.opt_model = PatchedOPT(OPTConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
+                                           ffn_dim=32, num_attention_heads=2,
+                                           word_embed_proj_dim=16))
+    with pytest.raises(hf_blip2.NotExportable, match="PatchedOPT, not transformers' "
+                                                     "OPTForCausalLM"):
         hf_blip2.arch_of(model)
 
 
@@ -150,12 +180,19 @@ def test_mapping_names_every_missing_and_left_over_key(trained):
         hf_blip2.convert(dict(state, **{"visual_encoder.blocks.2.norm1.weight": bias}), arch)
 
 
-@pytest.mark.slow
-def test_exported_model_equals_ours_in_current_transformers(trained, tmp_path, capsys):
+@pytest.mark.slow  # per family: ~60 s training (OPT's is shared) + ~30 s in transformers
+@pytest.mark.parametrize("family", ["opt", "qwen2", "llama"])
+def test_exported_model_equals_ours_in_current_transformers(family, request, tmp_path, capsys):
+    """transformers' BLIP-2 builds whichever causal LM the config names; each family we train
+    must load there key for key and give our logits and captions."""
+    _needs_current_stack(family)
     if not (HF_CURRENT / "transformers").is_dir():
         pytest.fail(f"current transformers is not installed in {HF_CURRENT}: run "
                     "bash run_scripts/setup_env.sh (requirements/hf-current.txt)")
     from lavis_ext.describe.captioner import load_captioner
+
+    trained = (request.getfixturevalue("trained") if family == "opt"
+               else _train(tmp_path / "model", family))
 
     out = tmp_path / "hf"
     code, printed = _export(["--model", trained["checkpoint"], "--out", out,
@@ -163,9 +200,10 @@ def test_exported_model_equals_ours_in_current_transformers(trained, tmp_path, c
     assert code == 0, printed.err
     assert (out / "model.safetensors.index.json").exists()  # sharded: 4.5 MB in 2 MB files
     for name in ("config.json", "generation_config.json", "preprocessor_config.json",
-                 "processor_config.json", "vocab.json", "merges.txt", "README.md"):
+                 "processor_config.json", "tokenizer_config.json", "README.md"):
         assert (out / name).exists(), name
     assert "synthetic_faces" in (out / "README.md").read_text()
+    assert f"{family} LLM" in (out / "README.md").read_text()
 
     # Our side: the same model through describe's loader, the same images and text.
     captioner = load_captioner(str(trained["checkpoint"]))
@@ -196,8 +234,14 @@ def test_exported_model_equals_ours_in_current_transformers(trained, tmp_path, c
                                            encoder_attention_mask=atts, return_dict=True
                                            ).last_hidden_state
                 mask = torch.ones(len(files), query.shape[1] + width, dtype=torch.long)
-                logits = net.opt_model(input_ids=text_ids, query_embeds=net.opt_proj(qformer),
-                                       attention_mask=mask, return_dict=True).logits
+                prefix = net.opt_proj(qformer)
+                if net.llm_family.takes_query_embeds:  # LAVIS's OPT
+                    logits = net.opt_model(input_ids=text_ids, query_embeds=prefix,
+                                           attention_mask=mask, return_dict=True).logits
+                else:
+                    words = net.opt_model.get_input_embeddings()(text_ids)
+                    logits = net.opt_model(inputs_embeds=torch.cat([prefix, words], 1),
+                                           attention_mask=mask, return_dict=True).logits
         finally:
             net.ln_vision.eps = saved
         ours[name] = dict(encoder=encoder, vision=vision, qformer=qformer, logits=logits)
